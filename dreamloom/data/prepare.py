@@ -1,0 +1,316 @@
+"""Turning a folder of instance images into a validated, prepared training set.
+
+Input: a folder of ``.jpg``/``.jpeg``/``.png``/``.webp`` images, each optionally with a caption
+``name.txt`` beside it. Every file is checked first; if anything is wrong, one
+``DataValidationError`` lists every offending file and why, and nothing is written. Otherwise the
+images are oriented, converted to RGB, resized and center-cropped to the resolution (or to their
+aspect-ratio bucket) and written, with a manifest ``dataset.json`` that records the content hash,
+into a fresh folder that appears atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from diffusers.training_utils import find_nearest_bucket, generate_aspect_ratio_buckets
+from PIL import Image
+
+from dreamloom.data.images import (
+    IMAGE_SUFFIXES,
+    UNSUPPORTED_IMAGE_SUFFIXES,
+    ImageProblem,
+    open_rgb,
+)
+from dreamloom.errors import DataValidationError, DreamloomError
+
+MANIFEST = "dataset.json"
+FORMAT_VERSION = 1
+CAPTION_SUFFIX = ".txt"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    resolution: int = 512
+    bucketing: bool = False
+    bucket_step: int | None = None
+    max_image_pixels: int = 50_000_000
+
+    @property
+    def step(self) -> int:
+        """Bucket sides are multiples of this (64 px at 512, as kohya; 8 px at 64)."""
+        return self.bucket_step or max(8, min(64, self.resolution // 64 * 8))
+
+    def buckets(self) -> list[tuple[int, int]]:
+        """(width, height) sizes of about resolution^2 pixels over common aspect ratios."""
+        return [(w, h) for h, w in generate_aspect_ratio_buckets(self.resolution, self.step)]
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        if not self.bucketing:
+            return (self.resolution, self.resolution)
+        options = self.buckets()
+        nearest = find_nearest_bucket(height, width, [(h, w) for w, h in options])
+        return options[nearest]
+
+    def key(self) -> str:
+        return f"r{self.resolution}" + (f"-b{self.step}" if self.bucketing else "")
+
+
+@dataclass
+class PreparedItem:
+    image: str  # path relative to the dataset folder
+    source: str  # file name in the source folder
+    caption: str | None
+    size: tuple[int, int]  # (width, height) after preparation
+    original_size: tuple[int, int]  # (width, height) after EXIF orientation
+    crop_top_left: tuple[int, int]  # (top, left) in resized pixels, for SDXL's size conditioning
+
+
+@dataclass
+class PreparedDataset:
+    root: Path
+    dataset_hash: str
+    resolution: int
+    bucketing: bool
+    items: list[PreparedItem] = field(default_factory=list)
+    source: str = ""
+
+    @classmethod
+    def load(cls, root: Path) -> PreparedDataset:
+        manifest_path = Path(root) / MANIFEST
+        if not manifest_path.is_file():
+            raise DreamloomError(f"{root} is not a prepared dataset (no {MANIFEST})")
+        data = json.loads(manifest_path.read_text())
+        if data.get("format") != FORMAT_VERSION:
+            raise DreamloomError(f"{manifest_path} has format {data.get('format')}, expected {FORMAT_VERSION}")
+        items = [
+            PreparedItem(
+                image=i["image"],
+                source=i["source"],
+                caption=i["caption"],
+                size=tuple(i["size"]),
+                original_size=tuple(i["original_size"]),
+                crop_top_left=tuple(i["crop_top_left"]),
+            )
+            for i in data["items"]
+        ]
+        missing = [i.image for i in items if not (Path(root) / i.image).is_file()]
+        if missing:
+            raise DreamloomError(f"prepared dataset {root} is incomplete; missing {missing[:5]}; prepare it again")
+        return cls(
+            Path(root), data["dataset_hash"], data["resolution"], data["bucketing"], items, data.get("source", "")
+        )
+
+    def write_manifest(self) -> None:
+        document = {
+            "format": FORMAT_VERSION,
+            "dataset_hash": self.dataset_hash,
+            "resolution": self.resolution,
+            "bucketing": self.bucketing,
+            "source": self.source,
+            "items": [asdict(item) for item in self.items],
+        }
+        (self.root / MANIFEST).write_text(json.dumps(document, indent=1))
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    caption: str | None
+    image: Image.Image
+    original_size: tuple[int, int]
+    target: tuple[int, int]
+
+
+def is_prepared(folder: Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def dataset_hash(folder: Path) -> str:
+    """Content hash of the source folder: image bytes and caption texts, by file name."""
+    images, captions, _ = _list_folder(Path(folder))
+    digest = hashlib.sha256()
+    for path in images:
+        digest.update(path.name.encode() + b"\0" + _file_digest(path) + b"\0")
+        caption = captions.get(path.stem)
+        if caption is not None:
+            digest.update(caption.read_bytes() + b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def prepare_dataset(source: Path, output: Path, options: PrepareOptions) -> PreparedDataset:
+    """Validate every file in ``source``; write the prepared set to ``output`` only if all pass."""
+    source, output = Path(source), Path(output)
+    _check_folder(source)
+    if is_prepared(output):
+        existing = PreparedDataset.load(output)
+        if (
+            existing.dataset_hash == dataset_hash(source)
+            and existing.resolution == options.resolution
+            and existing.bucketing == options.bucketing
+        ):
+            return existing
+    elif output.exists() and any(output.iterdir()):
+        raise DreamloomError(f"output folder {output} exists and is not a prepared dataset; choose an empty folder")
+    candidates = inspect_folder(source, options)
+    return _write_prepared(source, output, candidates, options)
+
+
+def inspect_folder(source: Path, options: PrepareOptions) -> list[_Candidate]:
+    """Decode and size-check every image; raise one error listing all problems."""
+    _check_folder(source)
+    images, captions, problems = _list_folder(source)
+    if not images and not problems:
+        problems.append(("(folder)", "no images found: add .jpg, .png or .webp files (captions as name.txt)"))
+    caption_owners: dict[str, Path] = {}
+    candidates = []
+    for path in images:
+        if path.stem in caption_owners and path.stem in captions:
+            problems.append(
+                (path.name, f"shares its caption {path.stem}.txt with {caption_owners[path.stem].name}; rename one")
+            )
+            continue
+        caption_owners[path.stem] = path
+        try:
+            caption = _read_caption(captions.get(path.stem))
+            image = open_rgb(path, options.max_image_pixels)
+        except ImageProblem as exc:
+            problems.append((path.name, str(exc)))
+            continue
+        target = options.target_size(*image.size)
+        scale = max(target[0] / image.width, target[1] / image.height)
+        if scale > 1:
+            problems.append(
+                (
+                    path.name,
+                    f"{image.width}x{image.height} is too small for {target[0]}x{target[1]} at resolution "
+                    f"{options.resolution}; use a larger image or a lower --resolution",
+                )
+            )
+            continue
+        candidates.append(_Candidate(path, caption, image, image.size, target))
+    image_stems = {p.stem for p in images}
+    for stem, caption_path in captions.items():
+        if stem not in image_stems:
+            problems.append((caption_path.name, f"caption without an image (expected {stem}.png/.jpg/.webp beside it)"))
+    if problems:
+        raise DataValidationError(str(source), sorted(problems))
+    return candidates
+
+
+def prepare_training_data(settings) -> PreparedDataset:
+    """The prepared set for a run's ``data`` settings: a cached copy in the work folder, or the
+    folder itself when it already is a prepared set."""
+    from dreamloom.settings import work_dir
+
+    source = Path(settings.path)
+    if is_prepared(source):
+        dataset = PreparedDataset.load(source)
+        if dataset.resolution != settings.resolution or dataset.bucketing != settings.bucketing:
+            raise DreamloomError(
+                f"{source} was prepared at resolution {dataset.resolution} (bucketing "
+                f"{dataset.bucketing}), but the run asks for {settings.resolution} "
+                f"(bucketing {settings.bucketing}); prepare the originals again"
+            )
+        return dataset
+    options = PrepareOptions(settings.resolution, settings.bucketing, settings.bucket_step, settings.max_image_pixels)
+    _check_folder(source)
+    cached = work_dir() / "datasets" / f"{dataset_hash(source).split(':')[1][:16]}-{options.key()}"
+    return prepare_dataset(source, cached, options)
+
+
+def _check_folder(source: Path) -> None:
+    if not source.exists():
+        raise DreamloomError(f"data folder {source} does not exist")
+    if not source.is_dir():
+        raise DreamloomError(f"data path {source} is not a folder of images")
+
+
+def _list_folder(folder: Path) -> tuple[list[Path], dict[str, Path], list[tuple[str, str]]]:
+    images, captions, problems = [], {}, []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            images.append(path)
+        elif suffix == CAPTION_SUFFIX:
+            captions[path.stem] = path
+        elif suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+            problems.append((path.name, f"{suffix} images are not supported; convert to PNG, JPEG or WebP"))
+    return images, captions, problems
+
+
+def _read_caption(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ImageProblem(f"caption {path.name} is not UTF-8 text") from None
+    return " ".join(text.split()) or None
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def _resize_and_crop(image: Image.Image, target: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """Scale to cover ``target``, then crop its center; returns the crop's (top, left)."""
+    scale = max(target[0] / image.width, target[1] / image.height)
+    resized_size = (max(target[0], round(image.width * scale)), max(target[1], round(image.height * scale)))
+    resized = image.resize(resized_size, Image.Resampling.LANCZOS)
+    left = (resized.width - target[0]) // 2
+    top = (resized.height - target[1]) // 2
+    return resized.crop((left, top, left + target[0], top + target[1])), (top, left)
+
+
+def _write_prepared(
+    source: Path, output: Path, candidates: list[_Candidate], options: PrepareOptions
+) -> PreparedDataset:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        (staging / "images").mkdir()
+        dataset = PreparedDataset(
+            staging, dataset_hash(source), options.resolution, options.bucketing, source=str(source.absolute())
+        )
+        for index, candidate in enumerate(candidates):
+            cropped, crop_top_left = _resize_and_crop(candidate.image, candidate.target)
+            relative = f"images/{index:05d}.png"
+            cropped.save(staging / relative)
+            dataset.items.append(
+                PreparedItem(
+                    relative,
+                    candidate.path.name,
+                    candidate.caption,
+                    cropped.size,
+                    candidate.original_size,
+                    crop_top_left,
+                )
+            )
+        dataset.write_manifest()
+        _swap_into_place(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    dataset.root = output
+    return dataset
+
+
+def _swap_into_place(staging: Path, output: Path) -> None:
+    if output.exists():
+        retired = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, retired)
+        os.replace(staging, output)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, output)

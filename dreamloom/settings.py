@@ -1,0 +1,70 @@
+"""Where dreamloom keeps things on disk, and the quiet defaults for the engines it drives.
+
+- the work folder (``DREAMLOOM_HOME``, default ``./.dreamloom``): MLflow's SQLite file and
+  artifacts, prepared datasets, Ray run storage and Ray's session files;
+- the cache folder (``DREAMLOOM_CACHE``, default ``~/.cache/dreamloom``): things that are the
+  same for every project on the machine, such as the offline tiny base models.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Unix domain sockets are limited to 107 bytes; Ray puts its sockets under its temp folder.
+_RAY_SOCKET_PATH_BUDGET = 60
+
+
+def work_dir() -> Path:
+    path = Path(os.environ.get("DREAMLOOM_HOME") or Path.cwd() / ".dreamloom").absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dreamloom"
+    path = Path(os.environ.get("DREAMLOOM_CACHE") or default).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in the work folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work_dir() / 'mlflow.db'}"
+
+
+def local_artifact_root() -> Path:
+    """Where runs tracked in the default SQLite store keep their artifacts."""
+    return work_dir() / "mlartifacts"
+
+
+def ray_temp_dir() -> Path:
+    """Ray's session folder: inside the work folder unless that path is too long for sockets."""
+    preferred = work_dir() / "ray"
+    if len(str(preferred)) <= _RAY_SOCKET_PATH_BUDGET:
+        preferred.mkdir(parents=True, exist_ok=True)
+        return preferred
+    fallback = Path(tempfile.gettempdir()) / f"dreamloom-ray-{os.getuid()}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def apply_quiet_defaults() -> None:
+    """Turn off telemetry and phoning home; keep Ray's files contained. User settings win."""
+    defaults = {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "DO_NOT_TRACK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TMPDIR": str(ray_temp_dir()),
+        "RAY_DEDUP_LOGS": "0",
+        # Ray Train routes print() through a logger and also tees it: every line twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DIFFUSERS_VERBOSITY": "error",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

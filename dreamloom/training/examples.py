@@ -1,0 +1,170 @@
+"""Training examples in memory, and the order in which each worker sees them.
+
+Personalization sets are small (a handful to a few hundred images), so every prepared image is
+held in memory. When the VAE is frozen (always here) each image's latent distribution is encoded
+once (``cache_latents``); when the text encoders are frozen each caption is encoded once
+(``cache_text_embeddings``). The batch order is a pure function of (seed, epoch, rank), so a
+resumed run continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dreamloom.data.prepare import PreparedDataset
+from dreamloom.models.base import LoadedBaseModel, TextConditioning
+
+_ENCODE_CHUNK = 8
+
+
+@dataclass
+class Batch:
+    """One micro-batch, ready for the UNet."""
+
+    latents: torch.Tensor
+    text: TextConditioning
+    time_ids: torch.Tensor | None  # SDXL size/crop conditioning
+
+
+class ExampleSet:
+    """Images and captions of one kind (instance or class images)."""
+
+    def __init__(
+        self,
+        images: list[Image.Image],
+        captions: list[str],
+        time_ids: torch.Tensor,
+        model: LoadedBaseModel,
+        *,
+        cache_latents: bool,
+        cache_text: bool,
+        with_flips: bool,
+    ):
+        self.model = model
+        self.captions = captions
+        self.sizes = [image.size for image in images]
+        self.time_ids = time_ids.to(model.device)
+        self.pixels = [_to_tensor(image) for image in images]
+        self.flipped_pixels = [p.flip(-1) for p in self.pixels] if with_flips else None
+        self.latents = self._encode_all(self.pixels) if cache_latents else None
+        self.flipped_latents = self._encode_all(self.flipped_pixels) if cache_latents and with_flips else None
+        unique = sorted(set(captions))
+        self.caption_index = [unique.index(c) for c in captions]
+        self.text = self._encode_captions(unique) if cache_text else None
+        if cache_latents:
+            self.pixels = self.flipped_pixels = None  # not needed any more
+
+    @classmethod
+    def from_prepared(
+        cls, dataset: PreparedDataset, default_caption: str, model: LoadedBaseModel, **options
+    ) -> ExampleSet:
+        images = [Image.open(dataset.root / item.image).convert("RGB") for item in dataset.items]
+        captions = [item.caption or default_caption for item in dataset.items]
+        time_ids = torch.tensor(
+            [
+                [item.original_size[1], item.original_size[0], *item.crop_top_left, item.size[1], item.size[0]]
+                for item in dataset.items
+            ],
+            dtype=torch.float32,
+        )
+        return cls(images, captions, time_ids, model, **options)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def batch(self, indices: list[int], flips: list[bool], text_encoders=None, generator=None) -> Batch:
+        if self.latents is not None:
+            pairs = [(self.flipped_latents if f else self.latents)[i] for i, f in zip(indices, flips, strict=True)]
+            mean = torch.stack([m for m, _ in pairs])
+            std = torch.stack([s for _, s in pairs])
+        else:
+            pixels = torch.stack(
+                [(self.flipped_pixels if f else self.pixels)[i] for i, f in zip(indices, flips, strict=True)]
+            )
+            mean, std = self.model.encode_images(_normalize(pixels))
+        latents = self.model.latents_from_distribution(mean, std, generator)
+        if self.text is not None:
+            text = self.text.index([self.caption_index[i] for i in indices])
+        else:
+            text = self.model.encode_text([self.captions[i] for i in indices], text_encoders)
+        time_ids = self.time_ids[indices] if self.model.is_sdxl else None
+        return Batch(latents, text, time_ids)
+
+    def _encode_all(self, pixels: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        encoded: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(pixels)
+        by_size: dict[tuple, list[int]] = {}
+        for index, tensor in enumerate(pixels):
+            by_size.setdefault(tuple(tensor.shape), []).append(index)
+        for indices in by_size.values():
+            for start in range(0, len(indices), _ENCODE_CHUNK):
+                chunk = indices[start : start + _ENCODE_CHUNK]
+                mean, std = self.model.encode_images(_normalize(torch.stack([pixels[i] for i in chunk])))
+                for row, index in enumerate(chunk):
+                    encoded[index] = (mean[row], std[row])
+        return encoded
+
+    @torch.no_grad()
+    def _encode_captions(self, captions: list[str]) -> TextConditioning:
+        parts = [
+            self.model.encode_text(captions[i : i + _ENCODE_CHUNK]) for i in range(0, len(captions), _ENCODE_CHUNK)
+        ]
+        merged = TextConditioning.cat(parts)
+        return TextConditioning(merged.embeds.float(), None if merged.pooled is None else merged.pooled.float())
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _normalize(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.float().div(127.5).sub(1.0)
+
+
+class BatchPlan:
+    """Which examples (and flips) each worker uses for its n-th micro-batch.
+
+    Per epoch, examples of the same size are shuffled and cut into batches, the batches are
+    shuffled, and worker ``rank`` takes every ``world``-th one; all workers get the same count.
+    """
+
+    def __init__(
+        self, sizes: list[tuple[int, int]], batch_size: int, seed: int, rank: int, world: int, random_flip: bool
+    ):
+        self.sizes, self.batch_size, self.seed = sizes, batch_size, seed
+        self.rank, self.world, self.random_flip = rank, world, random_flip
+        self._epoch: int | None = None
+        self._batches: list[tuple[list[int], list[bool]]] = []
+        self.batches_per_epoch = len(self._epoch_batches(0))
+
+    def micro_batch(self, index: int) -> tuple[list[int], list[bool]]:
+        epoch, position = divmod(index, self.batches_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, self._epoch_batches(epoch)
+        return self._batches[position]
+
+    def _epoch_batches(self, epoch: int) -> list[tuple[list[int], list[bool]]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(self.sizes):
+            groups.setdefault(size, []).append(index)
+        batches = []
+        for size in sorted(groups):
+            members = groups[size]
+            rng.shuffle(members)
+            batches += [members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)]
+        rng.shuffle(batches)
+        while len(batches) < self.world:
+            batches = batches + batches
+        per_worker = len(batches) // self.world
+        mine = batches[self.rank :: self.world][:per_worker]
+        return [(b, [self.random_flip and rng.random() < 0.5 for _ in b]) for b in mine]
+
+
+def load_class_images(folder: Path) -> list[Image.Image]:
+    return [Image.open(path).convert("RGB") for path in sorted(folder.glob("*.png"))]

@@ -1,0 +1,51 @@
+"""Choosing devices and numeric precision for training."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from dreamloom.errors import DreamloomError
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # "no", "fp16" or "bf16"
+    autocast_dtype: torch.dtype | None
+    frozen_dtype: torch.dtype  # dtype of the modules that do not train
+    device_type: str
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return self.autocast_dtype == torch.float16
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+
+def resolve_precision(setting: str, device: torch.device) -> Precision:
+    """``auto``: bf16 (fp16 on GPUs without bf16) on CUDA, full precision on CPU."""
+    on_cuda = device.type == "cuda"
+    if setting == "auto":
+        setting = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_cuda else "no"
+    if setting == "fp16" and not on_cuda:
+        raise DreamloomError("mixed_precision fp16 needs a GPU; use bf16 or no on CPU")
+    if setting == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
+        raise DreamloomError("this GPU does not support bf16; use mixed_precision fp16")
+    dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+    # On CPU the frozen weights stay fp32: half-precision CPU kernels are slower, not faster.
+    frozen = dtype if (dtype is not None and on_cuda) else torch.float32
+    return Precision(setting, dtype, frozen, device.type)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,0 +1,324 @@
+"""The one training loop every method plugs into.
+
+``Trainer`` owns one worker's share of a run: the base model, the method's trainable parts, the
+in-memory examples, the optimizer and learning-rate schedule, precision, and the denoising step.
+It knows nothing about Ray: ``dreamloom.training.worker`` drives it under Ray Train (DDP across
+workers), and ``bench/train.py`` drives it in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers.optimization import get_scheduler
+from diffusers.utils import make_image_grid
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from dreamloom.config import RunConfig
+from dreamloom.data.prepare import PreparedDataset
+from dreamloom.methods import get_method
+from dreamloom.models.base import (
+    BaseModelRef,
+    LoadedBaseModel,
+    TextConditioning,
+    load_base_model,
+    pipeline_from_components,
+)
+from dreamloom.training.checkpoint import TrainingState
+from dreamloom.training.diffusion import denoising_target, per_sample_loss, sample_noise, sample_timesteps
+from dreamloom.training.examples import Batch, BatchPlan, ExampleSet, load_class_images
+from dreamloom.training.precision import resolve_precision
+from dreamloom.training.prior import generate_class_images, missing_class_images
+
+
+class TrainJob(BaseModel):
+    """Everything a worker needs, resolved by the driver (paths are absolute)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: RunConfig
+    base_model: dict
+    dataset_root: str
+    class_images: str | None = None  # generated-class-image cache folder
+    class_dataset_root: str | None = None  # the user's own class images, prepared
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+
+    @property
+    def base_ref(self) -> BaseModelRef:
+        return BaseModelRef.from_dict(self.base_model)
+
+
+def _identity(module: torch.nn.Module) -> torch.nn.Module:
+    return module
+
+
+class Trainer:
+    def __init__(
+        self,
+        job: TrainJob,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world: int = 1,
+        wrap: Callable[[torch.nn.Module], torch.nn.Module] = _identity,
+        barrier: Callable[[], None] = lambda: None,
+        on_class_image: Callable[[], None] | None = None,
+    ):
+        self.job, self.config = job, job.config
+        self.device, self.rank, self.world = torch.device(device), rank, world
+        settings = self.config.training
+        self.precision = resolve_precision(settings.mixed_precision, self.device)
+        self.model: LoadedBaseModel = load_base_model(job.base_ref, self.device)
+        self.class_examples = None
+        if self.config.prior_enabled:
+            class_images, class_captions = self._class_images(barrier, on_class_image)
+        self.method = get_method(self.config.method)(self.config)
+        self.method.attach(self.model)
+        self._place_frozen_weights()
+        cache_text = settings.cache_text_embeddings and not self.method.trains_text_encoder
+        example_options = {
+            "cache_latents": settings.cache_latents,
+            "cache_text": cache_text,
+            "with_flips": self.config.data.random_flip,
+        }
+        dataset = PreparedDataset.load(Path(job.dataset_root))
+        self.instance_examples = ExampleSet.from_prepared(
+            dataset, self.config.data.instance_prompt, self.model, **example_options
+        )
+        self.instance_plan = self._plan(self.instance_examples)
+        if self.config.prior_enabled:
+            self.class_examples = self._class_example_set(class_images, class_captions, example_options)
+            self.class_plan = self._plan(self.class_examples)
+        self.trainable = [p for group in self.method.parameter_groups(self.model) for p in group["params"]]
+        self.optimizer = self._optimizer()
+        self.lr_scheduler = self._lr_scheduler()
+        self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_grad_scaler else None
+        self.forward_modules = self._prepare_modules(wrap)
+        self.generator = torch.Generator(self.device)
+
+    # ----- set-up -----
+
+    def _class_images(self, barrier, on_class_image) -> tuple[list[Image.Image], list[str]]:
+        prior, resolution = self.config.prior, self.config.data.resolution
+        if self.job.class_dataset_root:
+            dataset = PreparedDataset.load(Path(self.job.class_dataset_root))
+            images = [Image.open(dataset.root / item.image).convert("RGB") for item in dataset.items]
+            return images, [item.caption or prior.class_prompt or "" for item in dataset.items]
+        folder = Path(self.job.class_images)
+        missing = missing_class_images(folder, prior.num_class_images)
+        mine = missing[self.rank :: self.world]
+        if mine:
+            generate_class_images(self.model, folder, prior, resolution, mine, on_class_image)
+        barrier()
+        images = load_class_images(folder)[: prior.num_class_images]
+        return images, [prior.class_prompt] * len(images)
+
+    def _class_example_set(self, images, captions, options) -> ExampleSet:
+        time_ids = torch.tensor([[i.height, i.width, 0, 0, i.height, i.width] for i in images], dtype=torch.float32)
+        return ExampleSet(images, captions, time_ids, self.model, **options)
+
+    def _plan(self, examples: ExampleSet) -> BatchPlan:
+        settings = self.config.training
+        return BatchPlan(
+            examples.sizes, settings.batch_size, settings.seed, self.rank, self.world, self.config.data.random_flip
+        )
+
+    def _place_frozen_weights(self) -> None:
+        """Frozen weights in the half-precision dtype on GPUs (trainable ones stay fp32)."""
+        dtype = self.precision.frozen_dtype
+        if dtype == torch.float32:
+            return
+        frozen_vae_dtype = torch.float32 if (self.model.is_sdxl and dtype == torch.float16) else dtype
+        self.model.vae.to(dtype=frozen_vae_dtype)
+        for module in [self.model.unet, *self.model.text_encoders]:
+            for parameter in module.parameters():
+                if not parameter.requires_grad:
+                    parameter.data = parameter.data.to(dtype)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        settings, training = self.config.optimizer, self.config.training
+        groups = self.method.parameter_groups(self.model)
+        scale = training.batch_size * training.gradient_accumulation_steps * self.world if settings.scale_lr else 1
+        for group in groups:
+            group["lr"] = group.get("lr", settings.learning_rate) * scale
+        return torch.optim.AdamW(
+            groups,
+            lr=settings.learning_rate * scale,
+            betas=(settings.adam_beta1, settings.adam_beta2),
+            eps=settings.adam_epsilon,
+            weight_decay=settings.weight_decay,
+            fused=True,
+        )
+
+    def _lr_scheduler(self):
+        settings = self.config.optimizer
+        return get_scheduler(
+            settings.lr_scheduler,
+            optimizer=self.optimizer,
+            num_warmup_steps=settings.lr_warmup_steps,
+            num_training_steps=self.config.training.steps,
+            num_cycles=settings.lr_num_cycles,
+            power=settings.lr_power,
+        )
+
+    def _prepare_modules(self, wrap) -> dict[str, torch.nn.Module]:
+        training = self.config.training
+        modules = self.method.trained_modules(self.model)
+        for name, module in modules.items():
+            module.train()
+            if training.gradient_checkpointing:
+                if name == "unet":
+                    module.enable_gradient_checkpointing()
+                else:
+                    module.gradient_checkpointing_enable()
+        unet = modules["unet"]
+        if training.channels_last:
+            unet.to(memory_format=torch.channels_last)
+        forward = dict(modules)
+        if training.compile:
+            forward["unet"] = torch.compile(unet)
+        return {name: wrap(module) for name, module in forward.items()}
+
+    # ----- the step -----
+
+    @property
+    def text_encoders_for_training(self) -> list | None:
+        if not self.method.trains_text_encoder:
+            return None
+        return [self.forward_modules[f"text_encoder_{i}"] for i in range(len(self.model.text_encoders))]
+
+    def train_step(self, step: int) -> float:
+        """One optimizer step (``gradient_accumulation_steps`` micro-batches); returns the loss."""
+        self._seed_step(step)
+        accumulation = self.config.training.gradient_accumulation_steps
+        total = 0.0
+        for micro in range(accumulation):
+            last = micro == accumulation - 1
+            with self._gradient_sync(enabled=last):
+                loss = self._micro_batch_loss((step - 1) * accumulation + micro) / accumulation
+                if self.grad_scaler:
+                    self.grad_scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            total += loss.detach().item()
+        self._optimizer_step()
+        return total
+
+    def _seed_step(self, step: int) -> None:
+        # Noise, timesteps and dropout are a function of (seed, rank, step): resuming replays them.
+        seed = (self.config.training.seed * 1_000_003 + self.rank * 7_919 + step) % 2**63
+        self.generator.manual_seed(seed)
+        torch.manual_seed(seed)
+
+    def _gradient_sync(self, enabled: bool):
+        if enabled:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for module in self.forward_modules.values():
+            if hasattr(module, "no_sync"):
+                stack.enter_context(module.no_sync())
+        return stack
+
+    def _micro_batch_loss(self, index: int) -> torch.Tensor:
+        text_encoders = self.text_encoders_for_training
+        indices, flips = self.instance_plan.micro_batch(index)
+        with self.precision.autocast():
+            instance = self.instance_examples.batch(indices, flips, text_encoders, self.generator)
+        if self.class_examples is None:
+            return self._denoising_loss(instance).mean()
+        class_indices, class_flips = self.class_plan.micro_batch(index)
+        with self.precision.autocast():
+            prior = self.class_examples.batch(class_indices, class_flips, text_encoders, self.generator)
+        weight = self.config.prior.weight
+        if instance.latents.shape[1:] == prior.latents.shape[1:]:
+            losses = self._denoising_loss(_concat(instance, prior))
+            count = instance.latents.shape[0]
+            return losses[:count].mean() + weight * losses[count:].mean()
+        return self._denoising_loss(instance).mean() + weight * self._denoising_loss(prior).mean()
+
+    def _denoising_loss(self, batch: Batch) -> torch.Tensor:
+        scheduler = self.model.noise_scheduler
+        training = self.config.training
+        latents = batch.latents
+        if training.channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        noise = sample_noise(latents, training.noise_offset, self.generator)
+        timesteps = sample_timesteps(latents.shape[0], scheduler, self.generator, latents.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        conditioning = self.model.unet_conditioning(batch.text, batch.time_ids)
+        with self.precision.autocast():
+            prediction = self.method.predict_noise(self.forward_modules["unet"], noisy, timesteps, conditioning)
+        target = denoising_target(scheduler, latents, noise, timesteps)
+        return per_sample_loss(prediction, target, timesteps, scheduler, training.snr_gamma)
+
+    def _optimizer_step(self) -> None:
+        max_norm = self.config.optimizer.max_grad_norm
+        if self.grad_scaler:
+            self.grad_scaler.unscale_(self.optimizer)
+        if max_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        if self.grad_scaler:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr_scheduler.get_last_lr()[0])
+
+    # ----- state, samples, artifact -----
+
+    def snapshot(self, step: int) -> TrainingState:
+        return TrainingState(
+            step=step,
+            trainable=self.method.trainable_state(self.model),
+            optimizer=self.optimizer.state_dict(),
+            lr_scheduler=self.lr_scheduler.state_dict(),  # lambdas are saved as None: JSON-safe
+        )
+
+    def restore(self, state: TrainingState) -> None:
+        self.method.load_trainable_state(self.model, state.trainable)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.lr_scheduler.load_state_dict(state.lr_scheduler)
+
+    @torch.no_grad()
+    def render_samples(self) -> Image.Image:
+        """A grid: one row per validation prompt, ``images_per_prompt`` seeded images each."""
+        validation, resolution = self.config.validation, self.config.data.resolution
+        modules = self.method.trained_modules(self.model).values()
+        for module in modules:
+            module.eval()
+        try:
+            pipe = pipeline_from_components(self.model)
+            images = []
+            for prompt in self.config.validation_prompts:
+                generator = torch.Generator("cpu").manual_seed(validation.seed)
+                with self.precision.autocast():
+                    images += pipe(
+                        prompt,
+                        num_images_per_prompt=validation.images_per_prompt,
+                        num_inference_steps=validation.steps,
+                        guidance_scale=validation.guidance,
+                        height=resolution,
+                        width=resolution,
+                        generator=generator,
+                    ).images
+        finally:
+            for module in modules:
+                module.train()
+        return make_image_grid(images, rows=len(self.config.validation_prompts), cols=validation.images_per_prompt)
+
+    def save_artifact(self, folder: Path) -> None:
+        self.method.save_artifact(self.model, folder)
+
+
+def _concat(first: Batch, second: Batch) -> Batch:
+    time_ids = None if first.time_ids is None else torch.cat([first.time_ids, second.time_ids])
+    return Batch(torch.cat([first.latents, second.latents]), TextConditioning.cat([first.text, second.text]), time_ids)

@@ -1,0 +1,167 @@
+"""What each Ray Train worker runs: the Trainer, wrapped in checkpoints, metrics and progress.
+
+Every ``checkpoint_every`` steps (and at the end) all workers call ``ray.train.report``; rank 0
+attaches a checkpoint folder (trainable tensors, optimizer, schedule; and at the end the
+artifact and the final sample grid). When a worker dies, Ray restarts the group and
+``ray.train.get_checkpoint()`` hands back the last checkpoint, so at most one checkpoint
+interval is lost. Rank 0 also logs metrics and sample grids to MLflow and shows progress.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dreamloom.training.checkpoint import TrainingState, load_training_state, save_training_state
+from dreamloom.training.precision import peak_memory_bytes
+from dreamloom.training.progress import Progress
+from dreamloom.training.trainer import Trainer, TrainJob
+
+ARTIFACT_FOLDER = "artifact"
+FINAL_SAMPLES = "samples/final.png"
+
+
+def train_worker(job_document: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from dreamloom.logs import quiet_library_logging
+
+    quiet_library_logging()
+    job = TrainJob.model_validate(job_document["job"])
+    progress_style = job_document.get("progress", "lines")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(job.config.scaling.cpus_per_worker)
+    is_main = rank == 0
+    class_progress = None
+    if is_main and job.config.prior_enabled and job.class_images:
+        class_progress = Progress(job.config.prior.num_class_images, "class images", progress_style, in_ray=True)
+    trainer = Trainer(
+        job,
+        device,
+        rank,
+        world,
+        wrap=ray.train.torch.prepare_model,
+        barrier=_barrier,
+        on_class_image=(lambda: class_progress.update(world)) if class_progress else None,
+    )
+    start = _restore(trainer, ray.train.get_checkpoint(), device)
+    run = _RankZeroReporting(job, start, progress_style) if is_main else None
+    total = job.config.training.steps
+    for step in range(start + 1, total + 1):
+        began = time.perf_counter()
+        loss = trainer.train_step(step)
+        if run:
+            run.step(step, loss, trainer.learning_rate, time.perf_counter() - began, world)
+            if _due(step, job.config.validation.every) and step != total:
+                run.samples(trainer, step)
+        if _due(step, job.config.training.checkpoint_every) or step == total:
+            _report(trainer, step, start, final=step == total, reporting=run)
+    if run:
+        run.close()
+
+
+def _restore(trainer: Trainer, checkpoint, device) -> int:
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = load_training_state(Path(folder), device)
+    trainer.restore(state)
+    return state.step
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _report(trainer: Trainer, step: int, start: int, final: bool, reporting: _RankZeroReporting | None) -> None:
+    import ray.train
+
+    metrics = {"step": step, "resumed_from_step": start, "final": final}
+    if reporting is None:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"checkpoint_{step:07d}")
+        return
+    metrics.update(reporting.summary())
+    with tempfile.TemporaryDirectory(prefix="dreamloom-ckpt-") as folder:
+        state: TrainingState = trainer.snapshot(step)
+        save_training_state(Path(folder), state)
+        if final:
+            artifact = Path(folder) / ARTIFACT_FOLDER
+            trainer.save_artifact(artifact)
+            grid = trainer.render_samples()
+            (artifact / FINAL_SAMPLES).parent.mkdir(parents=True, exist_ok=True)
+            grid.save(artifact / FINAL_SAMPLES)
+            reporting.grid(grid, step)
+        reporting.flush()
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=f"checkpoint_{step:07d}",
+        )
+
+
+class _RankZeroReporting:
+    """Rank 0's view of the run: progress on screen, metrics and grids in MLflow."""
+
+    def __init__(self, job: TrainJob, start: int, style: str):
+        from dreamloom.tracking import MetricsLogger
+
+        self.job, self.start = job, start
+        self.settings = job.config.training
+        self.progress = Progress(self.settings.steps, "train", style, initial=start, in_ray=True)
+        self.logger = MetricsLogger(job.tracking_uri, job.mlflow_run_id) if job.mlflow_run_id else None
+        self.device = torch.device((job.config.scaling.gpus_per_worker and "cuda") or "cpu")
+        self.step_times: list[float] = []
+        self.last_loss = float("nan")
+        if self.logger and start:
+            self.logger.log(start, resumed_from_step=start)
+
+    def step(self, step: int, loss: float, lr: float, seconds: float, world: int) -> None:
+        self.step_times.append(seconds)
+        self.last_loss = loss
+        images = self.settings.batch_size * self.settings.gradient_accumulation_steps * world
+        self.progress.update(loss=loss, lr=lr)
+        if self.logger and (step % self.settings.log_every == 0 or step == self.settings.steps):
+            self.logger.log(step, loss=loss, lr=lr, step_seconds=seconds, images_per_second=images / seconds)
+
+    def samples(self, trainer: Trainer, step: int) -> None:
+        self.grid(trainer.render_samples(), step)
+
+    def grid(self, image, step: int) -> None:
+        if self.logger:
+            self.logger.image(image, step)
+
+    def summary(self) -> dict:
+        steady = sorted(self.step_times[1:] or self.step_times)
+        median = steady[len(steady) // 2] if steady else float("nan")
+        return {
+            "loss": self.last_loss,
+            "median_step_seconds": median,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+        }
+
+    def flush(self) -> None:
+        if self.logger:
+            summary = self.summary()
+            self.logger.log(
+                self.progress.done,
+                median_step_seconds=summary["median_step_seconds"],
+                peak_memory_mib=summary["peak_memory_bytes"] / 2**20,
+            )
+            self.logger.flush()
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.logger:
+            self.logger.flush()
