@@ -91,6 +91,8 @@ def _train(args) -> None:
 
     quiet_library_logging()
     result = train(config, resume=args.resume)
+    if result.resumed_from_step:
+        print(f"\nresumed from step {result.resumed_from_step}; finished at step {result.steps}")
     print(f"\nartifact:      {result.artifact}")
     print(f"sample grid:   {result.artifact / 'samples' / 'final.png'}")
     print(f"MLflow run:    {result.mlflow_run_id} ({tracking_uri()})")

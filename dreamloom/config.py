@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dreamloom.errors import ConfigError
 
@@ -40,11 +40,12 @@ class DataSettings(Section):
     random_flip: bool = Field(False, description="Horizontally flip half of the samples")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Refuse images with more pixels (decompression bombs)")
 
-    @model_validator(mode="after")
-    def _resolution_fits_latents(self) -> DataSettings:
-        if self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
-        return self
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_fits_latents(cls, resolution: int) -> int:
+        if resolution % 8:
+            raise ValueError("must be a multiple of 8 (the VAE works on 8-pixel blocks)")
+        return resolution
 
 
 class LoraSettings(Section):

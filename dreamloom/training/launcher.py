@@ -45,17 +45,8 @@ def train(config: RunConfig, resume: bool = False, progress: str | None = None) 
     _check_output(config.output, resume)
     _check_run_state(Path(storage) / run_name, run_name, resume)
     _check_devices(config)
-    base = resolve_base_model(config.base_model, config.revision)
-    dataset = prepare_training_data(config.data)
-    class_dataset = _prepare_class_data(config)
-    job = TrainJob(
-        config=config,
-        base_model=base.to_dict(),
-        dataset_root=str(dataset.root),
-        class_images=_class_folder(config, base, class_dataset),
-        class_dataset_root=str(class_dataset.root) if class_dataset else None,
-        tracking_uri=tracking_uri(),
-    )
+    job = plan_job(config)
+    base, dataset = job.base_ref, PreparedDataset.load(Path(job.dataset_root))
     mlflow = _tracking_client()
     run_id = _open_tracking_run(mlflow, config, base, dataset, resume)
     job.mlflow_run_id = run_id
@@ -79,6 +70,21 @@ def train(config: RunConfig, resume: bool = False, progress: str | None = None) 
         int(result.metrics.get("step", config.training.steps)),
         int(result.metrics.get("resumed_from_step", 0)),
         dict(result.metrics),
+    )
+
+
+def plan_job(config: RunConfig) -> TrainJob:
+    """Validate and prepare the data, find the base model: everything a worker needs, no compute."""
+    dataset = prepare_training_data(config.data)
+    class_dataset = _prepare_class_data(config)
+    base = resolve_base_model(config.base_model, config.revision)
+    return TrainJob(
+        config=config,
+        base_model=base.to_dict(),
+        dataset_root=str(dataset.root),
+        class_images=_class_folder(config, base, class_dataset),
+        class_dataset_root=str(class_dataset.root) if class_dataset else None,
+        tracking_uri=tracking_uri(),
     )
 
 
@@ -219,6 +225,8 @@ def _fit(job: TrainJob, storage: str, run_name: str, progress: str):
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.config.training.keep_checkpoints),
+            # Our own progress lines say what happens; Ray Train's per-report INFO lines repeat it.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     try:

@@ -77,6 +77,7 @@ class Trainer:
         if self.config.prior_enabled:
             class_images, class_captions = self._class_images(barrier, on_class_image)
         self.method = get_method(self.config.method)(self.config)
+        torch.manual_seed(settings.seed)  # new weights (e.g. LoRA matrices) start the same on every run
         self.method.attach(self.model)
         self._place_frozen_weights()
         cache_text = settings.cache_text_embeddings and not self.method.trains_text_encoder

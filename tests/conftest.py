@@ -1,0 +1,35 @@
+"""Every test session gets its own work and cache folders, offline hub access and quiet engines."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Read by huggingface_hub when it is first imported, which happens while tests are collected.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory):
+    os.environ["DREAMLOOM_HOME"] = str(tmp_path_factory.mktemp("home"))
+    os.environ["DREAMLOOM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    for inherited in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        os.environ.pop(inherited, None)
+    from dreamloom.logs import quiet_library_logging
+    from dreamloom.settings import apply_quiet_defaults
+
+    apply_quiet_defaults()
+    quiet_library_logging()
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def tiny_base():
+    from dreamloom.models import resolve_base_model
+
+    return resolve_base_model("tiny")

@@ -1,0 +1,45 @@
+"""Small builders for test inputs: image folders and run configs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from dreamloom.config import RunConfig, load_run_config
+
+
+def draw_images(folder: Path, count: int = 4, size: tuple[int, int] = (96, 80), seed: int = 0, captions: bool = False) -> Path:
+    """Distinct, deterministic pictures: a coloured ellipse on a coloured backdrop."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        backdrop = tuple(rng.randint(120, 255) for _ in range(3))
+        image = Image.new("RGB", size, backdrop)
+        draw = ImageDraw.Draw(image)
+        x, y = rng.randint(0, size[0] // 3), rng.randint(0, size[1] // 3)
+        draw.ellipse((x, y, x + size[0] // 2, y + size[1] // 2), fill=(rng.randint(0, 255), 40, 40))
+        image.save(folder / f"image_{index}.png")
+        if captions:
+            (folder / f"image_{index}.txt").write_text(f"a photo of sks ball, view {index}")
+    return folder
+
+
+def run_config(data: Path, output: Path, **overrides) -> RunConfig:
+    """A small, fast run on the tiny base; ``overrides`` use dotted keys with __ for dots."""
+    document = {
+        "method": "lora",
+        "base_model": "tiny",
+        "data.path": str(data),
+        "data.instance_prompt": "a photo of sks ball",
+        "data.resolution": 64,
+        "output": str(output),
+        "training.steps": 4,
+        "training.batch_size": 2,
+        "training.checkpoint_every": 0,
+        "validation.steps": 2,
+        "validation.images_per_prompt": 1,
+    }
+    document.update({key.replace("__", "."): value for key, value in overrides.items()})
+    return load_run_config(None, document)

@@ -1,0 +1,168 @@
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamloom.data import PreparedDataset, PrepareOptions, dataset_hash, prepare_dataset
+from dreamloom.errors import DataValidationError, DreamloomError
+from tests.helpers import draw_images
+
+OPTIONS = PrepareOptions(resolution=64)
+
+
+def _png_bomb_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (only 1 row of data follows)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _jpeg_bytes(image: Image.Image, **save_options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **save_options)
+    return buffer.getvalue()
+
+
+def test_every_bad_file_is_listed_in_one_error_and_nothing_is_written(tmp_path: Path):
+    source = draw_images(tmp_path / "photos", count=2)
+    (source / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    good_jpeg = _jpeg_bytes(Image.new("RGB", (128, 128), (10, 200, 30)))
+    (source / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    (source / "notes.jpg").write_text("these are not pixels")
+    (source / "bomb.png").write_bytes(_png_bomb_header(100_000, 100_000))
+    Image.new("RGB", (40, 40)).save(source / "tiny.png")
+    (source / "orphan.txt").write_text("a caption for nothing")
+    Image.new("RGB", (128, 128)).save(source / "animated.gif")
+    (source / "latin1.png").write_bytes((source / "image_0.png").read_bytes())
+    (source / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    output = tmp_path / "prepared"
+
+    with pytest.raises(DataValidationError) as error:
+        prepare_dataset(source, output, OPTIONS)
+
+    problems = dict(error.value.problems)
+    assert set(problems) == {
+        "corrupt.png", "truncated.jpg", "notes.jpg", "bomb.png", "tiny.png", "orphan.txt", "animated.gif", "latin1.png",
+    }
+    assert "truncated" in problems["truncated.jpg"] or "corrupt" in problems["truncated.jpg"]
+    assert "not a JPEG, PNG or WebP" in problems["notes.jpg"]
+    assert "decompression bomb" in problems["bomb.png"]
+    assert "too small" in problems["tiny.png"] and "--resolution" in problems["tiny.png"]
+    assert "caption without an image" in problems["orphan.txt"]
+    assert "convert to PNG" in problems["animated.gif"]
+    assert "UTF-8" in problems["latin1.png"]
+    message = str(error.value)
+    assert "8 problem(s)" in message and "nothing was written" in message
+    assert not output.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["photos"]  # no staging folders left behind
+
+
+def test_empty_and_missing_folders_are_refused(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"\0")
+    with pytest.raises(DataValidationError, match="no images found"):
+        prepare_dataset(tmp_path / "empty", tmp_path / "out", OPTIONS)
+    with pytest.raises(DreamloomError, match="does not exist"):
+        prepare_dataset(tmp_path / "nowhere", tmp_path / "out", OPTIONS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_odd_but_valid_modes_are_converted_to_rgb(tmp_path: Path):
+    source = tmp_path / "modes"
+    source.mkdir()
+    Image.new("CMYK", (80, 80), (0, 255, 255, 0)).save(source / "cmyk.jpg")  # red in CMYK
+    Image.fromarray(np.full((80, 80), 32768, dtype=np.uint16)).save(source / "gray16.png")
+    rgba = Image.new("RGBA", (80, 80), (0, 0, 255, 0))  # fully transparent blue
+    rgba.save(source / "transparent.png")
+    palette = Image.new("P", (80, 80), 3)
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    palette.save(source / "palette.png", transparency=0)
+    Image.new("LA", (80, 80), (10, 255)).save(source / "gray_alpha.png")
+    Image.new("1", (80, 80), 1).save(source / "bilevel.png")
+    Image.new("RGB", (80, 80), (0, 128, 0)).save(source / "green.webp", lossless=True)
+
+    dataset = prepare_dataset(source, tmp_path / "out", OPTIONS)
+
+    pixels = {item.source: np.asarray(Image.open(dataset.root / item.image)) for item in dataset.items}
+    assert {name: array.shape for name, array in pixels.items()} == {name: (64, 64, 3) for name in pixels}
+    center = {name: tuple(int(v) for v in array[32, 32]) for name, array in pixels.items()}
+    assert center["cmyk.jpg"][0] > 200 and center["cmyk.jpg"][1] < 50
+    assert all(abs(v - 128) <= 1 for v in center["gray16.png"])  # 16-bit half scale -> 8-bit half scale
+    assert center["transparent.png"] == (255, 255, 255)  # alpha flattened on white
+    assert center["palette.png"] == (0, 0, 255)  # palette index 3 is blue, index 0 is transparent
+    assert center["gray_alpha.png"] == (10, 10, 10)
+    assert center["bilevel.png"] == (255, 255, 255)
+    assert center["green.webp"] == (0, 128, 0)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path):
+    source = tmp_path / "rotated"
+    source.mkdir()
+    image = Image.new("RGB", (160, 80), (255, 0, 0))
+    image.paste((0, 0, 255), (80, 0, 160, 80))  # left red, right blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate it 90 degrees clockwise
+    (source / "phone.jpg").write_bytes(_jpeg_bytes(image, exif=exif, quality=95))
+
+    dataset = prepare_dataset(source, tmp_path / "out", PrepareOptions(resolution=64, bucketing=True))
+
+    item = dataset.items[0]
+    assert item.original_size == (80, 160)  # upright: portrait
+    assert item.size[1] > item.size[0]
+    upright = np.asarray(Image.open(dataset.root / item.image)).astype(int)
+    assert upright[2, upright.shape[1] // 2, 0] > 200  # red on top after rotating clockwise
+    assert upright[-3, upright.shape[1] // 2, 2] > 200  # blue at the bottom
+
+
+def test_center_crop_and_bucketing(tmp_path: Path):
+    source = draw_images(tmp_path / "wide", count=2, size=(256, 128))
+    square = prepare_dataset(source, tmp_path / "square", OPTIONS)
+    assert {item.size for item in square.items} == {(64, 64)}
+    assert square.items[0].crop_top_left == (0, 32)  # 128x64 resized, 32 px cut each side
+    bucketed = prepare_dataset(source, tmp_path / "bucketed", PrepareOptions(resolution=64, bucketing=True))
+    (width, height), = {item.size for item in bucketed.items}
+    assert width > height and width % 8 == 0 and height % 8 == 0
+    assert width * height <= 64 * 64 * 1.1
+
+
+def test_captions_are_read_and_normalised(tmp_path: Path):
+    source = draw_images(tmp_path / "captioned", count=2)
+    (source / "image_0.txt").write_text("  a photo of\n sks ball  \n")
+    (source / "image_1.txt").write_text("   ")
+    dataset = prepare_dataset(source, tmp_path / "out", OPTIONS)
+    assert [item.caption for item in dataset.items] == ["a photo of sks ball", None]
+    manifest = json.loads((dataset.root / "dataset.json").read_text())
+    assert manifest["dataset_hash"] == dataset.dataset_hash
+
+
+def test_content_hash_follows_content_not_location(tmp_path: Path):
+    first = draw_images(tmp_path / "a", count=3, captions=True)
+    second = draw_images(tmp_path / "b", count=3, captions=True)
+    assert dataset_hash(first) == dataset_hash(second)
+    (second / "image_1.txt").write_text("a different caption")
+    changed_caption = dataset_hash(second)
+    assert changed_caption != dataset_hash(first)
+    Image.new("RGB", (96, 80), (1, 2, 3)).save(second / "image_2.png")
+    assert dataset_hash(second) not in (changed_caption, dataset_hash(first))
+
+
+def test_preparing_again_reuses_the_prepared_set(tmp_path: Path):
+    source = draw_images(tmp_path / "photos", count=2)
+    first = prepare_dataset(source, tmp_path / "out", OPTIONS)
+    written = (first.root / "dataset.json").stat().st_mtime_ns
+    again = prepare_dataset(source, tmp_path / "out", OPTIONS)
+    assert (again.root / "dataset.json").stat().st_mtime_ns == written
+    assert PreparedDataset.load(tmp_path / "out").dataset_hash == first.dataset_hash
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "keep.txt").write_text("mine")
+    with pytest.raises(DreamloomError, match="not a prepared dataset"):
+        prepare_dataset(source, tmp_path / "occupied", OPTIONS)
+    assert (tmp_path / "occupied" / "keep.txt").read_text() == "mine"

@@ -1,0 +1,145 @@
+"""The training loop in-process (no Ray): the step, its options, resume and checkpoints."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamloom.training.checkpoint import load_training_state, save_training_state
+from dreamloom.training.launcher import plan_job
+from dreamloom.training.trainer import Trainer
+from tests.helpers import draw_images, run_config
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return draw_images(tmp_path_factory.mktemp("photos"), count=4, captions=True)
+
+
+def _trainer(photos: Path, tmp_path: Path, **overrides) -> Trainer:
+    return Trainer(plan_job(run_config(photos, tmp_path / "out", **overrides)))
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.method.trainable_state(trainer.model).items()}
+
+
+def test_lora_steps_change_only_the_lora_weights(photos, tmp_path):
+    trainer = _trainer(photos, tmp_path, optimizer__learning_rate=1e-2)
+    frozen_before = {k: v.clone() for k, v in trainer.model.unet.state_dict().items() if "lora" not in k}
+    lora_before = _weights(trainer)
+    assert lora_before and all("lora" in name for name in lora_before)
+    losses = [trainer.train_step(step) for step in (1, 2, 3)]
+    assert all(0 < loss < 10 for loss in losses)
+    lora_after = _weights(trainer)
+    assert any(not torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
+    frozen_after = {k: v for k, v in trainer.model.unet.state_dict().items() if "lora" not in k}
+    assert all(torch.equal(frozen_before[k], frozen_after[k]) for k in frozen_before)
+
+
+def test_resuming_from_a_checkpoint_replays_the_same_training(photos, tmp_path):
+    options = {"optimizer__learning_rate": 1e-2, "optimizer__lr_scheduler": "cosine", "training__steps": 4}
+    straight = _trainer(photos, tmp_path / "a", **options)
+    for step in range(1, 5):
+        straight.train_step(step)
+
+    first_half = _trainer(photos, tmp_path / "b", **options)
+    for step in (1, 2):
+        first_half.train_step(step)
+    save_training_state(tmp_path / "ckpt", first_half.snapshot(2))
+    resumed = _trainer(photos, tmp_path / "c", **options)
+    state = load_training_state(tmp_path / "ckpt")
+    resumed.restore(state)
+    assert state.step == 2 and resumed.learning_rate == first_half.learning_rate
+    for step in (3, 4):
+        resumed.train_step(step)
+
+    expected, actual = _weights(straight), _weights(resumed)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_cached_latents_and_text_give_the_same_loss_as_encoding_every_step(photos, tmp_path):
+    cached = _trainer(photos, tmp_path / "a")
+    uncached = _trainer(photos, tmp_path / "b", training__cache_latents=False, training__cache_text_embeddings=False)
+    assert cached.instance_examples.latents is not None and uncached.instance_examples.latents is None
+    assert cached.instance_examples.text is not None and uncached.instance_examples.text is None
+    assert cached.train_step(1) == pytest.approx(uncached.train_step(1), rel=1e-4)
+
+
+def test_gradient_checkpointing_and_channels_last_keep_the_numbers(photos, tmp_path):
+    plain = _trainer(photos, tmp_path / "a")
+    tuned = _trainer(photos, tmp_path / "b", training__gradient_checkpointing=True, training__channels_last=True)
+    assert tuned.model.unet.is_gradient_checkpointing
+    assert plain.train_step(1) == pytest.approx(tuned.train_step(1), rel=1e-4)
+
+
+def test_text_encoder_lora_trains_the_text_encoder(photos, tmp_path):
+    trainer = _trainer(photos, tmp_path, lora__train_text_encoder=True, optimizer__learning_rate=1e-2)
+    assert trainer.instance_examples.text is None  # captions must be encoded each step now
+    names = [name for name in trainer.method.trainable_state(trainer.model) if name.startswith("text_encoder_0.")]
+    assert names
+    before = _weights(trainer)
+    trainer.train_step(1)
+    after = _weights(trainer)
+    assert any(not torch.equal(before[n], after[n]) for n in names)
+
+
+def test_accumulation_noise_offset_snr_and_bf16_run(photos, tmp_path):
+    trainer = _trainer(
+        photos,
+        tmp_path,
+        training__gradient_accumulation_steps=2,
+        training__noise_offset=0.1,
+        training__snr_gamma=5.0,
+        training__mixed_precision="bf16",
+        data__random_flip=True,
+    )
+    assert trainer.precision.autocast_dtype == torch.bfloat16
+    assert trainer.instance_examples.flipped_latents is not None
+    loss = trainer.train_step(1)
+    assert torch.isfinite(torch.tensor(loss))
+    assert trainer.instance_plan.micro_batch(1) != trainer.instance_plan.micro_batch(0)
+
+
+def test_dreambooth_trains_the_whole_unet_with_a_prior_from_cached_class_images(photos, tmp_path):
+    options = {
+        "method": "dreambooth",
+        "prior__class_prompt": "a photo of a ball",
+        "prior__num_class_images": 2,
+        "prior__generation_steps": 2,
+    }
+    trainer = _trainer(photos, tmp_path / "a", **options)
+    folder = Path(trainer.job.class_images)
+    generated = sorted(folder.glob("*.png"))
+    assert [p.name for p in generated] == ["00000.png", "00001.png"]
+    assert len(trainer.class_examples) == 2
+    assert len(trainer.trainable) == len(list(trainer.model.unet.parameters()))
+    assert trainer.train_step(1) > 0
+    stamps = [p.stat().st_mtime_ns for p in generated]
+    again = _trainer(photos, tmp_path / "b", **options)
+    assert Path(again.job.class_images) == folder
+    assert [p.stat().st_mtime_ns for p in sorted(folder.glob("*.png"))] == stamps  # reused, not regenerated
+
+
+def test_sdxl_lora_with_buckets_and_a_prior_of_another_shape(tmp_path):
+    wide = draw_images(tmp_path / "wide", count=2, size=(160, 80))
+    trainer = Trainer(
+        plan_job(
+            run_config(
+                wide,
+                tmp_path / "out",
+                base_model="tiny-sdxl",
+                method="dreambooth-lora",
+                data__bucketing=True,
+                prior__class_prompt="a photo of a ball",
+                prior__num_class_images=2,
+                prior__generation_steps=2,
+            )
+        )
+    )
+    batch = trainer.instance_examples.batch([0], [False])
+    assert batch.latents.shape[-1] > batch.latents.shape[-2]  # a wide bucket
+    # original (h, w), crop (top, left), target (h, w): 160x80 scaled to 96x48, 4 px cut left and right
+    assert batch.time_ids.tolist() == [[80.0, 160.0, 0.0, 4.0, 48.0, 88.0]]
+    assert trainer.class_examples.batch([0], [False]).latents.shape[-1] == 32  # square class images
+    assert torch.isfinite(torch.tensor(trainer.train_step(1)))

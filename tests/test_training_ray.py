@@ -1,0 +1,152 @@
+"""Training for real: Ray Train with two DDP workers, MLflow, artifacts that load."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from dreamloom.artifacts import read_manifest
+from dreamloom.data import dataset_hash
+from dreamloom.errors import ArtifactError, DreamloomError
+from dreamloom.inference import GenerationRequest, generate, load_artifact_pipeline
+from dreamloom.methods.kohya import export_kohya, import_kohya
+from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
+from dreamloom.settings import tracking_uri
+from dreamloom.tracking import client
+from dreamloom.training.launcher import train
+from tests.helpers import draw_images, run_config
+
+pytestmark = pytest.mark.slow
+
+REQUEST = GenerationRequest(["a photo of sks ball"], images_per_prompt=2, steps=4, seed=3)
+
+
+def _render(pipe) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in generate(pipe, REQUEST, 64)[0]])
+
+
+@pytest.fixture(scope="module")
+def base_images() -> np.ndarray:
+    return _render(pipeline_from_components(load_base_model(resolve_base_model("tiny"))))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora-run")
+    photos = draw_images(root / "photos", count=4, captions=True)
+    config = run_config(
+        photos,
+        root / "sneaker-lora",
+        training__steps=10,
+        training__checkpoint_every=5,
+        validation__every=5,
+        optimizer__learning_rate=5e-3,
+        lora__rank=4,
+        lora__alpha=8,
+        data__trigger_token="sks",
+        scaling__workers=2,
+    )
+    return train(config), config, photos
+
+
+def test_lora_artifact_loads_with_diffusers_and_changes_the_images(lora_run, base_images):
+    result, _, _ = lora_run
+    pipe, manifest = load_artifact_pipeline(result.artifact)
+    trained = _render(pipe)
+    assert np.abs(trained - base_images).mean() > 1.0  # pixel levels, 0-255
+    plain = pipeline_from_components(load_base_model(resolve_base_model("tiny")))
+    plain.load_lora_weights(str(result.artifact))  # diffusers' own loader, no dreamloom code
+    assert np.array_equal(_render(plain), trained)
+
+
+def test_mlflow_holds_config_lineage_metrics_grids_and_artifact(lora_run):
+    result, config, photos = lora_run
+    mlflow = client(tracking_uri())
+    run = mlflow.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method"] == "lora"
+    assert run.data.params["training.steps"] == "10" and run.data.params["scaling.workers"] == "2"
+    assert run.data.tags["dreamloom.dataset_hash"] == dataset_hash(photos)
+    assert run.data.tags["dreamloom.base_model"] == "tiny"
+    assert run.data.tags["dreamloom.base_model_revision"] == resolve_base_model("tiny").revision
+    losses = mlflow.get_metric_history(result.mlflow_run_id, "loss")
+    assert sorted(m.step for m in losses) == list(range(1, 11))
+    for metric in ("lr", "images_per_second", "step_seconds", "peak_memory_mib", "median_step_seconds"):
+        assert mlflow.get_metric_history(result.mlflow_run_id, metric), metric
+    files = _artifact_paths(mlflow, result.mlflow_run_id)
+    assert {"run.yaml", "dataset/dataset.json", "samples/step_000005.png", "samples/step_000010.png"} <= files
+    assert {"artifact/pytorch_lora_weights.safetensors", "artifact/dreamloom.json", "artifact/samples/final.png"} <= files
+
+
+def _artifact_paths(mlflow, run_id: str, folder: str | None = None) -> set[str]:
+    paths = set()
+    for entry in mlflow.list_artifacts(run_id, folder):
+        paths |= _artifact_paths(mlflow, run_id, entry.path) if entry.is_dir else {entry.path}
+    return paths
+
+
+def test_manifest_records_lineage_and_guards_the_files(lora_run, tmp_path):
+    result, _, photos = lora_run
+    manifest = read_manifest(result.artifact)
+    assert manifest.method == "lora" and manifest.artifact_kind == "lora"
+    assert manifest.base_model["revision"] == resolve_base_model("tiny").revision
+    assert manifest.dataset_hash == dataset_hash(photos)
+    assert manifest.trigger_token == "sks" and manifest.resolution == 64 and manifest.steps == 10
+    assert manifest.mlflow_run_id == result.mlflow_run_id
+    assert "pytorch_lora_weights.safetensors" in manifest.files
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for path in result.artifact.iterdir():
+        if path.is_file():
+            (damaged / path.name).write_bytes(path.read_bytes())
+    weights = damaged / "pytorch_lora_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="incomplete or modified"):
+        read_manifest(damaged)
+
+
+def test_kohya_export_then_import_reproduces_the_images(lora_run, tmp_path):
+    result, _, _ = lora_run
+    exported = export_kohya(result.artifact, tmp_path / "sneaker.safetensors")
+    tensors = load_file(str(exported))
+    assert any(k.startswith("lora_unet_down_blocks_1_attentions_0_") and k.endswith(".lora_down.weight") for k in tensors)
+    alphas = {float(v) for k, v in tensors.items() if k.endswith(".alpha")}
+    assert alphas == {8.0}  # alpha travels (rank is 4), so the strength is preserved
+    import_kohya(exported, "tiny", tmp_path / "imported")
+    original, _ = load_artifact_pipeline(result.artifact)
+    imported, _ = load_artifact_pipeline(tmp_path / "imported")
+    assert np.array_equal(_render(imported), _render(original))
+
+
+def test_a_finished_run_is_not_silently_rerun(lora_run, tmp_path):
+    result, config, _ = lora_run
+    with pytest.raises(DreamloomError, match="already holds a finished artifact"):
+        train(config)
+    elsewhere = config.model_copy(update={"output": tmp_path / "elsewhere", "run_name": result.run_name})
+    with pytest.raises(DreamloomError, match="--resume"):
+        train(elsewhere)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_dreambooth_with_prior_preservation_on_two_workers(tmp_path, base_images):
+    photos = draw_images(tmp_path / "photos", count=2)
+    config = run_config(
+        photos,
+        tmp_path / "dreambooth",
+        method="dreambooth",
+        prior__class_prompt="a photo of a ball",
+        prior__num_class_images=4,
+        prior__generation_steps=2,
+        optimizer__learning_rate=1e-3,
+        training__steps=4,
+        scaling__workers=2,
+    )
+    result = train(config)
+    class_images = sorted((Path(tracking_uri().removeprefix("sqlite:///")).parent / "class_images").glob("*/*.png"))
+    assert len(class_images) == 4  # two workers generated two each
+    manifest = read_manifest(result.artifact)
+    assert manifest.artifact_kind == "unet"
+    assert (result.artifact / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    pipe, _ = load_artifact_pipeline(result.artifact)
+    assert np.abs(_render(pipe) - base_images).mean() > 1.0
