@@ -33,3 +33,26 @@ def tiny_base():
     from dreamloom.models import resolve_base_model
 
     return resolve_base_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory):
+    """One real LoRA run (two Ray workers, 10 steps) shared by the tests that need an artifact."""
+    from dreamloom.training.launcher import train
+    from tests.helpers import draw_images, run_config
+
+    root = tmp_path_factory.mktemp("lora-run")
+    photos = draw_images(root / "photos", count=4, captions=True)
+    config = run_config(
+        photos,
+        root / "sneaker-lora",
+        training__steps=10,
+        training__checkpoint_every=5,
+        validation__every=5,
+        optimizer__learning_rate=5e-3,
+        lora__rank=4,
+        lora__alpha=8,
+        data__trigger_token="sks",
+        scaling__workers=2,
+    )
+    return train(config), config, photos

@@ -10,7 +10,9 @@ from PIL import Image, ImageDraw
 from dreamloom.config import RunConfig, load_run_config
 
 
-def draw_images(folder: Path, count: int = 4, size: tuple[int, int] = (96, 80), seed: int = 0, captions: bool = False) -> Path:
+def draw_images(
+    folder: Path, count: int = 4, size: tuple[int, int] = (96, 80), seed: int = 0, captions: bool = False
+) -> Path:
     """Distinct, deterministic pictures: a coloured ellipse on a coloured backdrop."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)

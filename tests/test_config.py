@@ -51,7 +51,9 @@ def test_unknown_field_lists_the_known_fields_of_its_section():
 )
 def test_out_of_range_values_are_refused_with_the_field_name(field, value, fragment):
     with pytest.raises(ConfigError) as error:
-        load_run_config(None, {"method": "lora", "data.path": "p", "data.instance_prompt": "x", "output": "o", field: value})
+        load_run_config(
+            None, {"method": "lora", "data.path": "p", "data.instance_prompt": "x", "output": "o", field: value}
+        )
     assert field in str(error.value)
     assert fragment in str(error.value)
 

@@ -22,7 +22,9 @@ def _png_bomb_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_bytes(image: Image.Image, **save_options) -> bytes:
@@ -50,7 +52,14 @@ def test_every_bad_file_is_listed_in_one_error_and_nothing_is_written(tmp_path: 
 
     problems = dict(error.value.problems)
     assert set(problems) == {
-        "corrupt.png", "truncated.jpg", "notes.jpg", "bomb.png", "tiny.png", "orphan.txt", "animated.gif", "latin1.png",
+        "corrupt.png",
+        "truncated.jpg",
+        "notes.jpg",
+        "bomb.png",
+        "tiny.png",
+        "orphan.txt",
+        "animated.gif",
+        "latin1.png",
     }
     assert "truncated" in problems["truncated.jpg"] or "corrupt" in problems["truncated.jpg"]
     assert "not a JPEG, PNG or WebP" in problems["notes.jpg"]
@@ -128,7 +137,7 @@ def test_center_crop_and_bucketing(tmp_path: Path):
     assert {item.size for item in square.items} == {(64, 64)}
     assert square.items[0].crop_top_left == (0, 32)  # 128x64 resized, 32 px cut each side
     bucketed = prepare_dataset(source, tmp_path / "bucketed", PrepareOptions(resolution=64, bucketing=True))
-    (width, height), = {item.size for item in bucketed.items}
+    ((width, height),) = {item.size for item in bucketed.items}
     assert width > height and width % 8 == 0 and height % 8 == 0
     assert width * height <= 64 * 64 * 1.1
 

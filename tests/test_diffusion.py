@@ -5,7 +5,9 @@ from dreamloom.training.diffusion import denoising_target, per_sample_loss, samp
 
 
 def _scheduler(prediction_type: str) -> DDPMScheduler:
-    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type)
+    return DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type
+    )
 
 
 def test_noise_offset_adds_one_constant_per_sample_and_channel():
@@ -24,7 +26,9 @@ def test_targets_follow_the_prediction_type():
     v_scheduler = _scheduler("v_prediction")
     alpha = v_scheduler.alphas_cumprod[timesteps].sqrt().view(-1, 1, 1, 1)
     sigma = (1 - v_scheduler.alphas_cumprod[timesteps]).sqrt().view(-1, 1, 1, 1)
-    assert torch.allclose(denoising_target(v_scheduler, latents, noise, timesteps), alpha * noise - sigma * latents, atol=1e-6)
+    assert torch.allclose(
+        denoising_target(v_scheduler, latents, noise, timesteps), alpha * noise - sigma * latents, atol=1e-6
+    )
 
 
 def test_min_snr_weighting_caps_easy_timesteps():

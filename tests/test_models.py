@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def test_tiny_is_built_once_into_the_cache_and_reused(tmp_path: Path, monkeypatc
     assert not list((tmp_path / "models").glob(".*"))  # no staging folders left
 
 
-@pytest.mark.parametrize(("kind", "family", "cross_attention", "pooled"), [("tiny", "sd", 32, False), ("tiny-sdxl", "sdxl", 64, True)])
+@pytest.mark.parametrize(
+    ("kind", "family", "cross_attention", "pooled"), [("tiny", "sd", 32, False), ("tiny-sdxl", "sdxl", 64, True)]
+)
 def test_tiny_bases_load_and_encode_prompts(kind, family, cross_attention, pooled):
     ref = resolve_base_model(kind)
     assert ref.family == family and ref.revision.startswith("sha256:")
@@ -69,11 +72,13 @@ def test_a_local_diffusers_folder_is_a_base_model(tmp_path: Path):
 
 def test_bad_base_model_specs_explain_what_to_do(tmp_path: Path):
     (tmp_path / "not-a-pipeline").mkdir()
-    with pytest.raises(DreamloomError, match="model_index.json"):
+    with pytest.raises(DreamloomError, match=r"model_index\.json"):
         resolve_base_model(str(tmp_path / "not-a-pipeline"))
     with pytest.raises(DreamloomError, match="neither a folder nor a hub id"):
         resolve_base_model("no such model!")
-    with pytest.raises(DreamloomError, match="huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0"):
+    with pytest.raises(
+        DreamloomError, match=re.escape("huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0")
+    ):
         resolve_base_model("stabilityai/stable-diffusion-xl-base-1.0")  # offline in tests
     flux = tmp_path / "flux"
     flux.mkdir()

@@ -24,7 +24,9 @@ CHECKPOINT_EVERY = 5
 STEPS = 60
 
 
-def _wait_for_committed_checkpoint(run_folder: Path, at_least: int = 2 * CHECKPOINT_EVERY, timeout: float = 240.0) -> int:
+def _wait_for_committed_checkpoint(
+    run_folder: Path, at_least: int = 2 * CHECKPOINT_EVERY, timeout: float = 240.0
+) -> int:
     """The step of the newest checkpoint Ray has committed, once it reaches ``at_least``.
 
     A checkpoint folder appears as soon as rank 0 uploads it, but Ray resumes only from
@@ -105,7 +107,7 @@ def test_a_killed_driver_is_resumed_by_rerunning_with_resume(tmp_path):
     ]  # fmt: skip
     driver = _cli(args, env, start_new_session=True)
     committed = _wait_for_committed_checkpoint(tmp_path / "home" / "runs" / "interrupted")
-    family = psutil.Process(driver.pid).children(recursive=True) + [psutil.Process(driver.pid)]
+    family = [*psutil.Process(driver.pid).children(recursive=True), psutil.Process(driver.pid)]
     for process in family:
         process.kill()
     psutil.wait_procs(family, timeout=30)

@@ -1,7 +1,5 @@
 """Training for real: Ray Train with two DDP workers, MLflow, artifacts that load."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from safetensors.torch import load_file
@@ -15,6 +13,7 @@ from dreamloom.models import load_base_model, pipeline_from_components, resolve_
 from dreamloom.settings import tracking_uri
 from dreamloom.tracking import client
 from dreamloom.training.launcher import train
+from dreamloom.training.prior import class_images_folder
 from tests.helpers import draw_images, run_config
 
 pytestmark = pytest.mark.slow
@@ -31,28 +30,9 @@ def base_images() -> np.ndarray:
     return _render(pipeline_from_components(load_base_model(resolve_base_model("tiny"))))
 
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora-run")
-    photos = draw_images(root / "photos", count=4, captions=True)
-    config = run_config(
-        photos,
-        root / "sneaker-lora",
-        training__steps=10,
-        training__checkpoint_every=5,
-        validation__every=5,
-        optimizer__learning_rate=5e-3,
-        lora__rank=4,
-        lora__alpha=8,
-        data__trigger_token="sks",
-        scaling__workers=2,
-    )
-    return train(config), config, photos
-
-
 def test_lora_artifact_loads_with_diffusers_and_changes_the_images(lora_run, base_images):
     result, _, _ = lora_run
-    pipe, manifest = load_artifact_pipeline(result.artifact)
+    pipe, _ = load_artifact_pipeline(result.artifact)
     trained = _render(pipe)
     assert np.abs(trained - base_images).mean() > 1.0  # pixel levels, 0-255
     plain = pipeline_from_components(load_base_model(resolve_base_model("tiny")))
@@ -61,7 +41,7 @@ def test_lora_artifact_loads_with_diffusers_and_changes_the_images(lora_run, bas
 
 
 def test_mlflow_holds_config_lineage_metrics_grids_and_artifact(lora_run):
-    result, config, photos = lora_run
+    result, _, photos = lora_run
     mlflow = client(tracking_uri())
     run = mlflow.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
@@ -76,7 +56,11 @@ def test_mlflow_holds_config_lineage_metrics_grids_and_artifact(lora_run):
         assert mlflow.get_metric_history(result.mlflow_run_id, metric), metric
     files = _artifact_paths(mlflow, result.mlflow_run_id)
     assert {"run.yaml", "dataset/dataset.json", "samples/step_000005.png", "samples/step_000010.png"} <= files
-    assert {"artifact/pytorch_lora_weights.safetensors", "artifact/dreamloom.json", "artifact/samples/final.png"} <= files
+    assert {
+        "artifact/pytorch_lora_weights.safetensors",
+        "artifact/dreamloom.json",
+        "artifact/samples/final.png",
+    } <= files
 
 
 def _artifact_paths(mlflow, run_id: str, folder: str | None = None) -> set[str]:
@@ -110,7 +94,9 @@ def test_kohya_export_then_import_reproduces_the_images(lora_run, tmp_path):
     result, _, _ = lora_run
     exported = export_kohya(result.artifact, tmp_path / "sneaker.safetensors")
     tensors = load_file(str(exported))
-    assert any(k.startswith("lora_unet_down_blocks_1_attentions_0_") and k.endswith(".lora_down.weight") for k in tensors)
+    assert any(
+        k.startswith("lora_unet_down_blocks_1_attentions_0_") and k.endswith(".lora_down.weight") for k in tensors
+    )
     alphas = {float(v) for k, v in tensors.items() if k.endswith(".alpha")}
     assert alphas == {8.0}  # alpha travels (rank is 4), so the strength is preserved
     import_kohya(exported, "tiny", tmp_path / "imported")
@@ -143,8 +129,8 @@ def test_dreambooth_with_prior_preservation_on_two_workers(tmp_path, base_images
         scaling__workers=2,
     )
     result = train(config)
-    class_images = sorted((Path(tracking_uri().removeprefix("sqlite:///")).parent / "class_images").glob("*/*.png"))
-    assert len(class_images) == 4  # two workers generated two each
+    folder = class_images_folder(resolve_base_model("tiny"), config.prior, config.data.resolution)
+    assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:05d}.png" for i in range(4)]  # two per worker
     manifest = read_manifest(result.artifact)
     assert manifest.artifact_kind == "unet"
     assert (result.artifact / "unet" / "diffusion_pytorch_model.safetensors").is_file()

@@ -110,11 +110,16 @@ class Trainer:
             images = [Image.open(dataset.root / item.image).convert("RGB") for item in dataset.items]
             return images, [item.caption or prior.class_prompt or "" for item in dataset.items]
         folder = Path(self.job.class_images)
-        missing = missing_class_images(folder, prior.num_class_images)
-        mine = missing[self.rank :: self.world]
+        # Image i belongs to rank i % world; each rank fills its own gaps.
+        mine = [i for i in missing_class_images(folder, prior.num_class_images) if i % self.world == self.rank]
         if mine:
             generate_class_images(self.model, folder, prior, resolution, mine, on_class_image)
         barrier()
+        if missing_class_images(folder, prior.num_class_images):
+            raise RuntimeError(
+                f"class images missing in {folder} after generation; on several nodes the work "
+                "folder (DREAMLOOM_HOME) must be shared storage"
+            )
         images = load_class_images(folder)[: prior.num_class_images]
         return images, [prior.class_prompt] * len(images)
 

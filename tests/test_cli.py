@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import ray
+from PIL import Image
+
+from dreamloom import __version__
+from dreamloom.cli import main
+from tests.helpers import draw_images
+
+TRAIN = ["train", "--method", "lora", "--instance-prompt", "a photo of sks ball", "--resolution", "64"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert __version__ in capsys.readouterr().out
+
+
+def test_print_config_merges_flags_and_set(tmp_path, capsys):
+    code = main(
+        [
+            *TRAIN,
+            "--data",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+            "--set",
+            "lora.rank=16",
+            "--steps",
+            "7",
+            "--print-config",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "rank: 16" in out and "steps: 7" in out and "method: lora" in out
+
+
+def test_invalid_config_exits_2_naming_field_and_choices(tmp_path, capsys):
+    code = main(
+        ["train", "--method", "textual-inversio", "--data", str(tmp_path), "--instance-prompt", "x", "--output", "o"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "method" in err and "'dreambooth-lora'" in err and "Traceback" not in err
+
+
+def test_bad_images_are_refused_before_any_model_ray_or_mlflow_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DREAMLOOM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DREAMLOOM_CACHE", str(tmp_path / "cache"))
+    photos = draw_images(tmp_path / "photos", count=2)
+    (photos / "broken.png").write_bytes(b"not a png at all")
+    Image.new("RGB", (16, 16)).save(photos / "small.png")
+    was_running = ray.is_initialized()
+    code = main([*TRAIN, "--data", str(photos), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "broken.png" in err and "small.png" in err and "nothing was written" in err
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "cache" / "models").exists()  # no base model was built or loaded
+    assert not (tmp_path / "home" / "mlflow.db").exists()  # no tracking run was opened
+    assert ray.is_initialized() == was_running
+
+
+def test_prepare_command(tmp_path, capsys):
+    photos = draw_images(tmp_path / "photos", count=3)
+    assert main(["prepare", "--data", str(photos), "--out", str(tmp_path / "prepared"), "--resolution", "64"]) == 0
+    assert "prepared 3 images" in capsys.readouterr().out
+    assert len(list((tmp_path / "prepared" / "images").glob("*.png"))) == 3
+
+
+@pytest.mark.slow
+def test_generate_local_writes_images_grid_and_index(lora_run, tmp_path, capsys):
+    result, _, _ = lora_run
+    out = tmp_path / "renders"
+    code = main([
+        "generate-local", "--artifact", str(result.artifact), "--prompt", "a photo of sks ball",
+        "--prompt", "sks ball on a beach", "--num-images", "2", "--steps", "3", "--seed", "10", "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    index = json.loads((out / "images.json").read_text())
+    prompts = ["a photo of sks ball", "sks ball on a beach"]
+    assert [(i["prompt"], i["seed"]) for i in index] == [(p, seed) for p in prompts for seed in (10, 11)]
+    assert Image.open(out / "grid.png").size == (128, 128)
+    assert all(Image.open(out / i["file"]).size == (64, 64) for i in index)
+
+
+@pytest.mark.slow
+def test_generate_local_refuses_bad_requests(lora_run, tmp_path, capsys):
+    result, _, _ = lora_run
+    base = ["generate-local", "--artifact", str(result.artifact), "--prompt", "x", "--out", str(tmp_path / "o")]
+    assert main([*base, "--size", "big"]) == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+    assert main([*base, "--steps", "0"]) == 2
+    assert "steps must be between 1 and 200" in capsys.readouterr().err
+    assert main(["generate-local", "--artifact", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "no dreamloom.json" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_kohya_commands_round_trip(lora_run, tmp_path, capsys):
+    result, _, _ = lora_run
+    exported = tmp_path / "sneaker.safetensors"
+    assert main(["lora", "export-kohya", str(result.artifact), "--out", str(exported)]) == 0
+    assert (
+        main(["lora", "import-kohya", str(exported), "--base-model", "tiny", "--output", str(tmp_path / "back")]) == 0
+    )
+    assert (tmp_path / "back" / "dreamloom.json").is_file()
+    pickled = tmp_path / "old.pt"
+    pickled.write_bytes(b"\x80\x04")
+    assert main(["lora", "import-kohya", str(pickled), "--base-model", "tiny", "--output", str(tmp_path / "x")]) == 2
+    assert "never loads pickled" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
