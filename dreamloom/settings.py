@@ -54,6 +54,7 @@ def apply_quiet_defaults() -> None:
     """Turn off telemetry and phoning home; keep Ray's files contained. User settings win."""
     defaults = {
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "DO_NOT_TRACK": "1",
         "RAY_USAGE_STATS_ENABLED": "0",

@@ -143,3 +143,15 @@ def test_sdxl_lora_with_buckets_and_a_prior_of_another_shape(tmp_path):
     assert batch.time_ids.tolist() == [[80.0, 160.0, 0.0, 4.0, 48.0, 88.0]]
     assert trainer.class_examples.batch([0], [False]).latents.shape[-1] == 32  # square class images
     assert torch.isfinite(torch.tensor(trainer.train_step(1)))
+
+
+@pytest.mark.slow
+def test_compiled_unet_trains_to_the_same_numbers(photos, tmp_path):
+    eager = _trainer(photos, tmp_path / "a")
+    compiled = _trainer(photos, tmp_path / "b", training__compile=True)
+    assert compiled.forward_modules["unet"] is not compiled.model.unet
+    assert [compiled.train_step(s) for s in (1, 2)] == pytest.approx([eager.train_step(s) for s in (1, 2)], rel=1e-4)
+    assert all(
+        torch.allclose(a, b, atol=1e-6)
+        for a, b in zip(_weights(eager).values(), _weights(compiled).values(), strict=True)
+    )

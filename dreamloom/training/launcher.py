@@ -19,7 +19,6 @@ from dreamloom.methods import get_method
 from dreamloom.models.base import BaseModelRef, resolve_base_model
 from dreamloom.settings import apply_quiet_defaults, ray_temp_dir, tracking_uri, work_dir
 from dreamloom.training.prior import class_images_folder
-from dreamloom.training.progress import default_style
 from dreamloom.training.trainer import TrainJob
 from dreamloom.training.worker import ARTIFACT_FOLDER
 
@@ -38,11 +37,11 @@ def run_storage(config: RunConfig) -> str:
     return config.scaling.storage_path or str(work_dir() / "runs")
 
 
-def train(config: RunConfig, resume: bool = False, progress: str | None = None) -> TrainResult:
+def train(config: RunConfig, resume: bool = False) -> TrainResult:
     apply_quiet_defaults()
     run_name = config.effective_run_name
     storage = run_storage(config)
-    _check_output(config.output, resume)
+    _check_output(config.output)
     _check_run_state(Path(storage) / run_name, run_name, resume)
     _check_devices(config)
     job = plan_job(config)
@@ -55,7 +54,7 @@ def train(config: RunConfig, resume: bool = False, progress: str | None = None) 
         flush=True,
     )
     try:
-        result = _fit(job, storage, run_name, progress or default_style())
+        result = _fit(job, storage, run_name)
         manifest = _publish(config, base, dataset, result, run_id)
     except BaseException:
         mlflow.set_terminated(run_id, status="FAILED")
@@ -91,7 +90,7 @@ def plan_job(config: RunConfig) -> TrainJob:
 # ----- checks before any compute -----
 
 
-def _check_output(output: Path, resume: bool) -> None:
+def _check_output(output: Path) -> None:
     if not output.exists():
         return
     if (output / artifacts.MANIFEST_FILE).is_file():
@@ -205,7 +204,7 @@ def ensure_ray(config: RunConfig) -> None:
     )
 
 
-def _fit(job: TrainJob, storage: str, run_name: str, progress: str):
+def _fit(job: TrainJob, storage: str, run_name: str):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -216,7 +215,7 @@ def _fit(job: TrainJob, storage: str, run_name: str, progress: str):
         resources["GPU"] = scaling.gpus_per_worker
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"job": job.model_dump(mode="json"), "progress": progress},
+        train_loop_config={"job": job.model_dump(mode="json")},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.workers, use_gpu=scaling.gpus_per_worker > 0, resources_per_worker=resources
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -46,6 +47,21 @@ def peak_memory_bytes(device: torch.device) -> int:
     """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The process's resident-memory high-water mark.
+
+    Read from /proc (VmHWM) where it exists: ``getrusage``'s ru_maxrss survives fork and exec
+    on Linux, so a child would report its parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -33,6 +33,7 @@ from dreamloom.training.diffusion import denoising_target, per_sample_loss, samp
 from dreamloom.training.examples import Batch, BatchPlan, ExampleSet, load_class_images
 from dreamloom.training.precision import resolve_precision
 from dreamloom.training.prior import generate_class_images, missing_class_images
+from dreamloom.training.progress import Progress
 
 
 class TrainJob(BaseModel):
@@ -66,7 +67,7 @@ class Trainer:
         world: int = 1,
         wrap: Callable[[torch.nn.Module], torch.nn.Module] = _identity,
         barrier: Callable[[], None] = lambda: None,
-        on_class_image: Callable[[], None] | None = None,
+        show_progress: bool = True,
     ):
         self.job, self.config = job, job.config
         self.device, self.rank, self.world = torch.device(device), rank, world
@@ -75,7 +76,7 @@ class Trainer:
         self.model: LoadedBaseModel = load_base_model(job.base_ref, self.device)
         self.class_examples = None
         if self.config.prior_enabled:
-            class_images, class_captions = self._class_images(barrier, on_class_image)
+            class_images, class_captions = self._class_images(barrier, show_progress)
         self.method = get_method(self.config.method)(self.config)
         torch.manual_seed(settings.seed)  # new weights (e.g. LoRA matrices) start the same on every run
         self.method.attach(self.model)
@@ -103,7 +104,7 @@ class Trainer:
 
     # ----- set-up -----
 
-    def _class_images(self, barrier, on_class_image) -> tuple[list[Image.Image], list[str]]:
+    def _class_images(self, barrier, show_progress: bool) -> tuple[list[Image.Image], list[str]]:
         prior, resolution = self.config.prior, self.config.data.resolution
         if self.job.class_dataset_root:
             dataset = PreparedDataset.load(Path(self.job.class_dataset_root))
@@ -113,7 +114,8 @@ class Trainer:
         # Image i belongs to rank i % world; each rank fills its own gaps.
         mine = [i for i in missing_class_images(folder, prior.num_class_images) if i % self.world == self.rank]
         if mine:
-            generate_class_images(self.model, folder, prior, resolution, mine, on_class_image)
+            progress = Progress(len(mine), f"class images, rank {self.rank}") if show_progress else None
+            generate_class_images(self.model, folder, prior, resolution, mine, progress.update if progress else None)
         barrier()
         if missing_class_images(folder, prior.num_class_images):
             raise RuntimeError(

@@ -31,28 +31,19 @@ def train_worker(job_document: dict) -> None:
     from dreamloom.logs import quiet_library_logging
 
     quiet_library_logging()
+    _quiet_ray_train_reports()
     job = TrainJob.model_validate(job_document["job"])
-    progress_style = job_document.get("progress", "lines")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(job.config.scaling.cpus_per_worker)
     is_main = rank == 0
-    class_progress = None
-    if is_main and job.config.prior_enabled and job.class_images:
-        class_progress = Progress(job.config.prior.num_class_images, "class images", progress_style, in_ray=True)
     trainer = Trainer(
-        job,
-        device,
-        rank,
-        world,
-        wrap=ray.train.torch.prepare_model,
-        barrier=_barrier,
-        on_class_image=(lambda: class_progress.update(world)) if class_progress else None,
+        job, device, rank, world, wrap=ray.train.torch.prepare_model, barrier=_barrier, show_progress=is_main
     )
     start = _restore(trainer, ray.train.get_checkpoint(), device)
-    run = _RankZeroReporting(job, start, progress_style) if is_main else None
+    run = _RankZeroReporting(job, start) if is_main else None
     total = job.config.training.steps
     for step in range(start + 1, total + 1):
         began = time.perf_counter()
@@ -65,6 +56,20 @@ def train_worker(job_document: dict) -> None:
             _report(trainer, step, start, final=step == total, reporting=run)
     if run:
         run.close()
+
+
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report at INFO on a logger named after its source file, outside
+    ``ray.train`` (so ``LoggingConfig`` does not reach it); our progress lines say the same."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logger = getattr(context, "logger", None)
+    if isinstance(logger, logging.Logger):
+        logger.setLevel(logging.WARNING)
 
 
 def _restore(trainer: Trainer, checkpoint, device) -> int:
@@ -114,12 +119,12 @@ def _report(trainer: Trainer, step: int, start: int, final: bool, reporting: _Ra
 class _RankZeroReporting:
     """Rank 0's view of the run: progress on screen, metrics and grids in MLflow."""
 
-    def __init__(self, job: TrainJob, start: int, style: str):
+    def __init__(self, job: TrainJob, start: int):
         from dreamloom.tracking import MetricsLogger
 
         self.job, self.start = job, start
         self.settings = job.config.training
-        self.progress = Progress(self.settings.steps, "train", style, initial=start, in_ray=True)
+        self.progress = Progress(self.settings.steps, "train", initial=start)
         self.logger = MetricsLogger(job.tracking_uri, job.mlflow_run_id) if job.mlflow_run_id else None
         self.device = torch.device((job.config.scaling.gpus_per_worker and "cuda") or "cpu")
         self.step_times: list[float] = []
@@ -162,6 +167,5 @@ class _RankZeroReporting:
             self.logger.flush()
 
     def close(self) -> None:
-        self.progress.close()
         if self.logger:
             self.logger.flush()
