@@ -113,3 +113,11 @@ def test_kohya_commands_round_trip(lora_run, tmp_path, capsys):
     assert main(["lora", "import-kohya", str(pickled), "--base-model", "tiny", "--output", str(tmp_path / "x")]) == 2
     assert "never loads pickled" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_without_a_run_says_so_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DREAMLOOM_HOME", str(tmp_path / "home"))
+    photos = draw_images(tmp_path / "photos", count=2)
+    code = main([*TRAIN, "--data", str(photos), "--output", str(tmp_path / "never-ran"), "--resume"])
+    assert code == 2
+    assert "nothing to resume" in capsys.readouterr().err

@@ -123,4 +123,8 @@ def test_a_killed_driver_is_resumed_by_rerunning_with_resume(tmp_path):
     assert resumed.returncode == 0, output
     resumed_from = int(output.split("resumed from step ")[1].split(";")[0])
     assert committed <= resumed_from < STEPS
-    assert read_manifest(tmp_path / "interrupted").steps == STEPS
+    manifest = read_manifest(tmp_path / "interrupted")
+    assert manifest.steps == STEPS
+    tracking = client(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    runs = tracking.search_runs([tracking.get_experiment_by_name("dreamloom").experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(manifest.mlflow_run_id, "FINISHED")]  # reopened, not new

@@ -155,3 +155,14 @@ def test_compiled_unet_trains_to_the_same_numbers(photos, tmp_path):
         torch.allclose(a, b, atol=1e-6)
         for a, b in zip(_weights(eager).values(), _weights(compiled).values(), strict=True)
     )
+
+
+def test_own_class_images_replace_generated_ones(photos, tmp_path):
+    own = draw_images(tmp_path / "class", count=3, seed=5)
+    trainer = _trainer(
+        photos, tmp_path, method="dreambooth-lora", prior__class_prompt="a photo of a ball", prior__class_data=str(own)
+    )
+    assert trainer.job.class_images is None and trainer.job.class_dataset_root
+    assert len(trainer.class_examples) == 3
+    assert set(trainer.class_examples.captions) == {"a photo of a ball"}
+    assert trainer.train_step(1) > 0
