@@ -88,3 +88,11 @@ def test_config_file_problems_are_reported_plainly(tmp_path: Path):
         load_run_config(listing)
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("lora.rank")
+
+
+@pytest.mark.parametrize(
+    "example", sorted((Path(__file__).parent.parent / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_example_configs_are_valid(example: Path):
+    config = load_run_config(example)
+    assert config.output.parts[0] == "out"

@@ -9,6 +9,7 @@ interval is lost. Rank 0 also logs metrics and sample grids to MLflow and shows 
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def train_worker(job_document: dict) -> None:
         job, device, rank, world, wrap=ray.train.torch.prepare_model, barrier=_barrier, show_progress=is_main
     )
     start = _restore(trainer, ray.train.get_checkpoint(), device)
-    run = _RankZeroReporting(job, start) if is_main else None
+    run = _RankZeroReporting(job, start, device) if is_main else None
     total = job.config.training.steps
     for step in range(start + 1, total + 1):
         began = time.perf_counter()
@@ -119,14 +120,14 @@ def _report(trainer: Trainer, step: int, start: int, final: bool, reporting: _Ra
 class _RankZeroReporting:
     """Rank 0's view of the run: progress on screen, metrics and grids in MLflow."""
 
-    def __init__(self, job: TrainJob, start: int):
+    def __init__(self, job: TrainJob, start: int, device: torch.device):
         from dreamloom.tracking import MetricsLogger
 
         self.job, self.start = job, start
         self.settings = job.config.training
         self.progress = Progress(self.settings.steps, "train", initial=start)
         self.logger = MetricsLogger(job.tracking_uri, job.mlflow_run_id) if job.mlflow_run_id else None
-        self.device = torch.device((job.config.scaling.gpus_per_worker and "cuda") or "cpu")
+        self.device = device
         self.step_times: list[float] = []
         self.last_loss = float("nan")
         if self.logger and start:
@@ -148,11 +149,10 @@ class _RankZeroReporting:
             self.logger.image(image, step)
 
     def summary(self) -> dict:
-        steady = sorted(self.step_times[1:] or self.step_times)
-        median = steady[len(steady) // 2] if steady else float("nan")
+        steady = self.step_times[1:] or self.step_times  # the first step pays for warm-up
         return {
             "loss": self.last_loss,
-            "median_step_seconds": median,
+            "median_step_seconds": statistics.median(steady) if steady else float("nan"),
             "peak_memory_bytes": peak_memory_bytes(self.device),
         }
 
