@@ -15,6 +15,9 @@ from dreamloom.errors import DreamloomError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dreamloom.settings import apply_quiet_defaults
+
+    apply_quiet_defaults()  # before the libraries are imported: some read these once, at import
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

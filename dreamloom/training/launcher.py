@@ -112,6 +112,12 @@ def _check_run_state(run_folder: Path, run_name: str, resume: bool) -> None:
 
 def _check_devices(config: RunConfig) -> None:
     scaling, precision = config.scaling, config.training.mixed_precision
+    if os.environ.get("RAY_ADDRESS") and tracking_uri().startswith(("sqlite:", "file:")):
+        print(
+            f"[dreamloom] warning: RAY_ADDRESS is set but MLflow tracks to {tracking_uri()}; workers on "
+            "other machines cannot write there. Set MLFLOW_TRACKING_URI to an MLflow server.",
+            flush=True,
+        )
     if scaling.gpus_per_worker == 0 and precision == "fp16":
         raise DreamloomError("training.mixed_precision fp16 needs GPUs; set scaling.gpus_per_worker or use bf16/no")
     if scaling.gpus_per_worker and not os.environ.get("RAY_ADDRESS"):
