@@ -16,7 +16,12 @@ from dreamloom.errors import ConfigError
 
 # Methods that use prior preservation unless the config turns it off.
 PRIOR_BY_DEFAULT = ("dreambooth", "dreambooth-lora")
-MethodName = Literal["lora", "dreambooth", "dreambooth-lora"]
+MethodName = Literal[
+    "lora", "dreambooth", "dreambooth-lora", "textual-inversion", "hypernetwork", "controlnet", "pivotal"
+]
+# Methods that learn new token embeddings (they need a placeholder token in their prompts).
+EMBEDDING_METHODS = ("textual-inversion", "pivotal")
+CONDITIONS = ("canny", "scribble", "mask", "user")
 LR_SCHEDULERS = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
 
@@ -66,6 +71,57 @@ class LoraSettings(Section):
     @property
     def effective_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
+
+
+class TextualInversionSettings(Section):
+    placeholder_token: str = Field(
+        "<concept>", pattern=r"^\S+$", description="The new token, e.g. <sks-shoe>; write it in your prompts"
+    )
+    num_vectors: int = Field(1, ge=1, le=75, description="Embedding vectors behind the token")
+    initializer_token: str = Field("object", min_length=1, description="An existing single token to start from")
+    learnable_property: Literal["object", "style"] = Field(
+        "object", description="Prompt templates for uncaptioned images: objects or styles"
+    )
+    use_templates: bool = Field(
+        True, description="Uncaptioned images cycle through templates instead of data.instance_prompt"
+    )
+    learning_rate: float | None = Field(None, gt=0, le=1, description="Default: optimizer.learning_rate")
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="Pivotal tuning: share of the steps the embedding trains (then LoRA alone)"
+    )
+
+    @property
+    def tokens(self) -> list[str]:
+        """The placeholder and its extra vectors, named the way diffusers names them."""
+        return [self.placeholder_token] + [f"{self.placeholder_token}_{i}" for i in range(1, self.num_vectors)]
+
+
+class HypernetworkSettings(Section):
+    layer_structure: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0, 1.0],
+        min_length=2,
+        description="Widths of the residual MLP as multiples of the context width (A1111's 1, 2, 1)",
+    )
+    activation: Literal["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "gelu", "mish"] = "linear"
+    layer_norm: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after hidden layers (A1111's use_dropout)")
+    strength: float = Field(1.0, ge=0, le=2, description="Multiplier of the MLP output when generating")
+
+    @field_validator("layer_structure")
+    @classmethod
+    def _ends_at_one(cls, structure: list[float]) -> list[float]:
+        if structure[0] != 1 or structure[-1] != 1 or any(width <= 0 for width in structure):
+            raise ValueError("must start and end with 1 and hold positive widths, e.g. [1, 2, 1]")
+        return structure
+
+
+class ControlNetSettings(Section):
+    condition: Literal["canny", "scribble", "mask", "user"] = Field(
+        "canny", description="canny/scribble: extracted from each image; mask: name.mask.png; user: name.cond.png"
+    )
+    canny_low: int = Field(100, ge=0, le=255)
+    canny_high: int = Field(200, ge=0, le=255)
+    conditioning_scale: float = Field(1.0, ge=0, le=2, description="Strength of the control when generating")
 
 
 class PriorSettings(Section):
@@ -146,6 +202,9 @@ class RunConfig(Section):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    textual_inversion: TextualInversionSettings = Field(default_factory=TextualInversionSettings)
+    hypernetwork: HypernetworkSettings = Field(default_factory=HypernetworkSettings)
+    controlnet: ControlNetSettings = Field(default_factory=ControlNetSettings)
     prior: PriorSettings = Field(default_factory=PriorSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
@@ -157,6 +216,18 @@ class RunConfig(Section):
                 f"method {self.method!r} uses prior preservation, which needs prior.class_prompt "
                 "(e.g. --class-prompt 'a photo of a shoe') or prior.class_data; "
                 "or set prior.enabled=false"
+            )
+        if self.prior_enabled and self.method == "controlnet":
+            raise ValueError("controlnet trains on (image, condition) pairs and has no prior preservation")
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_methods_name_their_token(self) -> RunConfig:
+        token = self.textual_inversion.placeholder_token
+        if self.method in EMBEDDING_METHODS and token not in self.data.instance_prompt:
+            raise ValueError(
+                f"method {self.method!r} learns the token {token!r}: put it in data.instance_prompt "
+                f"(e.g. 'a photo of {token}') or choose it with --placeholder-token"
             )
         return self
 
@@ -190,6 +261,10 @@ FLAG_FIELDS = {
     "gpus_per_worker": "scaling.gpus_per_worker",
     "output": "output",
     "run_name": "run_name",
+    "placeholder_token": "textual_inversion.placeholder_token",
+    "num_vectors": "textual_inversion.num_vectors",
+    "initializer_token": "textual_inversion.initializer_token",
+    "condition": "controlnet.condition",
 }
 
 

@@ -26,6 +26,8 @@ class GenerationRequest:
     seed: int = 0
     width: int | None = None
     height: int | None = None
+    control_image: Image.Image | None = None  # ControlNet artifacts: the condition to follow
+    control_scale: float = 1.0
 
     def __post_init__(self):
         if not self.prompts or any(not p.strip() for p in self.prompts):
@@ -36,6 +38,8 @@ class GenerationRequest:
             raise DreamloomError(f"guidance must be between 0 and 50 (got {self.guidance})")
         if not 1 <= self.images_per_prompt <= 64:
             raise DreamloomError(f"images per prompt must be between 1 and 64 (got {self.images_per_prompt})")
+        if not 0 <= self.control_scale <= 2:
+            raise DreamloomError(f"control scale must be between 0 and 2 (got {self.control_scale})")
         for side in (self.width, self.height):
             if side is not None and (side < 8 or side > 4096 or side % 8):
                 raise DreamloomError(f"width and height must be multiples of 8 between 8 and 4096 (got {side})")
@@ -55,14 +59,21 @@ def artifact_base(manifest: ArtifactManifest) -> BaseModelRef:
     return current
 
 
-def load_artifact_pipeline(artifact: Path, scale: float = 1.0, device: str | None = None):
-    """The base pipeline with the artifact applied, and the artifact's manifest."""
+def load_artifact_pipeline(artifact: Path, strength: float | None = None, device: str | None = None):
+    """The base pipeline with the artifact applied (at ``strength``, where the method has one),
+    and the artifact's manifest."""
     manifest = read_manifest(artifact)
+    method = get_method(manifest.method)
+    if strength is not None and strength != 1.0 and not method.has_strength:
+        raise DreamloomError(f"a {manifest.method} artifact has no strength to set; leave --scale out")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = load_base_model(artifact_base(manifest), device, dtype)
-    pipe = pipeline_from_components(model)
-    get_method(manifest.method).apply_artifact(pipe, Path(artifact), scale)
+    if strength is None:
+        strength = (
+            manifest.config.get("hypernetwork", {}).get("strength", 1.0) if method.name == "hypernetwork" else 1.0
+        )
+    pipe = method.load_into(pipeline_from_components(model), Path(artifact), manifest, strength)
     return pipe, manifest
 
 
@@ -70,6 +81,8 @@ def load_artifact_pipeline(artifact: Path, scale: float = 1.0, device: str | Non
 def generate(pipe, request: GenerationRequest, default_size: int | None = None) -> list[list[Image.Image]]:
     """Images per prompt; image ``i`` of every prompt uses seed ``request.seed + i``."""
     size = default_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width, height = request.width or size, request.height or size
+    control = _control_arguments(pipe, request, width, height)
     rows = []
     for prompt in request.prompts:
         generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.images_per_prompt)]
@@ -80,12 +93,26 @@ def generate(pipe, request: GenerationRequest, default_size: int | None = None) 
                 num_images_per_prompt=request.images_per_prompt,
                 num_inference_steps=request.steps,
                 guidance_scale=request.guidance,
-                width=request.width or size,
-                height=request.height or size,
+                width=width,
+                height=height,
                 generator=generators,
+                **control,
             ).images
         )
     return rows
+
+
+def _control_arguments(pipe, request: GenerationRequest, width: int, height: int) -> dict:
+    if getattr(pipe, "controlnet", None) is None:
+        if request.control_image is not None:
+            raise DreamloomError("a control image needs a ControlNet artifact")
+        return {}
+    if request.control_image is None:
+        raise DreamloomError("a ControlNet artifact needs a control image (--control-image FILE)")
+    return {
+        "image": request.control_image.convert("RGB").resize((width, height)),
+        "controlnet_conditioning_scale": request.control_scale,
+    }
 
 
 def save_images(rows: list[list[Image.Image]], request: GenerationRequest, out: Path) -> Path:

@@ -45,3 +45,57 @@ def run_config(data: Path, output: Path, **overrides) -> RunConfig:
     }
     document.update({key.replace("__", "."): value for key, value in overrides.items()})
     return load_run_config(None, document)
+
+
+# Per-method settings that make a small run of each method valid.
+METHOD_OPTIONS = {
+    "lora": {},
+    "dreambooth": {
+        "prior__class_prompt": "a photo of a ball",
+        "prior__num_class_images": 2,
+        "prior__generation_steps": 2,
+    },
+    "dreambooth-lora": {
+        "prior__class_prompt": "a photo of a ball",
+        "prior__num_class_images": 2,
+        "prior__generation_steps": 2,
+    },
+    "textual-inversion": {
+        "data__instance_prompt": "a photo of <sks-ball>",
+        "textual_inversion__placeholder_token": "<sks-ball>",
+        "textual_inversion__initializer_token": "ball",
+        "textual_inversion__num_vectors": 2,
+    },
+    "pivotal": {
+        "data__instance_prompt": "a photo of <sks-ball>",
+        "textual_inversion__placeholder_token": "<sks-ball>",
+        "textual_inversion__initializer_token": "ball",
+        "textual_inversion__train_fraction": 0.5,
+    },
+    "hypernetwork": {},
+    "controlnet": {"controlnet__condition": "canny"},
+}
+
+
+def method_config(method: str, data: Path, output: Path, **overrides) -> RunConfig:
+    return run_config(data, output, method=method, **{**METHOD_OPTIONS[method], **overrides})
+
+
+def train_in_process(config: RunConfig) -> Path:
+    """Train without Ray and publish the artifact with its manifest, as a real run would."""
+    import tempfile
+
+    from dreamloom.artifacts import publish
+    from dreamloom.data.prepare import PreparedDataset
+    from dreamloom.training.launcher import manifest_for, plan_job
+    from dreamloom.training.trainer import Trainer
+
+    job = plan_job(config)
+    trainer = Trainer(job)
+    for step in range(1, config.training.steps + 1):
+        trainer.train_step(step)
+    with tempfile.TemporaryDirectory() as staging:
+        trainer.save_artifact(Path(staging))
+        dataset = PreparedDataset.load(Path(job.dataset_root))
+        publish(Path(staging), config.output, manifest_for(config, job.base_ref, dataset, config.training.steps))
+    return config.output

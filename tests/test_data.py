@@ -175,3 +175,43 @@ def test_preparing_again_reuses_the_prepared_set(tmp_path: Path):
     with pytest.raises(DreamloomError, match="not a prepared dataset"):
         prepare_dataset(source, tmp_path / "occupied", OPTIONS)
     assert (tmp_path / "occupied" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["canny", "scribble"])
+def test_edge_conditions_are_extracted_from_each_prepared_image(tmp_path, kind):
+    source = draw_images(tmp_path / "photos", count=2)
+    dataset = prepare_dataset(source, tmp_path / "out", PrepareOptions(resolution=64, condition=kind))
+    assert dataset.condition == kind
+    for item in dataset.items:
+        condition = np.asarray(Image.open(dataset.root / item.condition))
+        assert condition.shape == (64, 64, 3)
+        assert set(np.unique(condition)) == {0, 255}  # white lines on black
+
+
+def test_mask_conditions_come_from_companions_cropped_like_their_image(tmp_path):
+    source = tmp_path / "garments"
+    source.mkdir()
+    Image.new("RGB", (128, 64), (90, 120, 200)).save(source / "shirt.png")
+    mask = Image.new("L", (128, 64), 0)
+    mask.paste(255, (0, 0, 48, 64))  # left 48 columns are the garment
+    mask.save(source / "shirt.mask.png")
+    dataset = prepare_dataset(source, tmp_path / "out", PrepareOptions(resolution=64, condition="mask"))
+    (item,) = dataset.items  # the companion is not an instance image
+    condition = np.asarray(Image.open(dataset.root / item.condition))[:, :, 0]
+    # The image was center-cropped from x=32 to x=96, so the mask's edge moved to x=16.
+    assert condition[:, :16].min() == 255 and condition[:, 17:].max() == 0
+
+
+def test_companion_problems_are_listed_before_anything_is_written(tmp_path):
+    source = draw_images(tmp_path / "photos", count=3)
+    Image.new("RGB", (96, 80)).save(source / "image_0.cond.png")
+    Image.new("RGB", (50, 50)).save(source / "image_1.cond.png")
+    Image.new("RGB", (96, 80)).save(source / "lonely.cond.png")
+    with pytest.raises(DataValidationError) as error:
+        prepare_dataset(source, tmp_path / "out", PrepareOptions(resolution=64, condition="user"))
+    problems = dict(error.value.problems)
+    assert "must match" in problems["image_1.png"]
+    assert "needs image_2.cond.png" in problems["image_2.png"]
+    assert "condition without an image" in problems["lonely.cond.png"]
+    assert "image_0.png" not in problems
+    assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dreamloom.training.checkpoint import load_training_state, save_training_state
+from dreamloom.training.examples import Draw
 from dreamloom.training.launcher import plan_job
 from dreamloom.training.trainer import Trainer
 from tests.helpers import draw_images, run_config
@@ -137,11 +138,11 @@ def test_sdxl_lora_with_buckets_and_a_prior_of_another_shape(tmp_path):
             )
         )
     )
-    batch = trainer.instance_examples.batch([0], [False])
+    batch = trainer.instance_examples.batch(Draw([0], [False], [0.0]))
     assert batch.latents.shape[-1] > batch.latents.shape[-2]  # a wide bucket
     # original (h, w), crop (top, left), target (h, w): 160x80 scaled to 96x48, 4 px cut left and right
     assert batch.time_ids.tolist() == [[80.0, 160.0, 0.0, 4.0, 48.0, 88.0]]
-    assert trainer.class_examples.batch([0], [False]).latents.shape[-1] == 32  # square class images
+    assert trainer.class_examples.batch(Draw([0], [False], [0.0])).latents.shape[-1] == 32  # square class images
     assert torch.isfinite(torch.tensor(trainer.train_step(1)))
 
 
@@ -149,7 +150,7 @@ def test_sdxl_lora_with_buckets_and_a_prior_of_another_shape(tmp_path):
 def test_compiled_unet_trains_to_the_same_numbers(photos, tmp_path):
     eager = _trainer(photos, tmp_path / "a")
     compiled = _trainer(photos, tmp_path / "b", training__compile=True)
-    assert compiled.forward_modules["unet"] is not compiled.model.unet
+    assert compiled.denoiser is not compiled.model.unet
     assert [compiled.train_step(s) for s in (1, 2)] == pytest.approx([eager.train_step(s) for s in (1, 2)], rel=1e-4)
     assert all(
         torch.allclose(a, b, atol=1e-6)
@@ -164,5 +165,5 @@ def test_own_class_images_replace_generated_ones(photos, tmp_path):
     )
     assert trainer.job.class_images is None and trainer.job.class_dataset_root
     assert len(trainer.class_examples) == 3
-    assert set(trainer.class_examples.captions) == {"a photo of a ball"}
+    assert trainer.class_examples.unique_captions == ["a photo of a ball"]
     assert trainer.train_step(1) > 0

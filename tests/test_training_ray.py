@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
 
 from dreamloom.artifacts import read_manifest
@@ -14,7 +15,7 @@ from dreamloom.settings import tracking_uri
 from dreamloom.tracking import client
 from dreamloom.training.launcher import train
 from dreamloom.training.prior import class_images_folder
-from tests.helpers import draw_images, run_config
+from tests.helpers import draw_images, method_config, run_config
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +137,28 @@ def test_dreambooth_with_prior_preservation_on_two_workers(tmp_path, base_images
     assert (result.artifact / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     pipe, _ = load_artifact_pipeline(result.artifact)
     assert np.abs(_render(pipe) - base_images).mean() > 1.0
+
+
+@pytest.mark.parametrize("method", ["dreambooth-lora", "textual-inversion", "hypernetwork", "controlnet", "pivotal"])
+def test_each_method_trains_on_two_workers_and_its_artifact_loads(method, tmp_path):
+    photos = draw_images(tmp_path / "photos", count=4)
+    config = method_config(
+        method,
+        photos,
+        tmp_path / method,
+        scaling__workers=2,
+        training__steps=4,
+        training__checkpoint_every=2,
+        optimizer__learning_rate=1e-2,
+    )
+    result = train(config)
+    assert result.steps == 4
+    manifest = read_manifest(result.artifact)
+    assert manifest.method == method and (result.artifact / "samples" / "final.png").is_file()
+    pipe, _ = load_artifact_pipeline(result.artifact)
+    extra = {"control_image": Image.new("RGB", (64, 64))} if method == "controlnet" else {}
+    request = GenerationRequest([config.data.instance_prompt], steps=2, **extra)
+    assert generate(pipe, request, 64)[0][0].size == (64, 64)
+    mlflow = client(tracking_uri())
+    assert mlflow.get_run(result.mlflow_run_id).info.status == "FINISHED"
+    assert len(mlflow.get_metric_history(result.mlflow_run_id, "loss")) == 4

@@ -1,11 +1,12 @@
 """Turning a folder of instance images into a validated, prepared training set.
 
 Input: a folder of ``.jpg``/``.jpeg``/``.png``/``.webp`` images, each optionally with a caption
-``name.txt`` beside it. Every file is checked first; if anything is wrong, one
+``name.txt`` beside it, and for ControlNet with a companion ``name.mask.png`` or
+``name.cond.png``. Every file is checked first; if anything is wrong, one
 ``DataValidationError`` lists every offending file and why, and nothing is written. Otherwise the
 images are oriented, converted to RGB, resized and center-cropped to the resolution (or to their
-aspect-ratio bucket) and written, with a manifest ``dataset.json`` that records the content hash,
-into a fresh folder that appears atomically.
+aspect-ratio bucket) and written, with their conditions, into a fresh folder that appears
+atomically, with a manifest ``dataset.json`` that records the content hash.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from diffusers.training_utils import find_nearest_bucket, generate_aspect_ratio_buckets
 from PIL import Image
 
+from dreamloom.data import conditions
 from dreamloom.data.images import (
     IMAGE_SUFFIXES,
     UNSUPPORTED_IMAGE_SUFFIXES,
@@ -32,6 +34,7 @@ from dreamloom.errors import DataValidationError, DreamloomError
 MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
 CAPTION_SUFFIX = ".txt"
+COMPANION_MARKERS = tuple(conditions.COMPANION_SUFFIX.values())
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class PrepareOptions:
     bucketing: bool = False
     bucket_step: int | None = None
     max_image_pixels: int = 50_000_000
+    condition: str | None = None  # ControlNet: canny, scribble, mask or user
+    canny_thresholds: tuple[int, int] = (100, 200)
 
     @property
     def step(self) -> int:
@@ -57,8 +62,17 @@ class PrepareOptions:
         nearest = find_nearest_bucket(height, width, [(h, w) for w, h in options])
         return options[nearest]
 
+    @property
+    def companion_marker(self) -> str | None:
+        return conditions.COMPANION_SUFFIX.get(self.condition or "")
+
     def key(self) -> str:
-        return f"r{self.resolution}" + (f"-b{self.step}" if self.bucketing else "")
+        key = f"r{self.resolution}" + (f"-b{self.step}" if self.bucketing else "")
+        if self.condition:
+            key += f"-{self.condition}"
+            if self.condition in conditions.EXTRACTED:
+                key += "{}-{}".format(*self.canny_thresholds)
+        return key
 
 
 @dataclass
@@ -69,6 +83,7 @@ class PreparedItem:
     size: tuple[int, int]  # (width, height) after preparation
     original_size: tuple[int, int]  # (width, height) after EXIF orientation
     crop_top_left: tuple[int, int]  # (top, left) in resized pixels, for SDXL's size conditioning
+    condition: str | None = None  # path of the ControlNet condition image, same size as ``image``
 
 
 @dataclass
@@ -79,6 +94,7 @@ class PreparedDataset:
     bucketing: bool
     items: list[PreparedItem] = field(default_factory=list)
     source: str = ""
+    condition: str | None = None
 
     @classmethod
     def load(cls, root: Path) -> PreparedDataset:
@@ -96,14 +112,22 @@ class PreparedDataset:
                 size=tuple(i["size"]),
                 original_size=tuple(i["original_size"]),
                 crop_top_left=tuple(i["crop_top_left"]),
+                condition=i.get("condition"),
             )
             for i in data["items"]
         ]
-        missing = [i.image for i in items if not (Path(root) / i.image).is_file()]
+        files = [i.image for i in items] + [i.condition for i in items if i.condition]
+        missing = [name for name in files if not (Path(root) / name).is_file()]
         if missing:
             raise DreamloomError(f"prepared dataset {root} is incomplete; missing {missing[:5]}; prepare it again")
         return cls(
-            Path(root), data["dataset_hash"], data["resolution"], data["bucketing"], items, data.get("source", "")
+            Path(root),
+            data["dataset_hash"],
+            data["resolution"],
+            data["bucketing"],
+            items,
+            data.get("source", ""),
+            data.get("condition"),
         )
 
     def write_manifest(self) -> None:
@@ -112,10 +136,19 @@ class PreparedDataset:
             "dataset_hash": self.dataset_hash,
             "resolution": self.resolution,
             "bucketing": self.bucketing,
+            "condition": self.condition,
             "source": self.source,
             "items": [asdict(item) for item in self.items],
         }
         (self.root / MANIFEST).write_text(json.dumps(document, indent=1))
+
+    def matches(self, source_hash: str, options: PrepareOptions) -> bool:
+        return (
+            self.dataset_hash == source_hash
+            and self.resolution == options.resolution
+            and self.bucketing == options.bucketing
+            and self.condition == options.condition
+        )
 
 
 @dataclass
@@ -123,8 +156,16 @@ class _Candidate:
     path: Path
     caption: str | None
     image: Image.Image
-    original_size: tuple[int, int]
     target: tuple[int, int]
+    companion: Image.Image | None = None
+
+
+@dataclass
+class _Listing:
+    images: list[Path]
+    captions: dict[str, Path]
+    companions: dict[str, dict[str, Path]]  # image stem -> marker (".mask"/".cond") -> file
+    problems: list[tuple[str, str]]
 
 
 def is_prepared(folder: Path) -> bool:
@@ -132,14 +173,13 @@ def is_prepared(folder: Path) -> bool:
 
 
 def dataset_hash(folder: Path) -> str:
-    """Content hash of the source folder: image bytes and caption texts, by file name."""
-    images, captions, _ = _list_folder(Path(folder))
+    """Content hash of the source folder: image, companion and caption bytes, by file name."""
+    listing = _list_folder(Path(folder))
     digest = hashlib.sha256()
-    for path in images:
-        digest.update(path.name.encode() + b"\0" + _file_digest(path) + b"\0")
-        caption = captions.get(path.stem)
-        if caption is not None:
-            digest.update(caption.read_bytes() + b"\0")
+    for path in listing.images:
+        related = [path, listing.captions.get(path.stem), *sorted(listing.companions.get(path.stem, {}).values())]
+        for member in filter(None, related):
+            digest.update(member.name.encode() + b"\0" + _file_digest(member) + b"\0")
     return "sha256:" + digest.hexdigest()
 
 
@@ -149,11 +189,7 @@ def prepare_dataset(source: Path, output: Path, options: PrepareOptions) -> Prep
     _check_folder(source)
     if is_prepared(output):
         existing = PreparedDataset.load(output)
-        if (
-            existing.dataset_hash == dataset_hash(source)
-            and existing.resolution == options.resolution
-            and existing.bucketing == options.bucketing
-        ):
+        if existing.matches(dataset_hash(source), options):
             return existing
     elif output.exists() and any(output.iterdir()):
         raise DreamloomError(f"output folder {output} exists and is not a prepared dataset; choose an empty folder")
@@ -162,63 +198,90 @@ def prepare_dataset(source: Path, output: Path, options: PrepareOptions) -> Prep
 
 
 def inspect_folder(source: Path, options: PrepareOptions) -> list[_Candidate]:
-    """Decode and size-check every image; raise one error listing all problems."""
+    """Decode and size-check every image (and companion); raise one error listing all problems."""
     _check_folder(source)
-    images, captions, problems = _list_folder(source)
-    if not images and not problems:
+    listing = _list_folder(source)
+    problems = listing.problems
+    if not listing.images and not problems:
         problems.append(("(folder)", "no images found: add .jpg, .png or .webp files (captions as name.txt)"))
     caption_owners: dict[str, Path] = {}
     candidates = []
-    for path in images:
-        if path.stem in caption_owners and path.stem in captions:
-            problems.append(
-                (path.name, f"shares its caption {path.stem}.txt with {caption_owners[path.stem].name}; rename one")
-            )
+    for path in listing.images:
+        if path.stem in caption_owners and path.stem in listing.captions:
+            owner = caption_owners[path.stem].name
+            problems.append((path.name, f"shares its caption {path.stem}.txt with {owner}; rename one"))
             continue
         caption_owners[path.stem] = path
         try:
-            caption = _read_caption(captions.get(path.stem))
-            image = open_rgb(path, options.max_image_pixels)
+            candidate = _inspect_image(path, listing, options)
         except ImageProblem as exc:
             problems.append((path.name, str(exc)))
             continue
-        target = options.target_size(*image.size)
-        scale = max(target[0] / image.width, target[1] / image.height)
-        if scale > 1:
-            problems.append(
-                (
-                    path.name,
-                    f"{image.width}x{image.height} is too small for {target[0]}x{target[1]} at resolution "
-                    f"{options.resolution}; use a larger image or a lower --resolution",
-                )
-            )
-            continue
-        candidates.append(_Candidate(path, caption, image, image.size, target))
-    image_stems = {p.stem for p in images}
-    for stem, caption_path in captions.items():
+        candidates.append(candidate)
+    image_stems = {p.stem for p in listing.images}
+    for stem, caption_path in listing.captions.items():
         if stem not in image_stems:
             problems.append((caption_path.name, f"caption without an image (expected {stem}.png/.jpg/.webp beside it)"))
+    for stem, companions in listing.companions.items():
+        if stem not in image_stems:
+            for companion in companions.values():
+                problems.append((companion.name, f"condition without an image (expected {stem}.png beside it)"))
     if problems:
         raise DataValidationError(str(source), sorted(problems))
     return candidates
 
 
-def prepare_training_data(settings) -> PreparedDataset:
-    """The prepared set for a run's ``data`` settings: a cached copy in the work folder, or the
-    folder itself when it already is a prepared set."""
+def _inspect_image(path: Path, listing: _Listing, options: PrepareOptions) -> _Candidate:
+    caption = _read_caption(listing.captions.get(path.stem))
+    image = open_rgb(path, options.max_image_pixels)
+    target = options.target_size(*image.size)
+    if max(target[0] / image.width, target[1] / image.height) > 1:
+        raise ImageProblem(
+            f"{image.width}x{image.height} is too small for {target[0]}x{target[1]} at resolution "
+            f"{options.resolution}; use a larger image or a lower --resolution"
+        )
+    companion = None
+    marker = options.companion_marker
+    if marker:
+        companion_path = listing.companions.get(path.stem, {}).get(marker)
+        if companion_path is None:
+            raise ImageProblem(f"--condition {options.condition} needs {path.stem}{marker}.png beside it")
+        try:
+            companion = open_rgb(companion_path, options.max_image_pixels)
+        except ImageProblem as exc:
+            raise ImageProblem(f"its condition {companion_path.name}: {exc}") from None
+        if companion.size != image.size:
+            raise ImageProblem(
+                f"its condition {companion_path.name} is {companion.width}x{companion.height}, "
+                f"the image {image.width}x{image.height}; they must match"
+            )
+    return _Candidate(path, caption, image, target, companion)
+
+
+def prepare_training_data(settings, controlnet=None) -> PreparedDataset:
+    """The prepared set for a run's ``data`` settings (and ``controlnet`` settings, for its
+    conditions): a cached copy in the work folder, or the folder itself when already prepared."""
     from dreamloom.settings import work_dir
 
     source = Path(settings.path)
+    options = PrepareOptions(
+        settings.resolution,
+        settings.bucketing,
+        settings.bucket_step,
+        settings.max_image_pixels,
+        controlnet.condition if controlnet else None,
+        (controlnet.canny_low, controlnet.canny_high) if controlnet else (100, 200),
+    )
     if is_prepared(source):
         dataset = PreparedDataset.load(source)
-        if dataset.resolution != settings.resolution or dataset.bucketing != settings.bucketing:
+        wanted = (options.resolution, options.bucketing, options.condition)
+        found = (dataset.resolution, dataset.bucketing, dataset.condition)
+        if found != wanted:
             raise DreamloomError(
-                f"{source} was prepared at resolution {dataset.resolution} (bucketing "
-                f"{dataset.bucketing}), but the run asks for {settings.resolution} "
-                f"(bucketing {settings.bucketing}); prepare the originals again"
+                f"{source} was prepared with (resolution, bucketing, condition) = {found}, but the run asks "
+                f"for {wanted}; prepare the originals again"
             )
         return dataset
-    options = PrepareOptions(settings.resolution, settings.bucketing, settings.bucket_step, settings.max_image_pixels)
     _check_folder(source)
     cached = work_dir() / "datasets" / f"{dataset_hash(source).split(':')[1][:16]}-{options.key()}"
     return prepare_dataset(source, cached, options)
@@ -231,19 +294,22 @@ def _check_folder(source: Path) -> None:
         raise DreamloomError(f"data path {source} is not a folder of images")
 
 
-def _list_folder(folder: Path) -> tuple[list[Path], dict[str, Path], list[tuple[str, str]]]:
-    images, captions, problems = [], {}, []
+def _list_folder(folder: Path) -> _Listing:
+    listing = _Listing([], {}, {}, [])
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
         suffix = path.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
-            images.append(path)
+        marker = Path(path.stem).suffix.lower()
+        if suffix in IMAGE_SUFFIXES and marker in COMPANION_MARKERS:
+            listing.companions.setdefault(Path(path.stem).stem, {})[marker] = path
+        elif suffix in IMAGE_SUFFIXES:
+            listing.images.append(path)
         elif suffix == CAPTION_SUFFIX:
-            captions[path.stem] = path
+            listing.captions[path.stem] = path
         elif suffix in UNSUPPORTED_IMAGE_SUFFIXES:
-            problems.append((path.name, f"{suffix} images are not supported; convert to PNG, JPEG or WebP"))
-    return images, captions, problems
+            listing.problems.append((path.name, f"{suffix} images are not supported; convert to PNG, JPEG or WebP"))
+    return listing
 
 
 def _read_caption(path: Path | None) -> str | None:
@@ -264,14 +330,25 @@ def _file_digest(path: Path) -> bytes:
     return digest.digest()
 
 
-def _resize_and_crop(image: Image.Image, target: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+def _resize_and_crop(
+    image: Image.Image, target: tuple[int, int], resample=Image.Resampling.LANCZOS
+) -> tuple[Image.Image, tuple[int, int]]:
     """Scale to cover ``target``, then crop its center; returns the crop's (top, left)."""
     scale = max(target[0] / image.width, target[1] / image.height)
     resized_size = (max(target[0], round(image.width * scale)), max(target[1], round(image.height * scale)))
-    resized = image.resize(resized_size, Image.Resampling.LANCZOS)
+    resized = image.resize(resized_size, resample)
     left = (resized.width - target[0]) // 2
     top = (resized.height - target[1]) // 2
     return resized.crop((left, top, left + target[0], top + target[1])), (top, left)
+
+
+def _condition_image(candidate: _Candidate, prepared: Image.Image, options: PrepareOptions) -> Image.Image:
+    if options.condition in conditions.EXTRACTED:
+        return conditions.extract(prepared, options.condition, *options.canny_thresholds)
+    if options.condition == "mask":  # nearest-neighbour keeps the mask hard-edged
+        resized, _ = _resize_and_crop(candidate.companion, candidate.target, Image.Resampling.NEAREST)
+        return conditions.binary_mask(resized)
+    return _resize_and_crop(candidate.companion, candidate.target)[0]
 
 
 def _write_prepared(
@@ -281,23 +358,29 @@ def _write_prepared(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
         (staging / "images").mkdir()
+        if options.condition:
+            (staging / "conditions").mkdir()
         dataset = PreparedDataset(
-            staging, dataset_hash(source), options.resolution, options.bucketing, source=str(source.absolute())
+            staging,
+            dataset_hash(source),
+            options.resolution,
+            options.bucketing,
+            source=str(source.absolute()),
+            condition=options.condition,
         )
         for index, candidate in enumerate(candidates):
             cropped, crop_top_left = _resize_and_crop(candidate.image, candidate.target)
             relative = f"images/{index:05d}.png"
             cropped.save(staging / relative)
-            dataset.items.append(
-                PreparedItem(
-                    relative,
-                    candidate.path.name,
-                    candidate.caption,
-                    cropped.size,
-                    candidate.original_size,
-                    crop_top_left,
-                )
+            condition = None
+            if options.condition:
+                condition = f"conditions/{index:05d}.png"
+                _condition_image(candidate, cropped, options).save(staging / condition)
+            item = PreparedItem(
+                relative, candidate.path.name, candidate.caption, cropped.size, candidate.image.size, crop_top_left
             )
+            item.condition = condition
+            dataset.items.append(item)
         dataset.write_manifest()
         _swap_into_place(staging, output)
     finally:

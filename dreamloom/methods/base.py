@@ -1,33 +1,49 @@
 """What a method is: a plug-in to the one training loop.
 
-A method says what to make trainable, how the UNet is called for a batch, and how its artifact
-is saved and applied to a pipeline. The loop owns everything else (data, Ray, checkpoints,
-precision, logging, progress, sample grids).
+A method says what to make trainable, which module predicts the noise (the "denoiser": the UNet,
+or the UNet with a ControlNet or a hypernetwork around it), which captions an example trains
+with, and how its artifact is saved and put into a pipeline. The loop owns everything else
+(data, Ray, checkpoints, precision, logging, progress, sample grids).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from dreamloom.config import RunConfig
-from dreamloom.models.base import LoadedBaseModel
+from dreamloom.models.base import BaseModelRef, LoadedBaseModel, pipeline_from_components
+
+if TYPE_CHECKING:
+    from dreamloom.artifacts import ArtifactManifest
+    from dreamloom.data.prepare import PreparedDataset
+    from dreamloom.training.examples import Batch, ExampleSet
 
 
 class TrainingMethod(ABC):
     name: ClassVar[str]
-    # What the artifact folder holds, recorded in its manifest: "lora" or "unet".
+    # What the artifact folder holds, recorded in its manifest: "lora", "unet", "embedding", ...
     artifact_kind: ClassVar[str]
+    # Whether its artifact takes a strength when it is applied (LoRA scale, hypernetwork strength).
+    has_strength: ClassVar[bool] = False
 
     def __init__(self, config: RunConfig):
         self.config = config
 
+    @classmethod  # noqa: B027 (an optional hook)
+    def check(cls, config: RunConfig, base: BaseModelRef, dataset: PreparedDataset) -> None:
+        """Refuse what cannot work with this base or data before any compute (may read tokenizers)."""
+
     @property
     def trains_text_encoder(self) -> bool:
         return False
+
+    def captions_for(self, caption: str | None) -> list[str]:
+        """The captions an example trains with (one is drawn per step); its own caption by default."""
+        return [caption or self.config.data.instance_prompt]
 
     @abstractmethod
     def attach(self, model: LoadedBaseModel) -> None:
@@ -38,14 +54,21 @@ class TrainingMethod(ABC):
         """Optimizer parameter groups (each a dict with ``params`` and optionally ``lr``)."""
 
     def trained_modules(self, model: LoadedBaseModel) -> dict[str, torch.nn.Module]:
-        """The base's modules that hold trainable parameters, by attribute name (wrapped in DDP)."""
+        """Modules holding trainable parameters, by stable names (checkpoints, train/eval mode)."""
         modules = {"unet": model.unet}
         if self.trains_text_encoder:
             modules.update({f"text_encoder_{i}": te for i, te in enumerate(model.text_encoders)})
         return modules
 
-    def predict_noise(self, unet, noisy_latents, timesteps, conditioning: dict) -> torch.Tensor:
-        return unet(noisy_latents, timesteps, **conditioning).sample
+    def denoiser(self, model: LoadedBaseModel) -> torch.nn.Module:
+        """The module whose forward predicts the noise (wrapped in DDP when it trains)."""
+        return model.unet
+
+    def predict_noise(self, denoiser, noisy_latents, timesteps, conditioning: dict, batch: Batch) -> torch.Tensor:
+        return denoiser(noisy_latents, timesteps, **conditioning).sample
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 (an optional hook)
+        """Adjust the optimizer before optimizer step ``step`` (pivotal tuning freezes its embedding)."""
 
     def trainable_state(self, model: LoadedBaseModel) -> dict[str, torch.Tensor]:
         """Every trainable tensor, for checkpoints."""
@@ -68,11 +91,19 @@ class TrainingMethod(ABC):
             for name, parameter in expected.items():
                 parameter.copy_(tensors[name])
 
+    def sample_pipeline(self, model: LoadedBaseModel):
+        """The pipeline that renders sample grids while training."""
+        return pipeline_from_components(model)
+
+    def sample_kwargs(self, examples: ExampleSet) -> dict:
+        """Extra pipeline arguments for sample grids (ControlNet: a training condition)."""
+        return {}
+
     @abstractmethod
     def save_artifact(self, model: LoadedBaseModel, folder: Path) -> None:
         """Write the method's weights (safetensors) into ``folder``."""
 
     @classmethod
     @abstractmethod
-    def apply_artifact(cls, pipe, folder: Path, scale: float = 1.0) -> None:
-        """Load a saved artifact into a pipeline of the same base."""
+    def load_into(cls, pipe, folder: Path, manifest: ArtifactManifest, strength: float = 1.0):
+        """Put a saved artifact into a pipeline of the same base; returns the pipeline to call."""

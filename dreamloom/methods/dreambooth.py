@@ -27,12 +27,11 @@ class DreamBoothMethod(TrainingMethod):
         model.unet.save_pretrained(folder / UNET_FOLDER, safe_serialization=True)
 
     @classmethod
-    def apply_artifact(cls, pipe, folder: Path, scale: float = 1.0) -> None:
+    def load_into(cls, pipe, folder: Path, manifest=None, strength: float = 1.0):
         from diffusers import UNet2DConditionModel
 
-        if scale != 1.0:
-            raise ValueError("a DreamBooth UNet replaces the base UNet; it has no scale (use 1.0)")
         unet = UNet2DConditionModel.from_pretrained(
             folder / UNET_FOLDER, torch_dtype=pipe.unet.dtype, use_safetensors=True
         )
         pipe.unet = unet.to(pipe.device)
+        return pipe

@@ -24,6 +24,7 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 class LoraMethod(TrainingMethod):
     name = "lora"
     artifact_kind = "lora"
+    has_strength = True
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -63,9 +64,10 @@ class LoraMethod(TrainingMethod):
         save_lora_modules(folder, modules, model.is_sdxl)
 
     @classmethod
-    def apply_artifact(cls, pipe, folder: Path, scale: float = 1.0) -> None:
+    def load_into(cls, pipe, folder: Path, manifest=None, strength: float = 1.0):
         pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME, adapter_name=ADAPTER_NAME)
-        pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
+        pipe.set_adapters([ADAPTER_NAME], adapter_weights=[strength])
+        return pipe
 
 
 class DreamBoothLoraMethod(LoraMethod):

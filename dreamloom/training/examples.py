@@ -3,8 +3,8 @@
 Personalization sets are small (a handful to a few hundred images), so every prepared image is
 held in memory. When the VAE is frozen (always here) each image's latent distribution is encoded
 once (``cache_latents``); when the text encoders are frozen each caption is encoded once
-(``cache_text_embeddings``). The batch order is a pure function of (seed, epoch, rank), so a
-resumed run continues with exactly the batches it would have seen.
+(``cache_text_embeddings``). The batch order, flips and caption choices are a pure function of
+(seed, epoch, rank), so a resumed run continues with exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -25,26 +25,37 @@ _ENCODE_CHUNK = 8
 
 @dataclass
 class Batch:
-    """One micro-batch, ready for the UNet."""
+    """One micro-batch, ready for the denoiser."""
 
     latents: torch.Tensor
     text: TextConditioning
     time_ids: torch.Tensor | None  # SDXL size/crop conditioning
+    condition: torch.Tensor | None = None  # ControlNet condition pixels in [0, 1]
+
+
+@dataclass
+class Draw:
+    """Which examples a micro-batch holds, whether each is flipped, and which caption each uses."""
+
+    indices: list[int]
+    flips: list[bool]
+    picks: list[float]  # in [0, 1): chooses among an example's captions
 
 
 class ExampleSet:
-    """Images and captions of one kind (instance or class images)."""
+    """Images, caption choices and (for ControlNet) conditions of one kind: instance or class."""
 
     def __init__(
         self,
         images: list[Image.Image],
-        captions: list[str],
+        captions: list[list[str]],
         time_ids: torch.Tensor,
         model: LoadedBaseModel,
         *,
         cache_latents: bool,
         cache_text: bool,
         with_flips: bool,
+        conditions: list[Image.Image] | None = None,
     ):
         self.model = model
         self.captions = captions
@@ -52,49 +63,61 @@ class ExampleSet:
         self.time_ids = time_ids.to(model.device)
         self.pixels = [_to_tensor(image) for image in images]
         self.flipped_pixels = [p.flip(-1) for p in self.pixels] if with_flips else None
+        self.conditions = [_to_tensor(image) for image in conditions] if conditions else None
         self.latents = self._encode_all(self.pixels) if cache_latents else None
         self.flipped_latents = self._encode_all(self.flipped_pixels) if cache_latents and with_flips else None
-        unique = sorted(set(captions))
-        self.caption_index = [unique.index(c) for c in captions]
-        self.text = self._encode_captions(unique) if cache_text else None
+        self.unique_captions = sorted({text for choices in captions for text in choices})
+        self.text = self._encode_captions(self.unique_captions) if cache_text else None
         if cache_latents:
             self.pixels = self.flipped_pixels = None  # not needed any more
 
     @classmethod
-    def from_prepared(
-        cls, dataset: PreparedDataset, default_caption: str, model: LoadedBaseModel, **options
-    ) -> ExampleSet:
-        images = [Image.open(dataset.root / item.image).convert("RGB") for item in dataset.items]
-        captions = [item.caption or default_caption for item in dataset.items]
+    def from_prepared(cls, dataset: PreparedDataset, captions_for, model: LoadedBaseModel, **options) -> ExampleSet:
+        """``captions_for(caption or None)`` gives each example's caption choices."""
+        items = dataset.items
+        images = [Image.open(dataset.root / item.image).convert("RGB") for item in items]
+        conditions = None
+        if dataset.condition:
+            conditions = [Image.open(dataset.root / item.condition).convert("RGB") for item in items]
         time_ids = torch.tensor(
-            [
-                [item.original_size[1], item.original_size[0], *item.crop_top_left, item.size[1], item.size[0]]
-                for item in dataset.items
-            ],
+            [[i.original_size[1], i.original_size[0], *i.crop_top_left, i.size[1], i.size[0]] for i in items],
             dtype=torch.float32,
         )
-        return cls(images, captions, time_ids, model, **options)
+        captions = [captions_for(item.caption) for item in items]
+        return cls(images, captions, time_ids, model, conditions=conditions, **options)
 
     def __len__(self) -> int:
         return len(self.captions)
 
-    def batch(self, indices: list[int], flips: list[bool], text_encoders=None, generator=None) -> Batch:
+    def caption(self, index: int, pick: float = 0.0) -> str:
+        choices = self.captions[index]
+        return choices[min(int(pick * len(choices)), len(choices) - 1)]
+
+    def condition_image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.conditions[index].permute(1, 2, 0).numpy())
+
+    def batch(self, draw: Draw, text_encoders=None, generator=None) -> Batch:
+        indices, flips = draw.indices, draw.flips
         if self.latents is not None:
             pairs = [(self.flipped_latents if f else self.latents)[i] for i, f in zip(indices, flips, strict=True)]
             mean = torch.stack([m for m, _ in pairs])
             std = torch.stack([s for _, s in pairs])
         else:
-            pixels = torch.stack(
-                [(self.flipped_pixels if f else self.pixels)[i] for i, f in zip(indices, flips, strict=True)]
-            )
-            mean, std = self.model.encode_images(_normalize(pixels))
+            chosen = [(self.flipped_pixels if f else self.pixels)[i] for i, f in zip(indices, flips, strict=True)]
+            mean, std = self.model.encode_images(_normalize(torch.stack(chosen)))
         latents = self.model.latents_from_distribution(mean, std, generator)
+        captions = [self.caption(i, pick) for i, pick in zip(indices, draw.picks, strict=True)]
         if self.text is not None:
-            text = self.text.index([self.caption_index[i] for i in indices])
+            text = self.text.index([self.unique_captions.index(c) for c in captions])
         else:
-            text = self.model.encode_text([self.captions[i] for i in indices], text_encoders)
+            text = self.model.encode_text(captions, text_encoders)
         time_ids = self.time_ids[indices] if self.model.is_sdxl else None
-        return Batch(latents, text, time_ids)
+        condition = None
+        if self.conditions is not None:
+            pairs = zip(indices, flips, strict=True)
+            chosen = [self.conditions[i].flip(-1) if flip else self.conditions[i] for i, flip in pairs]
+            condition = torch.stack(chosen).to(self.model.device).float().div(255.0)
+        return Batch(latents, text, time_ids, condition)
 
     def _encode_all(self, pixels: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         encoded: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(pixels)
@@ -127,7 +150,7 @@ def _normalize(pixels: torch.Tensor) -> torch.Tensor:
 
 
 class BatchPlan:
-    """Which examples (and flips) each worker uses for its n-th micro-batch.
+    """Which examples (and flips and captions) each worker uses for its n-th micro-batch.
 
     Per epoch, examples of the same size are shuffled and cut into batches, the batches are
     shuffled, and worker ``rank`` takes every ``world``-th one; all workers get the same count.
@@ -139,16 +162,16 @@ class BatchPlan:
         self.sizes, self.batch_size, self.seed = sizes, batch_size, seed
         self.rank, self.world, self.random_flip = rank, world, random_flip
         self._epoch: int | None = None
-        self._batches: list[tuple[list[int], list[bool]]] = []
+        self._batches: list[Draw] = []
         self.batches_per_epoch = len(self._epoch_batches(0))
 
-    def micro_batch(self, index: int) -> tuple[list[int], list[bool]]:
+    def micro_batch(self, index: int) -> Draw:
         epoch, position = divmod(index, self.batches_per_epoch)
         if epoch != self._epoch:
             self._epoch, self._batches = epoch, self._epoch_batches(epoch)
         return self._batches[position]
 
-    def _epoch_batches(self, epoch: int) -> list[tuple[list[int], list[bool]]]:
+    def _epoch_batches(self, epoch: int) -> list[Draw]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
         groups: dict[tuple[int, int], list[int]] = {}
         for index, size in enumerate(self.sizes):
@@ -162,8 +185,11 @@ class BatchPlan:
         while len(batches) < self.world:
             batches = batches + batches
         per_worker = len(batches) // self.world
-        mine = batches[self.rank :: self.world][:per_worker]
-        return [(b, [self.random_flip and rng.random() < 0.5 for _ in b]) for b in mine]
+        draws = [
+            Draw(batch, [self.random_flip and rng.random() < 0.5 for _ in batch], [rng.random() for _ in batch])
+            for batch in batches
+        ]
+        return draws[self.rank :: self.world][:per_worker]
 
 
 def load_class_images(folder: Path) -> list[Image.Image]:

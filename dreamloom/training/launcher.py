@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamloom import artifacts
-from dreamloom.config import RunConfig, dump_run_config
+from dreamloom.config import EMBEDDING_METHODS, RunConfig, dump_run_config
 from dreamloom.data.prepare import PreparedDataset, PrepareOptions, prepare_dataset, prepare_training_data
 from dreamloom.errors import DreamloomError
 from dreamloom.methods import get_method
@@ -74,9 +74,10 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
 
 def plan_job(config: RunConfig) -> TrainJob:
     """Validate and prepare the data, find the base model: everything a worker needs, no compute."""
-    dataset = prepare_training_data(config.data)
+    dataset = prepare_training_data(config.data, config.controlnet if config.method == "controlnet" else None)
     class_dataset = _prepare_class_data(config)
     base = resolve_base_model(config.base_model, config.revision)
+    get_method(config.method).check(config, base, dataset)
     return TrainJob(
         config=config,
         base_model=base.to_dict(),
@@ -256,17 +257,27 @@ def _publish(config: RunConfig, base: BaseModelRef, dataset: PreparedDataset, re
         source = Path(folder) / ARTIFACT_FOLDER
         if not source.is_dir():
             raise DreamloomError(f"the last checkpoint of run {config.effective_run_name!r} holds no artifact")
-        manifest = artifacts.ArtifactManifest(
-            method=config.method,
-            artifact_kind=get_method(config.method).artifact_kind,
-            base_model=base.to_dict(),
-            trigger_token=config.data.trigger_token,
-            instance_prompt=config.data.instance_prompt,
-            resolution=config.data.resolution,
-            dataset_hash=dataset.dataset_hash,
-            config=config.model_dump(mode="json"),
-            run_name=config.effective_run_name,
-            mlflow_run_id=run_id,
-            steps=int(result.metrics.get("step", config.training.steps)),
-        )
-        return artifacts.publish(source, config.output, manifest)
+        steps = int(result.metrics.get("step", config.training.steps))
+        return artifacts.publish(source, config.output, manifest_for(config, base, dataset, steps, run_id))
+
+
+def manifest_for(
+    config: RunConfig, base: BaseModelRef, dataset: PreparedDataset, steps: int, run_id: str | None = None
+) -> artifacts.ArtifactManifest:
+    """What the artifact of this run is and where it came from."""
+    trigger = config.data.trigger_token
+    if config.method in EMBEDDING_METHODS:
+        trigger = trigger or config.textual_inversion.placeholder_token
+    return artifacts.ArtifactManifest(
+        method=config.method,
+        artifact_kind=get_method(config.method).artifact_kind,
+        base_model=base.to_dict(),
+        trigger_token=trigger,
+        instance_prompt=config.data.instance_prompt,
+        resolution=config.data.resolution,
+        dataset_hash=dataset.dataset_hash,
+        config=config.model_dump(mode="json"),
+        run_name=config.effective_run_name,
+        mlflow_run_id=run_id,
+        steps=steps,
+    )

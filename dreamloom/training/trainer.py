@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diffusers import ModelMixin
 from diffusers.optimization import get_scheduler
 from diffusers.utils import make_image_grid
 from PIL import Image
@@ -26,7 +27,6 @@ from dreamloom.models.base import (
     LoadedBaseModel,
     TextConditioning,
     load_base_model,
-    pipeline_from_components,
 )
 from dreamloom.training.checkpoint import TrainingState
 from dreamloom.training.diffusion import denoising_target, per_sample_loss, sample_noise, sample_timesteps
@@ -89,7 +89,7 @@ class Trainer:
         }
         dataset = PreparedDataset.load(Path(job.dataset_root))
         self.instance_examples = ExampleSet.from_prepared(
-            dataset, self.config.data.instance_prompt, self.model, **example_options
+            dataset, self.method.captions_for, self.model, **example_options
         )
         self.instance_plan = self._plan(self.instance_examples)
         if self.config.prior_enabled:
@@ -99,7 +99,7 @@ class Trainer:
         self.optimizer = self._optimizer()
         self.lr_scheduler = self._lr_scheduler()
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_grad_scaler else None
-        self.forward_modules = self._prepare_modules(wrap)
+        self.denoiser, self.text_encoders_for_training = self._prepare_modules(wrap)
         self.generator = torch.Generator(self.device)
 
     # ----- set-up -----
@@ -109,7 +109,7 @@ class Trainer:
         if self.job.class_dataset_root:
             dataset = PreparedDataset.load(Path(self.job.class_dataset_root))
             images = [Image.open(dataset.root / item.image).convert("RGB") for item in dataset.items]
-            return images, [item.caption or prior.class_prompt or "" for item in dataset.items]
+            return images, [[item.caption or prior.class_prompt or ""] for item in dataset.items]
         folder = Path(self.job.class_images)
         # Image i belongs to rank i % world; each rank fills its own gaps.
         mine = [i for i in missing_class_images(folder, prior.num_class_images) if i % self.world == self.rank]
@@ -123,7 +123,7 @@ class Trainer:
                 "folder (DREAMLOOM_HOME) must be shared storage"
             )
         images = load_class_images(folder)[: prior.num_class_images]
-        return images, [prior.class_prompt] * len(images)
+        return images, [[prior.class_prompt]] * len(images)
 
     def _class_example_set(self, images, captions, options) -> ExampleSet:
         time_ids = torch.tensor([[i.height, i.width, 0, 0, i.height, i.width] for i in images], dtype=torch.float32)
@@ -173,35 +173,36 @@ class Trainer:
             power=settings.lr_power,
         )
 
-    def _prepare_modules(self, wrap) -> dict[str, torch.nn.Module]:
+    def _prepare_modules(self, wrap) -> tuple[torch.nn.Module, list | None]:
+        """The denoiser and the text encoders as the step calls them: compiled if asked, wrapped
+        for DDP when they hold trainable parameters."""
         training = self.config.training
-        modules = self.method.trained_modules(self.model)
-        for name, module in modules.items():
+        for module in self.method.trained_modules(self.model).values():
             module.train()
-            if training.gradient_checkpointing:
-                if name == "unet":
+        denoiser = self.method.denoiser(self.model)
+        if training.gradient_checkpointing:
+            for module in denoiser.modules():  # the UNet, and a ControlNet beside it
+                if isinstance(module, ModelMixin) and module._supports_gradient_checkpointing:
                     module.enable_gradient_checkpointing()
-                else:
-                    module.gradient_checkpointing_enable()
-        unet = modules["unet"]
         if training.channels_last:
-            unet.to(memory_format=torch.channels_last)
-        forward = dict(modules)
-        if training.compile:
-            forward["unet"] = torch.compile(unet)
-        return {name: wrap(module) for name, module in forward.items()}
+            denoiser.to(memory_format=torch.channels_last)
+        forward = torch.compile(denoiser) if training.compile else denoiser
+        forward = wrap(forward) if _has_trainable(denoiser) else forward
+        if not self.method.trains_text_encoder:
+            return forward, None
+        encoders = []
+        for encoder in self.model.text_encoders:
+            if training.gradient_checkpointing:
+                encoder.gradient_checkpointing_enable()
+            encoders.append(wrap(encoder) if _has_trainable(encoder) else encoder)
+        return forward, encoders
 
     # ----- the step -----
-
-    @property
-    def text_encoders_for_training(self) -> list | None:
-        if not self.method.trains_text_encoder:
-            return None
-        return [self.forward_modules[f"text_encoder_{i}"] for i in range(len(self.model.text_encoders))]
 
     def train_step(self, step: int) -> float:
         """One optimizer step (``gradient_accumulation_steps`` micro-batches); returns the loss."""
         self._seed_step(step)
+        self.method.before_step(step, self.optimizer)
         accumulation = self.config.training.gradient_accumulation_steps
         total = 0.0
         for micro in range(accumulation):
@@ -226,21 +227,20 @@ class Trainer:
         if enabled:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
-        for module in self.forward_modules.values():
+        for module in [self.denoiser, *(self.text_encoders_for_training or [])]:
             if hasattr(module, "no_sync"):
                 stack.enter_context(module.no_sync())
         return stack
 
     def _micro_batch_loss(self, index: int) -> torch.Tensor:
         text_encoders = self.text_encoders_for_training
-        indices, flips = self.instance_plan.micro_batch(index)
         with self.precision.autocast():
-            instance = self.instance_examples.batch(indices, flips, text_encoders, self.generator)
+            draw = self.instance_plan.micro_batch(index)
+            instance = self.instance_examples.batch(draw, text_encoders, self.generator)
         if self.class_examples is None:
             return self._denoising_loss(instance).mean()
-        class_indices, class_flips = self.class_plan.micro_batch(index)
         with self.precision.autocast():
-            prior = self.class_examples.batch(class_indices, class_flips, text_encoders, self.generator)
+            prior = self.class_examples.batch(self.class_plan.micro_batch(index), text_encoders, self.generator)
         weight = self.config.prior.weight
         if instance.latents.shape[1:] == prior.latents.shape[1:]:
             losses = self._denoising_loss(_concat(instance, prior))
@@ -259,7 +259,7 @@ class Trainer:
         noisy = scheduler.add_noise(latents, noise, timesteps)
         conditioning = self.model.unet_conditioning(batch.text, batch.time_ids)
         with self.precision.autocast():
-            prediction = self.method.predict_noise(self.forward_modules["unet"], noisy, timesteps, conditioning)
+            prediction = self.method.predict_noise(self.denoiser, noisy, timesteps, conditioning, batch)
         target = denoising_target(scheduler, latents, noise, timesteps)
         return per_sample_loss(prediction, target, timesteps, scheduler, training.snr_gamma)
 
@@ -304,7 +304,8 @@ class Trainer:
         for module in modules:
             module.eval()
         try:
-            pipe = pipeline_from_components(self.model)
+            pipe = self.method.sample_pipeline(self.model)
+            extra = self.method.sample_kwargs(self.instance_examples)
             images = []
             for prompt in self.config.validation_prompts:
                 generator = torch.Generator("cpu").manual_seed(validation.seed)
@@ -317,6 +318,7 @@ class Trainer:
                         height=resolution,
                         width=resolution,
                         generator=generator,
+                        **extra,
                     ).images
         finally:
             for module in modules:
@@ -325,6 +327,10 @@ class Trainer:
 
     def save_artifact(self, folder: Path) -> None:
         self.method.save_artifact(self.model, folder)
+
+
+def _has_trainable(module: torch.nn.Module) -> bool:
+    return any(parameter.requires_grad for parameter in module.parameters())
 
 
 def _concat(first: Batch, second: Batch) -> Batch:

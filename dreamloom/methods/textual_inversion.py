@@ -1,0 +1,169 @@
+"""Textual Inversion: new token embeddings for a placeholder token; the model stays frozen.
+
+The placeholder (``<concept>``, with ``<concept>_1`` ... for extra vectors, as diffusers names
+them) is added to each tokenizer, and each text encoder's token embedding gets the new rows as
+the only trainable parameter. The artifact is a few-KB safetensors file in A1111's layout
+(``emb_params``; SDXL: ``clip_l`` and ``clip_g``) that ``pipe.load_textual_inversion`` also reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dreamloom.errors import DreamloomError
+from dreamloom.methods.base import TrainingMethod
+from dreamloom.models.base import BaseModelRef, LoadedBaseModel
+
+EMBEDDING_FILE = "learned_embeds.safetensors"
+SDXL_KEYS = ("clip_l", "clip_g")
+
+# Prompt templates for uncaptioned images, in the spirit of the Textual Inversion paper.
+OBJECT_TEMPLATES = [
+    "a photo of a {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the small {}",
+    "a good photo of a {}",
+    "a rendering of a {}",
+    "a photo of one {}",
+    "a clean photo of the {}",
+    "a photo of a nice {}",
+]
+STYLE_TEMPLATES = [
+    "a painting in the style of {}",
+    "a picture in the style of {}",
+    "a rendering in the style of {}",
+    "a cropped painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a bright picture in the style of {}",
+    "a good painting in the style of {}",
+    "an artwork in the style of {}",
+]
+
+
+class ExtendedTokenEmbedding(torch.nn.Module):
+    """A frozen token embedding plus trainable rows for tokens added after it."""
+
+    def __init__(self, base: torch.nn.Embedding, new_rows: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.new_rows = torch.nn.Parameter(new_rows)
+        self.first_new_id = base.num_embeddings
+
+    @property
+    def weight(self) -> torch.Tensor:  # for code that reads the full table
+        return torch.cat([self.base.weight, self.new_rows.to(self.base.weight.dtype)])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        known = self.base(ids.clamp(max=self.first_new_id - 1))
+        offsets = (ids - self.first_new_id).clamp(min=0, max=self.new_rows.shape[0] - 1)
+        added = self.new_rows[offsets].to(known.dtype)
+        return torch.where((ids >= self.first_new_id).unsqueeze(-1), added, known)
+
+
+def token_embeddings(encoder) -> torch.nn.Module:
+    """The CLIP embeddings module (transformers 5 dropped the ``text_model`` level)."""
+    return getattr(encoder, "text_model", encoder).embeddings
+
+
+class TextualInversionMethod(TrainingMethod):
+    name = "textual-inversion"
+    artifact_kind = "embedding"
+
+    @property
+    def settings(self):
+        return self.config.textual_inversion
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return True  # its embedding rows live inside the text encoders
+
+    @classmethod
+    def check(cls, config, base: BaseModelRef, dataset) -> None:
+        from transformers import AutoTokenizer
+
+        settings = config.textual_inversion
+        folders = ["tokenizer", "tokenizer_2"] if base.family == "sdxl" else ["tokenizer"]
+        for folder in folders:
+            tokenizer = AutoTokenizer.from_pretrained(base.location, subfolder=folder)
+            taken = [t for t in settings.tokens if len(tokenizer.tokenize(t)) == 1 and t in tokenizer.get_vocab()]
+            if taken:
+                raise DreamloomError(
+                    f"placeholder {taken[0]!r} is already a token of {base.spec}; choose a new one, e.g. <sks-shoe>"
+                )
+            ids = tokenizer.encode(settings.initializer_token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise DreamloomError(
+                    f"initializer token {settings.initializer_token!r} is {len(ids)} tokens for {base.spec}; "
+                    "use a single common word such as 'shoe' or 'painting'"
+                )
+        uncaptioned = [item.source for item in dataset.items if item.caption is None]
+        missing = [
+            item.source for item in dataset.items if item.caption and settings.placeholder_token not in item.caption
+        ]
+        if missing:
+            raise DreamloomError(
+                f"captions must name the placeholder {settings.placeholder_token!r}; it is missing from the "
+                f"captions of {', '.join(missing[:5])}"
+                + (f" ({len(uncaptioned)} uncaptioned images are fine)" if uncaptioned else "")
+            )
+
+    def captions_for(self, caption: str | None) -> list[str]:
+        settings = self.settings
+        if caption:
+            texts = [caption]
+        elif settings.use_templates:
+            templates = STYLE_TEMPLATES if settings.learnable_property == "style" else OBJECT_TEMPLATES
+            texts = [template.format(settings.placeholder_token) for template in templates]
+        else:
+            texts = [self.config.data.instance_prompt]
+        return [self.expand(text) for text in texts]
+
+    def expand(self, text: str) -> str:
+        """``<concept>`` -> ``<concept> <concept>_1 ...``, as diffusers' pipelines expand it."""
+        return text.replace(self.settings.placeholder_token, " ".join(self.settings.tokens))
+
+    def attach(self, model: LoadedBaseModel) -> None:
+        settings = self.settings
+        for tokenizer, encoder in zip(model.tokenizers, model.text_encoders, strict=True):
+            tokenizer.add_tokens(settings.tokens)
+            initializer = tokenizer.encode(settings.initializer_token, add_special_tokens=False)[0]
+            embeddings = token_embeddings(encoder)
+            base = embeddings.token_embedding
+            rows = base.weight[initializer].detach().float().clone().repeat(settings.num_vectors, 1)
+            embeddings.token_embedding = ExtendedTokenEmbedding(base, rows.to(base.weight.device))
+
+    def new_rows(self, model: LoadedBaseModel) -> list[torch.nn.Parameter]:
+        return [token_embeddings(encoder).token_embedding.new_rows for encoder in model.text_encoders]
+
+    def trained_modules(self, model: LoadedBaseModel) -> dict[str, torch.nn.Module]:
+        return {f"text_encoder_{i}": encoder for i, encoder in enumerate(model.text_encoders)}
+
+    def parameter_groups(self, model: LoadedBaseModel) -> list[dict]:
+        learning_rate = self.settings.learning_rate or self.config.optimizer.learning_rate
+        return [{"params": self.new_rows(model), "lr": learning_rate, "weight_decay": 0.0}]
+
+    def save_artifact(self, model: LoadedBaseModel, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [row.detach().float().cpu().contiguous() for row in self.new_rows(model)]
+        tensors = dict(zip(SDXL_KEYS, rows, strict=True)) if model.is_sdxl else {"emb_params": rows[0]}
+        save_file(
+            tensors, str(folder / EMBEDDING_FILE), metadata={"placeholder_token": self.settings.placeholder_token}
+        )
+
+    @classmethod
+    def load_into(cls, pipe, folder: Path, manifest, strength: float = 1.0):
+        token = manifest.config["textual_inversion"]["placeholder_token"]
+        tensors = load_file(str(Path(folder) / EMBEDDING_FILE))
+        if "emb_params" in tensors:
+            pipe.load_textual_inversion(tensors["emb_params"], token=token)
+            return pipe
+        for key, encoder, tokenizer in zip(
+            SDXL_KEYS, (pipe.text_encoder, pipe.text_encoder_2), (pipe.tokenizer, pipe.tokenizer_2), strict=True
+        ):
+            pipe.load_textual_inversion(tensors[key], token=token, text_encoder=encoder, tokenizer=tokenizer)
+        return pipe
