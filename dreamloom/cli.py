@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_prepare(commands)
     _add_generate_local(commands)
     _add_lora(commands)
+    _add_hypernetwork(commands)
+    _add_advise(commands)
     return parser
 
 
@@ -55,7 +57,9 @@ def _add_train(commands) -> None:
         description="Train with one of the methods. Flags override the --config file; --set reaches any field.",
     )
     command.add_argument("--config", type=Path, help="run config YAML")
-    command.add_argument("--method", help="lora | dreambooth | dreambooth-lora")
+    command.add_argument(
+        "--method", help="lora | dreambooth | dreambooth-lora | textual-inversion | hypernetwork | controlnet | pivotal"
+    )
     command.add_argument("--base-model", help="hub id, local diffusers folder, tiny or tiny-sdxl")
     command.add_argument("--revision", help="hub revision of the base model")
     command.add_argument("--data", help="folder of instance images (captions as name.txt)")
@@ -67,6 +71,12 @@ def _add_train(commands) -> None:
     command.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
     command.add_argument("--gpus-per-worker", type=float)
     command.add_argument("--output", help="folder for the final artifact")
+    command.add_argument("--placeholder-token", help="textual-inversion/pivotal: the new token, e.g. <sks-shoe>")
+    command.add_argument("--num-vectors", type=int, help="textual-inversion/pivotal: vectors behind the token")
+    command.add_argument("--initializer-token", help="textual-inversion/pivotal: an existing word to start from")
+    command.add_argument(
+        "--condition", help="controlnet: canny | scribble | mask (name.mask.png) | user (name.cond.png)"
+    )
     command.add_argument("--run-name", help="names the run for resuming (default: the output folder's name)")
     command.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     command.add_argument(
@@ -137,7 +147,12 @@ def _add_generate_local(commands) -> None:
     command.add_argument("--guidance", type=float, default=7.5)
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--size", help="WxH (default: the training resolution)")
-    command.add_argument("--scale", type=float, default=1.0, help="adapter strength (LoRA)")
+    command.add_argument("--scale", type=float, help="LoRA scale / hypernetwork strength (default: as trained)")
+    command.add_argument("--control-image", type=Path, help="controlnet: the condition image to follow")
+    command.add_argument(
+        "--control-from-photo", action="store_true", help="controlnet: extract the condition (canny/scribble) from it"
+    )
+    command.add_argument("--control-scale", type=float, help="controlnet: conditioning scale (default: as trained)")
     command.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     command.add_argument("--out", type=Path, required=True)
     command.set_defaults(handler=_generate_local)
@@ -148,6 +163,8 @@ def _generate_local(args) -> None:
     from dreamloom.logs import quiet_library_logging
 
     width, height = _parse_size(args.size)
+    quiet_library_logging()
+    pipe, manifest = load_artifact_pipeline(args.artifact, args.scale, args.device)
     request = GenerationRequest(
         prompts=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -157,12 +174,31 @@ def _generate_local(args) -> None:
         seed=args.seed,
         width=width,
         height=height,
+        **_control(args, manifest),
     )
-    quiet_library_logging()
-    pipe, manifest = load_artifact_pipeline(args.artifact, args.scale, args.device)
     pipe.set_progress_bar_config(disable=not sys.stderr.isatty())
     grid = save_images(generate(pipe, request, manifest.resolution), request, args.out)
     print(f"images in {args.out}; grid: {grid}")
+
+
+def _control(args, manifest) -> dict:
+    if args.control_image is None:
+        return {}
+    from dreamloom.data import conditions
+    from dreamloom.data.images import ImageProblem, open_rgb
+
+    try:
+        image = open_rgb(args.control_image, 50_000_000)
+    except ImageProblem as exc:
+        raise DreamloomError(f"--control-image {args.control_image}: {exc}") from None
+    settings = manifest.config.get("controlnet", {})
+    if args.control_from_photo:
+        kind = settings.get("condition")
+        if kind not in conditions.EXTRACTED:
+            raise DreamloomError(f"--control-from-photo extracts canny or scribble; this ControlNet follows {kind!r}")
+        image = conditions.extract(image, kind, settings.get("canny_low", 100), settings.get("canny_high", 200))
+    scale = args.control_scale if args.control_scale is not None else settings.get("conditioning_scale", 1.0)
+    return {"control_image": image, "control_scale": scale}
 
 
 def _parse_size(text: str | None) -> tuple[int | None, int | None]:
@@ -206,6 +242,105 @@ def _import_kohya(args) -> None:
     quiet_library_logging()
     import_kohya(args.file, args.base_model, args.output, args.trigger_token)
     print(f"imported {args.file} as {args.output}")
+
+
+def _add_hypernetwork(commands) -> None:
+    hypernetwork = commands.add_parser("hypernetwork", help="A1111 hypernetwork conversions")
+    actions = hypernetwork.add_subparsers(title="actions", metavar="ACTION")
+    imported = actions.add_parser(
+        "import-a1111", help="make a dreamloom artifact from an A1111 .pt hypernetwork (read without running code)"
+    )
+    imported.add_argument("file", type=Path)
+    imported.add_argument("--base-model", required=True)
+    imported.add_argument("--output", type=Path, required=True)
+    imported.set_defaults(handler=_import_a1111)
+
+
+def _import_a1111(args) -> None:
+    from dreamloom.methods.hypernetwork import import_a1111
+
+    import_a1111(args.file, args.base_model, args.output)
+    print(f"imported {args.file} as {args.output}")
+
+
+# ----- advise -----
+
+QUESTIONS = {
+    "concepts": ("How many concepts will you teach", int),
+    "fine_detail": ("Does fine detail matter (logos, faces, stitching)", bool),
+    "new_to_base": ("Is the concept new to the base model (it cannot draw it today)", bool),
+    "style": ("Is it a style rather than an object", bool),
+    "spatial_control": ("Must images follow a layout, pose or sketch", bool),
+}
+
+
+def _add_advise(commands) -> None:
+    command = commands.add_parser(
+        "advise",
+        help="recommend a method for your concept, with sizes for your base",
+        description="Unanswered questions are asked interactively when the terminal allows, else take defaults.",
+    )
+    command.add_argument("--base-model", default="sd15", help="sd15, sd21, sdxl, a hub id of those, or a folder")
+    command.add_argument("--concepts", type=int)
+    for flag in ("fine-detail", "new-to-base", "style", "spatial-control"):
+        command.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None)
+    command.add_argument("--storage-mb", type=float, help="storage budget per concept in MB")
+    command.add_argument("--gpu-gb", type=float, help="GPU memory for training in GB")
+    command.add_argument("--json", action="store_true", help="print the recommendation as JSON")
+    command.set_defaults(handler=_advise)
+
+
+def _advise(args) -> None:
+    import json
+
+    from dreamloom.advisor import Needs, recommend
+    from dreamloom.logs import quiet_library_logging
+    from dreamloom.sizing import Architecture, human_bytes
+
+    answers = {}
+    for name, (question, kind) in QUESTIONS.items():
+        value = getattr(args, name)
+        if value is None and sys.stdin.isatty():
+            value = _ask(question, kind)
+        if value is not None:
+            answers[name] = value
+    if answers.get("concepts", 1) < 1:
+        raise DreamloomError("--concepts must be at least 1")
+    needs = Needs(**answers, storage_mb_per_concept=args.storage_mb, gpu_memory_gb=args.gpu_gb)
+    quiet_library_logging()
+    architecture = Architecture.for_base(args.base_model)
+    advice = recommend(needs, architecture)
+    if args.json:
+        rows = {m: {"trainable_params": e.trainable_params, "artifact_bytes": e.artifact_bytes,
+                    "training_state_bytes": e.training_state_bytes} for m, e in advice.estimates.items()}  # fmt: skip
+        print(
+            json.dumps({"method": advice.method, "reasons": advice.reasons, "notes": advice.notes, "estimates": rows})
+        )
+        return
+    print(
+        f"recommended: {advice.method}  (base: {architecture.name}, {architecture.total_params / 1e9:.2f}B parameters)"
+    )
+    for reason in advice.reasons + advice.notes:
+        print(f"  - {reason}")
+    print(f"\n{'method':<18} {'trains':>14} {'artifact':>10} {'training state*':>16}")
+    for method, row in advice.estimates.items():
+        marker = " <" if method == advice.method else ""
+        print(f"{method:<18} {row.trainable_params:>14,} {human_bytes(row.artifact_bytes):>10} "
+              f"{human_bytes(row.training_state_bytes):>16}{marker}")  # fmt: skip
+    print("* weights (frozen in bf16), gradients and AdamW state; activations come on top "
+          "(reduce them with gradient checkpointing and a smaller batch)")  # fmt: skip
+
+
+def _ask(question: str, kind):
+    suffix = " [number]" if kind is int else " [y/n]"
+    while True:
+        reply = input(f"{question}?{suffix} ").strip().lower()
+        if kind is int and reply.isdigit():
+            return int(reply)
+        if kind is bool and reply in ("y", "yes", "n", "no"):
+            return reply.startswith("y")
+        if not reply:
+            return None
 
 
 if __name__ == "__main__":

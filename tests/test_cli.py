@@ -6,7 +6,7 @@ from PIL import Image
 
 from dreamloom import __version__
 from dreamloom.cli import main
-from tests.helpers import draw_images
+from tests.helpers import draw_images, method_config, train_in_process
 
 TRAIN = ["train", "--method", "lora", "--instance-prompt", "a photo of sks ball", "--resolution", "64"]
 
@@ -121,3 +121,50 @@ def test_resume_without_a_run_says_so_before_any_work(tmp_path, monkeypatch, cap
     code = main([*TRAIN, "--data", str(photos), "--output", str(tmp_path / "never-ran"), "--resume"])
     assert code == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_method_flags_reach_the_config(tmp_path, capsys):
+    code = main([
+        "train", "--method", "textual-inversion", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
+        "--instance-prompt", "a photo of <my-mug>", "--placeholder-token", "<my-mug>", "--num-vectors", "3",
+        "--initializer-token", "mug", "--print-config",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "placeholder_token: <my-mug>" in out and "num_vectors: 3" in out
+    code = main([*TRAIN, "--method", "controlnet", "--condition", "sketch", "--data", str(tmp_path), "--output", "o"])
+    assert code == 2 and "'scribble'" in capsys.readouterr().err
+
+
+def test_generate_local_follows_a_control_image_from_a_photo(tmp_path, capsys):
+    photos = draw_images(tmp_path / "photos", count=2)
+    artifact = train_in_process(method_config("controlnet", photos, tmp_path / "cn", training__steps=1))
+    base = ["generate-local", "--artifact", str(artifact), "--prompt", "a ball", "--steps", "2", "--num-images", "1"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    assert "needs a control image" in capsys.readouterr().err
+    photo = str(photos / "image_0.png")
+    assert main([*base, "--control-image", photo, "--control-from-photo", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "grid.png").is_file()
+
+
+def test_hypernetwork_import_refuses_code_in_pickles(tmp_path, capsys):
+    import os
+
+    import torch
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({768: Exploit()}, tmp_path / "evil.pt")
+    args = [
+        "hypernetwork",
+        "import-a1111",
+        str(tmp_path / "evil.pt"),
+        "--base-model",
+        "tiny",
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 2
+    assert "refused to unpickle" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "o").exists()

@@ -193,6 +193,12 @@ class HypernetworkMethod(TrainingMethod):
     @classmethod
     def load_into(cls, pipe, folder: Path, manifest=None, strength: float = 1.0):
         hypernetwork = load_hypernetwork(Path(folder)).to(pipe.device, pipe.unet.dtype)
+        widths = cross_attention_widths(pipe.unet)
+        if not set(hypernetwork.widths) & set(widths):
+            raise DreamloomError(
+                f"this hypernetwork transforms contexts of width {hypernetwork.widths}, but the base model's "
+                f"cross-attention uses {widths}: it was made for another base"
+            )
         hypernetwork.eval()
         hypernetwork.set_strength(strength)
         install(pipe.unet, hypernetwork)

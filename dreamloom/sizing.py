@@ -1,0 +1,208 @@
+"""Sizes computed from a base model's real architecture: parameter counts, artifact sizes and the
+memory a training run needs for weights, gradients and optimizer state.
+
+The modules are built on the meta device (no memory, no weights) from the base's own configs:
+the published configs of SD 1.5, SD 2.1 and SDXL ship with the package; any other base is read
+from its diffusers folder. Counting what the real classes build (peft's own LoRA injection,
+``ControlNetModel.from_unet``) keeps these numbers honest when the libraries change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+
+from dreamloom.config import RunConfig
+from dreamloom.errors import DreamloomError
+
+KNOWN = json.loads(resources.files("dreamloom.models.assets").joinpath("architectures.json").read_text())
+BYTES_FP32 = 4
+BYTES_HALF = 2
+# AdamW keeps two fp32 moments per trainable parameter; the parameter and its gradient are fp32 too.
+BYTES_PER_TRAINABLE = BYTES_FP32 * 4
+
+
+@dataclass
+class Architecture:
+    name: str
+    family: str
+    unet_config: dict
+    text_configs: list[dict]
+    vae_config: dict
+    resolution: int
+
+    @classmethod
+    def known(cls, name: str) -> Architecture:
+        entry = KNOWN[name]
+        return cls(name, entry["family"], entry["unet"], entry["text_encoders"], entry["vae"], entry["resolution"])
+
+    @classmethod
+    def for_base(cls, spec: str) -> Architecture:
+        """``sd15``/``sd21``/``sdxl``, one of their hub ids, or a local diffusers folder (incl. tiny)."""
+        for name, entry in KNOWN.items():
+            if name.startswith("_"):
+                continue
+            if spec == name or spec in entry["hub_ids"]:
+                return cls.known(name)
+        from dreamloom.models.base import resolve_base_model
+
+        ref = resolve_base_model(spec)
+        if not ref.is_local:
+            raise DreamloomError(
+                f"no architecture of {spec!r} on this machine; use sd15, sd21, sdxl or a local diffusers folder"
+            )
+        folder = Path(ref.location)
+        texts = [json.loads((folder / f / "config.json").read_text()) for f in ("text_encoder", "text_encoder_2")
+                 if (folder / f / "config.json").is_file()]  # fmt: skip
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        resolution = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+        return cls(spec, ref.family, unet, texts, vae, resolution)
+
+    # ----- modules on the meta device -----
+
+    def unet(self):
+        from diffusers import UNet2DConditionModel
+
+        with init_empty_weights():
+            return UNet2DConditionModel.from_config(self.unet_config)
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        encoders = []
+        with init_empty_weights():
+            for config in self.text_configs:
+                projected = "CLIPTextModelWithProjection" in config.get("architectures", [])
+                cls = CLIPTextModelWithProjection if projected else CLIPTextModel
+                fields = {k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
+                encoders.append(cls(CLIPTextConfig(**fields)))
+        return encoders
+
+    def vae(self):
+        from diffusers import AutoencoderKL
+
+        with init_empty_weights():
+            return AutoencoderKL.from_config(self.vae_config)
+
+    # ----- counts -----
+
+    @cached_property
+    def unet_params(self) -> int:
+        return count(self.unet())
+
+    @cached_property
+    def text_encoder_params(self) -> list[int]:
+        return [count(encoder) for encoder in self.text_encoders()]
+
+    @cached_property
+    def vae_params(self) -> int:
+        return count(self.vae())
+
+    @property
+    def total_params(self) -> int:
+        return self.unet_params + sum(self.text_encoder_params) + self.vae_params
+
+    @property
+    def text_hidden_sizes(self) -> list[int]:
+        return [config["hidden_size"] for config in self.text_configs]
+
+
+def count(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    method: str
+    trainable_params: int
+    artifact_bytes: int
+    training_state_bytes: int  # weights + gradients + optimizer state; activations come on top
+
+
+def estimate(arch: Architecture, config: RunConfig) -> Estimate:
+    """Artifact size and training-state memory of ``config.method`` on ``arch`` (bf16 frozen weights)."""
+    trainable = trainable_params(arch, config)
+    artifact = trainable * BYTES_FP32
+    frozen = max(0, arch.total_params - trainable)
+    if config.method == "controlnet":
+        frozen = arch.total_params  # the ControlNet is new; the whole base stays frozen
+    state = frozen * BYTES_HALF + trainable * BYTES_PER_TRAINABLE
+    return Estimate(config.method, trainable, artifact, state)
+
+
+def trainable_params(arch: Architecture, config: RunConfig) -> int:
+    method = config.method
+    if method == "dreambooth":
+        return arch.unet_params
+    if method in ("lora", "dreambooth-lora"):
+        return _lora_params(arch, config)
+    if method == "textual-inversion":
+        return _embedding_params(arch, config)
+    if method == "pivotal":
+        return _lora_params(arch, config) + _embedding_params(arch, config)
+    if method == "hypernetwork":
+        return _hypernetwork_params(arch, config)
+    if method == "controlnet":
+        return _controlnet_params(arch)
+    raise DreamloomError(f"no size model for method {method!r}")
+
+
+def _lora_params(arch: Architecture, config: RunConfig) -> int:
+    from peft import LoraConfig
+
+    settings = config.lora
+    unet = arch.unet()
+    unet.requires_grad_(False)
+    with init_empty_weights():
+        unet.add_adapter(
+            LoraConfig(r=settings.rank, lora_alpha=settings.effective_alpha, target_modules=settings.target_modules)
+        )
+    total = count(unet, trainable_only=True)
+    if settings.train_text_encoder:
+        for encoder in arch.text_encoders():
+            encoder.requires_grad_(False)
+            with init_empty_weights():
+                encoder.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.effective_alpha,
+                                               target_modules=settings.text_encoder_target_modules))  # fmt: skip
+            total += count(encoder, trainable_only=True)
+    return total
+
+
+def _embedding_params(arch: Architecture, config: RunConfig) -> int:
+    return config.textual_inversion.num_vectors * sum(arch.text_hidden_sizes)
+
+
+def _hypernetwork_params(arch: Architecture, config: RunConfig) -> int:
+    from dreamloom.methods.hypernetwork import Hypernetwork, cross_attention_widths, structure_from_settings
+
+    with init_empty_weights():
+        hypernetwork = Hypernetwork(cross_attention_widths(arch.unet()), **structure_from_settings(config.hypernetwork))
+    return count(hypernetwork)
+
+
+def _controlnet_params(arch: Architecture) -> int:
+    from diffusers import ControlNetModel
+
+    from dreamloom.methods.controlnet import condition_channels
+
+    scale = 2 ** (len(arch.vae_config["block_out_channels"]) - 1)
+    with init_empty_weights():
+        controlnet = ControlNetModel.from_unet(
+            arch.unet(), conditioning_embedding_out_channels=condition_channels(scale), load_weights_from_unet=False
+        )
+    return count(controlnet)
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
