@@ -1,6 +1,8 @@
 """Training-step speed and memory: dreamloom's loop against two references, in one process.
 
-Variants, per method (lora, dreambooth), all on the same base, data, batch and resolution:
+Two sections, both on the same base, data, batch and resolution.
+
+``compare`` (lora, dreambooth): four variants of one training step:
 
 - ``ours``: ``dreamloom.training.trainer.Trainer.train_step`` as a run uses it by default
   (cached latents and text embeddings, fused AdamW, eager);
@@ -12,12 +14,18 @@ Variants, per method (lora, dreambooth), all on the same base, data, batch and r
   noise and timesteps, eager, no optimizer.
 
 The machine's speed drifts by tens of percent over seconds, so the variants are timed
-interleaved, one step each per round (in rotating order), and the report gives the median of the
-per-round ratios. Peak memory is measured in a fresh subprocess per variant (peak RSS on CPU,
-peak allocated on CUDA). Prints JSON; ``--out`` also writes it to a file.
+interleaved, one step each per round (in shuffled order), and the report gives the median of the
+per-round ratios.
 
-    .venv/bin/python bench/train.py                       # both methods, 60 rounds
-    .venv/bin/python bench/train.py --methods lora --rounds 30 --no-memory
+``methods`` (all seven): each method's step time (all methods interleaved the same way), peak
+memory, the size of the artifact it writes on this base, and the artifact size and training
+memory computed for SD 1.5 and SDXL from their real architectures (``dreamloom.sizing``).
+
+Peak memory is measured in a fresh subprocess per variant (peak RSS on CPU, peak allocated on
+CUDA). Prints JSON and a markdown table; ``--out`` also writes the JSON to a file.
+
+    .venv/bin/python bench/train.py                                  # everything
+    .venv/bin/python bench/train.py --compare lora --no-methods --rounds 30 --no-memory
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 VARIANTS = ("ours", "ours_compiled", "baseline", "floor")
+ALL_METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork", "controlnet")
 
 
 def main() -> None:
@@ -67,12 +76,14 @@ def main() -> None:
             "rounds": args.rounds,
             "warmup": args.warmup,
         },
-        "methods": {},
+        "compare": {method: _measure(args, data, method) for method in args.compare},
     }
-    for method in args.methods:
-        report["methods"][method] = _measure(args, data, method)
+    if args.methods:
+        report["methods"] = _methods_table(args, data)
     text = json.dumps(report, indent=2)
     print(text)
+    if args.methods:
+        print(_markdown(report["methods"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
@@ -80,7 +91,8 @@ def main() -> None:
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["lora", "dreambooth"], choices=["lora", "dreambooth"])
+    parser.add_argument("--compare", nargs="*", default=["lora", "dreambooth"], choices=["lora", "dreambooth"])
+    parser.add_argument("--no-methods", dest="methods", action="store_false", help="skip the all-methods table")
     parser.add_argument("--base-model", default="tiny")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=2)
@@ -107,7 +119,7 @@ def _job(args, data: Path, method: str, workdir: Path, compile_unet: bool = Fals
             "method": method,
             "base_model": args.base_model,
             "data.path": str(data),
-            "data.instance_prompt": "a photo of sks ball",
+            "data.instance_prompt": "a photo of <concept>",  # <concept>: the embedding methods' token
             "data.resolution": args.resolution,
             "output": str(workdir / method),
             "prior.enabled": False,
@@ -319,6 +331,71 @@ def _draw_data(folder: Path, count: int = 8) -> Path:
         ImageDraw.Draw(image).ellipse((20, 20, 70, 70), fill=(200, 30, 30))
         image.save(folder / f"{index}.png")
     return folder
+
+
+# ----- every method -----
+
+
+def _methods_table(args, data: Path) -> dict:
+    from dreamloom.sizing import Architecture, estimate
+
+    with tempfile.TemporaryDirectory() as workdir:
+        runners = {method: Ours(args, data, method, Path(workdir)) for method in ALL_METHODS}
+        for runner in runners.values():
+            for _ in range(args.warmup):
+                runner.step()
+        seconds = {method: [] for method in ALL_METHODS}
+        order = list(ALL_METHODS)
+        for _ in range(args.rounds):
+            random.shuffle(order)
+            for method in order:
+                _sync(args.device)
+                started = time.perf_counter()
+                runners[method].step()
+                _sync(args.device)
+                seconds[method].append(time.perf_counter() - started)
+        artifact_bytes = {
+            method: _artifact_bytes(runner, Path(workdir) / f"artifact-{method}") for method, runner in runners.items()
+        }
+    bases = {name: Architecture.for_base(name) for name in ("sd15", "sdxl")}
+    table = {}
+    for method in ALL_METHODS:
+        config = runners[method].trainer.config
+        row = {
+            "step_ms": round(statistics.median(seconds[method]) * 1000, 2),
+            "artifact_bytes": artifact_bytes[method],
+        }
+        if not args.no_memory:
+            row["peak_memory_mib"] = _memory_in_subprocess(args, "ours", method)
+        for name, arch in bases.items():
+            computed = estimate(arch, config)
+            row[f"{name}_artifact_bytes"] = computed.artifact_bytes
+            row[f"{name}_training_state_bytes"] = computed.training_state_bytes
+        table[method] = row
+    return table
+
+
+def _artifact_bytes(runner: Ours, folder: Path) -> int:
+    runner.trainer.save_artifact(folder)
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def _markdown(table: dict) -> str:
+    from dreamloom.sizing import human_bytes
+
+    lines = [
+        "| method | step (ms) | peak RSS (MiB) | artifact (tiny) | artifact SD 1.5 | artifact SDXL "
+        "| train state SD 1.5 | train state SDXL |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, row in table.items():
+        memory = row.get("peak_memory_mib", {}).get("peak_rss", "-")
+        lines.append(
+            f"| {method} | {row['step_ms']} | {memory} | {human_bytes(row['artifact_bytes'])} | "
+            f"{human_bytes(row['sd15_artifact_bytes'])} | {human_bytes(row['sdxl_artifact_bytes'])} | "
+            f"{human_bytes(row['sd15_training_state_bytes'])} | {human_bytes(row['sdxl_training_state_bytes'])} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
