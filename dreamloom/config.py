@@ -21,7 +21,6 @@ MethodName = Literal[
 ]
 # Methods that learn new token embeddings (they need a placeholder token in their prompts).
 EMBEDDING_METHODS = ("textual-inversion", "pivotal")
-CONDITIONS = ("canny", "scribble", "mask", "user")
 LR_SCHEDULERS = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
 

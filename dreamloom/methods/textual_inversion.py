@@ -89,7 +89,8 @@ class TextualInversionMethod(TrainingMethod):
         settings = config.textual_inversion
         folders = ["tokenizer", "tokenizer_2"] if base.family == "sdxl" else ["tokenizer"]
         for folder in folders:
-            tokenizer = AutoTokenizer.from_pretrained(base.location, subfolder=folder)
+            revision = None if base.is_local else base.revision
+            tokenizer = AutoTokenizer.from_pretrained(base.location, subfolder=folder, revision=revision)
             taken = [t for t in settings.tokens if len(tokenizer.tokenize(t)) == 1 and t in tokenizer.get_vocab()]
             if taken:
                 raise DreamloomError(
