@@ -1,0 +1,113 @@
+"""Evaluating artifacts: fidelity metrics over a prompt set, sample grids, results in MLflow."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from dreamloom.artifacts import ArtifactManifest, read_manifest
+from dreamloom.errors import DreamloomError
+from dreamloom.evaluation.encoders import default_encoders
+from dreamloom.evaluation.evaluate import METRICS, EvalResult, EvalSettings, evaluate, reference_images
+
+EXPERIMENT = "dreamloom-evaluations"
+_LEAD_IN = re.compile(r"^(a|an)\s+(photo|picture|image|rendering|shot)\s+of\s+((a|an|the)\s+)?", re.IGNORECASE)
+
+__all__ = ["EXPERIMENT", "METRICS", "EvalResult", "EvalSettings", "evaluate", "evaluate_artifact", "log_evaluation"]
+
+
+def subject_of(manifest: ArtifactManifest) -> str:
+    """The phrase naming the concept: the instance prompt without its "a photo of" lead-in."""
+    subject = _LEAD_IN.sub("", manifest.instance_prompt).strip()
+    subject = subject or manifest.trigger_token or ""
+    if not subject:
+        raise DreamloomError("the artifact does not say what its concept is called; pass --subject 'sks sneaker'")
+    return subject
+
+
+def settings_for(manifest: ArtifactManifest, **overrides) -> EvalSettings:
+    """Evaluation settings from the manifest (subject, prompt kind, encoders), then ``overrides``."""
+    clip, dino = default_encoders(manifest.base_model.get("spec", ""))
+    embedding_style = manifest.method in ("textual-inversion", "pivotal") and (
+        manifest.config.get("textual_inversion", {}).get("learnable_property") == "style"
+    )
+    style = manifest.method == "hypernetwork" or embedding_style
+    settings = EvalSettings(
+        subject=subject_of(manifest) if not overrides.get("subject") else overrides["subject"],
+        kind="style" if style else "object",
+        clip_encoder=clip,
+        dino_encoder=dino,
+    )
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def evaluate_artifact(artifact: Path, references: Path | None = None, **overrides) -> tuple[EvalResult, EvalSettings]:
+    """Load the artifact's pipeline and evaluate it against its training images (or ``references``)."""
+    from dreamloom.inference import load_artifact_pipeline
+
+    manifest = read_manifest(artifact)
+    settings = settings_for(manifest, **overrides)
+    folder = references or manifest.config.get("data", {}).get("path")
+    if folder is None:
+        raise DreamloomError("the artifact does not record its training images; pass --references DIR")
+    refs = reference_images(Path(folder))
+    pipe, _ = load_artifact_pipeline(artifact)
+    control = _control_for(manifest, refs[0]) if manifest.method == "controlnet" else None
+    return evaluate(pipe, refs, settings, control, manifest.resolution or None), settings
+
+
+def _control_for(manifest: ArtifactManifest, reference):
+    from dreamloom.data import conditions
+
+    settings = manifest.config.get("controlnet", {})
+    kind = settings.get("condition")
+    if kind not in conditions.EXTRACTED:
+        raise DreamloomError(
+            f"evaluating a {kind!r} ControlNet needs its condition images; only canny/scribble are derived"
+        )
+    return conditions.extract(reference, kind, settings.get("canny_low", 100), settings.get("canny_high", 200))
+
+
+def log_evaluation(result: EvalResult, settings: EvalSettings, subject_of_run: dict[str, str]) -> str:
+    """An MLflow run holding the metrics, the per-prompt table and a grid per prompt; returns its id."""
+    from mlflow.entities import Metric, Param
+
+    from dreamloom.tracking import client, experiment_id
+
+    mlflow = client()
+    tags = {f"dreamloom.{key}": value for key, value in subject_of_run.items()}
+    tags.update(
+        {"dreamloom.eval.clip_encoder": result.encoders["clip"], "dreamloom.eval.dino_encoder": result.encoders["dino"]}
+    )
+    run = mlflow.create_run(
+        experiment_id(mlflow, EXPERIMENT), run_name=f"eval-{subject_of_run.get('evaluated', 'artifact')}", tags=tags
+    )
+    run_id = run.info.run_id
+    try:
+        params = {
+            "subject": settings.subject,
+            "kind": settings.kind,
+            "prompts": len(settings.templates),
+            "images_per_prompt": settings.images_per_prompt,
+            "steps": settings.steps,
+            "guidance": settings.guidance,
+            "seed": settings.seed,
+            "clip_encoder": result.encoders["clip"],
+            "dino_encoder": result.encoders["dino"],
+        }
+        metrics = [Metric(name, value, 0, 0) for name, value in result.metrics.items()]
+        metrics += [
+            Metric(f"prompt_{name}", row[name], 0, index)
+            for index, row in enumerate(result.per_prompt)
+            for name in METRICS
+        ]
+        mlflow.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+        mlflow.log_dict(run_id, {"per_prompt": result.per_prompt, "metrics": result.metrics}, "evaluation.json")
+        for index, (_, grid) in enumerate(result.grids):
+            mlflow.log_image(run_id, grid, artifact_file=f"grids/prompt_{index:02d}.png")
+    except BaseException:
+        mlflow.set_terminated(run_id, status="FAILED")
+        raise
+    mlflow.set_terminated(run_id)
+    return run_id

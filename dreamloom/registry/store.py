@@ -1,0 +1,370 @@
+"""The model registry on MLflow: register, list, promote through the gate, roll back.
+
+A registered model is one concept (``shoe``); each version is one artifact, stored as a pyfunc
+model that generates images, with its manifest, lineage tags (method, base model and revision,
+dataset hash, trigger token, training run) and its evaluation metrics. Aliases say what is in
+production: ``champion`` (serving) and ``challenger`` (proposed). Everything that can be wrong
+with an artifact is checked before anything is written, and the version is created in a single
+call with all its tags, so a failed registration leaves no version behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dreamloom import __version__
+from dreamloom.artifacts import ArtifactManifest, read_manifest
+from dreamloom.errors import ArtifactError, DreamloomError
+from dreamloom.registry.gate import Check, Evaluated, GateConfig, gate
+from dreamloom.settings import tracking_uri
+
+EXPERIMENT = "dreamloom-registry"
+CHAMPION, CHALLENGER = "champion", "challenger"
+METRIC_TAG = "dreamloom.metric."
+STACK_TAG = "dreamloom.champion_stack"  # champions in promotion order; rollback pops
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_STACK_LIMIT = 50
+
+
+def client():
+    from dreamloom.tracking import client as tracking_client
+
+    return tracking_client(tracking_uri())
+
+
+# ----- registering -----
+
+
+def check_registrable(artifact: Path, name: str, mlflow) -> ArtifactManifest:
+    """Every reason to refuse ``artifact`` as a version of ``name``, before anything is written."""
+    from safetensors import safe_open
+
+    from dreamloom.inference import artifact_base
+
+    if not _NAME.match(name):
+        raise DreamloomError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 100)")
+    manifest = read_manifest(artifact)
+    files = [p for p in Path(artifact).rglob("*") if p.is_file()]
+    pickled = sorted(p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        raise ArtifactError(
+            f"{artifact} holds pickled weights ({', '.join(pickled)}); dreamloom registers safetensors only"
+        )
+    for path in (p for p in files if p.suffix == ".safetensors"):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as exc:
+            raise ArtifactError(f"{path.name} is not a readable safetensors file: {exc}") from None
+    artifact_base(manifest)  # the base must be findable here, at the recorded revision
+    existing = _registered_model(mlflow, name)
+    if existing is not None:
+        wanted = (existing.tags.get("dreamloom.base_model"), existing.tags.get("dreamloom.base_model_revision"))
+        spec, revision = manifest.base_model.get("spec"), str(manifest.base_model.get("revision"))
+        if wanted != (spec, revision):
+            raise ArtifactError(
+                f"model {name!r} holds versions for base {wanted[0]} (revision {wanted[1]}); this artifact "
+                f"was trained on {spec} (revision {revision}); register it under another name"
+            )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    encoders: tuple[str, str]
+    run_id: str | None = None
+
+
+def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
+    """A new version of ``name`` holding ``artifact``; returns the MLflow ModelVersion."""
+    import mlflow
+
+    from dreamloom.registry.pyfunc import ADAPTER, MODEL_CODE, SIGNATURE
+    from dreamloom.tracking import experiment_id
+
+    registry = client()
+    manifest = check_registrable(artifact, name, registry)
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    run = registry.create_run(experiment_id(registry, EXPERIMENT), run_name=f"register-{name}", tags=_lineage(manifest))
+    run_id = run.info.run_id
+    try:
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example.*")  # an example would run the model
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts={ADAPTER: str(artifact)},
+                code_paths=[str(Path(__file__).parents[1])],
+                signature=SIGNATURE,
+                pip_requirements=_requirements(),
+            )
+        if evaluation:
+            registry.log_batch(run_id, metrics=_metrics(evaluation))
+        _ensure_registered_model(registry, name, manifest)
+        tags = {**_lineage(manifest), **_evaluation_tags(evaluation)}
+        version = registry.create_model_version(
+            name, source=info.model_uri, run_id=run_id, tags=tags, description=_describe(manifest, registry),
+            model_id=info.model_id,
+        )  # fmt: skip
+    except BaseException:
+        registry.set_terminated(run_id, status="FAILED")
+        raise
+    registry.set_terminated(run_id)
+    return version
+
+
+def _lineage(manifest: ArtifactManifest) -> dict[str, str]:
+    base = manifest.base_model
+    tags = {
+        "dreamloom.method": manifest.method,
+        "dreamloom.artifact_kind": manifest.artifact_kind,
+        "dreamloom.base_model": str(base.get("spec")),
+        "dreamloom.base_model_revision": str(base.get("revision")),
+        "dreamloom.dataset_hash": manifest.dataset_hash,
+        "dreamloom.trigger_token": manifest.trigger_token or "",
+        "dreamloom.resolution": str(manifest.resolution),
+        "dreamloom.version": __version__,
+    }
+    if manifest.mlflow_run_id:
+        tags["dreamloom.training_run_id"] = manifest.mlflow_run_id
+    return tags
+
+
+def _evaluation_tags(evaluation: Evaluation | None) -> dict[str, str]:
+    if evaluation is None:
+        return {}
+    tags = {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in evaluation.metrics.items()}
+    tags["dreamloom.eval.clip_encoder"], tags["dreamloom.eval.dino_encoder"] = evaluation.encoders
+    if evaluation.run_id:
+        tags["dreamloom.eval_run_id"] = evaluation.run_id
+    return tags
+
+
+def _metrics(evaluation: Evaluation):
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    return [Metric(k, float(v), stamp, 0) for k, v in evaluation.metrics.items()]
+
+
+def _describe(manifest: ArtifactManifest, registry) -> str:
+    lines = [f"{manifest.method} artifact on {manifest.base_model.get('spec')}, trigger `{manifest.trigger_token}`."]
+    if manifest.mlflow_run_id:
+        try:
+            run = registry.get_run(manifest.mlflow_run_id)
+            link = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            lines.append(f"Trained in [run {manifest.mlflow_run_id}]({link}).")
+        except Exception:  # trained against another tracking server: keep the id only
+            lines.append(f"Trained in run {manifest.mlflow_run_id}.")
+    return " ".join(lines)
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    packages = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "pillow", "pydantic")
+    return [f"{package}=={version(package)}".replace("+cpu", "") for package in packages]
+
+
+def _registered_model(mlflow, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def _ensure_registered_model(mlflow, name: str, manifest: ArtifactManifest) -> None:
+    from mlflow.exceptions import MlflowException
+
+    if _registered_model(mlflow, name) is not None:
+        return
+    tags = {
+        "dreamloom.base_model": str(manifest.base_model.get("spec")),
+        "dreamloom.base_model_revision": str(manifest.base_model.get("revision")),
+    }
+    try:
+        mlflow.create_registered_model(name, tags=tags, description=f"dreamloom concept {name!r}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # a concurrent registration made it first
+            raise
+
+
+# ----- reading -----
+
+
+def resolve(reference: str, version: str | None = None):
+    """``NAME@ALIAS``, ``NAME/VERSION`` or ``NAME`` with ``version``: the MLflow ModelVersion."""
+    from mlflow.exceptions import MlflowException
+
+    registry = client()
+    name, alias = reference.split("@", 1) if "@" in reference else (reference, None)
+    if "/" in name:
+        name, version = name.split("/", 1)
+    try:
+        if alias:
+            return registry.get_model_version_by_alias(name, alias)
+        if version is None:
+            raise DreamloomError(f"say which version of {name!r}: NAME@ALIAS, NAME/VERSION or --version V")
+        return registry.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise DreamloomError(
+            f"no model version {reference}{'' if version is None else ' v' + str(version)}: {exc.message}"
+        ) from None
+
+
+def evaluated(version) -> Evaluated:
+    tags = version.tags
+    metrics = {k[len(METRIC_TAG) :]: float(v) for k, v in tags.items() if k.startswith(METRIC_TAG)}
+    encoders = (tags.get("dreamloom.eval.clip_encoder", ""), tags.get("dreamloom.eval.dino_encoder", ""))
+    return Evaluated(str(version.version), metrics, encoders)
+
+
+def download_artifact(version) -> Path:
+    """The artifact folder of a registered version, fetched from the tracking server."""
+    import mlflow
+
+    from dreamloom.registry.pyfunc import ADAPTER
+
+    mlflow.set_tracking_uri(tracking_uri())
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}"))
+    # MLflow keeps the folder's own name under artifacts/; the MLmodel file says where it went.
+    pyfunc = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"]
+    return local / pyfunc["artifacts"][ADAPTER]["path"]
+
+
+def attach_evaluation(version, evaluation: Evaluation) -> None:
+    registry = client()
+    for key, value in _evaluation_tags(evaluation).items():
+        registry.set_model_version_tag(version.name, str(version.version), key, value)
+
+
+def list_versions(name: str | None = None) -> list[dict]:
+    registry = client()
+    names = [name] if name else [model.name for model in registry.search_registered_models()]
+    rows = []
+    for model_name in names:
+        model = _registered_model(registry, model_name)
+        if model is None:
+            raise DreamloomError(f"no registered model {model_name!r}")
+        aliases: dict[str, list[str]] = {}
+        for alias, number in model.aliases.items():
+            aliases.setdefault(str(number), []).append(alias)
+        for version in registry.search_model_versions(f"name = '{model_name}'"):
+            rows.append(
+                {
+                    "name": model_name,
+                    "version": int(version.version),
+                    "method": version.tags.get("dreamloom.method", "?"),
+                    "metrics": evaluated(version).metrics,
+                    "aliases": sorted(aliases.get(str(version.version), [])),
+                    "created": version.creation_timestamp,
+                }
+            )
+    return sorted(rows, key=lambda row: (row["name"], -row["version"]))
+
+
+# ----- promoting -----
+
+
+@dataclass
+class Promotion:
+    name: str
+    version: str
+    previous_champion: str | None
+    checks: list[Check]
+    moved: bool
+    forced: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+
+def promote(
+    name: str, version: str, config: GateConfig | None = None, force: bool = False, reason: str | None = None
+) -> Promotion:
+    """Make ``version`` the challenger; if it passes the gate (or is forced), the champion."""
+    if force and not (reason and reason.strip()):
+        raise DreamloomError("--force needs --reason TEXT: overriding the gate is recorded with its reason")
+    registry = client()
+    challenger = resolve(name, version)
+    registry.set_registered_model_alias(name, CHALLENGER, str(challenger.version))
+    champion = _alias(registry, name, CHAMPION)
+    if champion is not None and champion.version == challenger.version:
+        return Promotion(name, str(challenger.version), str(champion.version), [], moved=False)
+    checks = gate(evaluated(challenger), evaluated(champion) if champion else None, config or GateConfig())
+    result = Promotion(name, str(challenger.version), champion and str(champion.version), checks, moved=False)
+    if not result.passed and not force:
+        return result
+    _set_champion(registry, name, str(challenger.version), champion)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    registry.set_model_version_tag(name, str(challenger.version), "dreamloom.promoted_at", stamp)
+    if champion is not None:
+        registry.set_model_version_tag(
+            name, str(challenger.version), "dreamloom.previous_champion", str(champion.version)
+        )
+    if not result.passed:
+        registry.set_model_version_tag(name, str(challenger.version), "dreamloom.forced_reason", reason.strip())
+        result.forced = True
+    result.moved = True
+    return result
+
+
+def _set_champion(registry, name: str, version: str, previous) -> None:
+    stack = _stack(registry, name)
+    if previous is not None and (not stack or stack[-1] != str(previous.version)):
+        stack.append(str(previous.version))  # a champion set outside dreamloom still rolls back
+    stack.append(version)
+    registry.set_registered_model_alias(name, CHAMPION, version)
+    registry.set_registered_model_tag(name, STACK_TAG, json.dumps(stack[-_STACK_LIMIT:]))
+
+
+def rollback(name: str) -> tuple[str, str]:
+    """Move ``champion`` back to the previous champion; returns (from, to)."""
+    registry = client()
+    champion = _alias(registry, name, CHAMPION)
+    if champion is None:
+        raise DreamloomError(f"model {name!r} has no champion to roll back")
+    stack = _stack(registry, name)
+    while stack and stack[-1] == str(champion.version):
+        stack.pop()
+    if not stack:
+        raise DreamloomError(f"model {name!r} has no earlier champion than version {champion.version}")
+    previous = stack[-1]
+    registry.set_registered_model_alias(name, CHAMPION, previous)
+    registry.set_registered_model_tag(name, STACK_TAG, json.dumps(stack))
+    registry.set_model_version_tag(
+        name,
+        str(champion.version),
+        "dreamloom.rolled_back_at",
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    return str(champion.version), previous
+
+
+def _alias(registry, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return registry.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _stack(registry, name: str) -> list[str]:
+    model = _registered_model(registry, name)
+    if model is None:
+        raise DreamloomError(f"no registered model {name!r}")
+    return json.loads(model.tags.get(STACK_TAG, "[]"))
