@@ -326,7 +326,8 @@ def _run_evaluation(artifact: Path, args, what: dict):
     for metric, value in result.metrics.items():
         print(f"  {metric:<10} {value:8.4f}")
     print(f"  encoders: CLIP {result.encoders['clip']}, DINO {result.encoders['dino']}; MLflow run {run_id}")
-    return result, Evaluation(result.metrics, (result.encoders["clip"], result.encoders["dino"]), run_id)
+    encoders = (result.encoders["clip"], result.encoders["dino"])
+    return result, Evaluation(result.metrics, encoders, run_id, tuple(result.grids))
 
 
 def _evaluate(args) -> None:

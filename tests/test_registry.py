@@ -224,6 +224,12 @@ def test_cli_register_evaluate_promote_list_rollback(artifacts, tmp_path, mlflow
     assert main(["registry", "register", "--artifact", lora, "--name", "shoe", *quick]) == 0
     out = capsys.readouterr().out
     assert "registered shoe version 2" in out and "clip_t" in out and "tiny-clip" in out
+    version = resolve("shoe/2")
+    logged = {entry.path for entry in client().list_artifacts(version.run_id, "samples")}
+    assert logged == {"samples/prompt_00.png", "samples/prompt_01.png"}  # grids beside the version's metrics
+    assert float(version.tags["dreamloom.metric.clip_i"]) == pytest.approx(
+        client().get_run(version.run_id).data.metrics["clip_i"]
+    )
     assert main(["registry", "promote", "shoe", "--version", "1"]) == 0
     gate = tmp_path / "gate.yaml"
     gate.write_text("tolerance: -1.0\n")

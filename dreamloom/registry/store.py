@@ -81,6 +81,7 @@ class Evaluation:
     metrics: dict[str, float]
     encoders: tuple[str, str]
     run_id: str | None = None
+    grids: tuple = ()  # (prompt, image) pairs, shown beside the version's metrics
 
 
 def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
@@ -108,6 +109,8 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
             )
         if evaluation:
             registry.log_batch(run_id, metrics=_metrics(evaluation))
+            for index, (_, grid) in enumerate(evaluation.grids):
+                registry.log_image(run_id, grid, artifact_file=f"samples/prompt_{index:02d}.png")
         _ensure_registered_model(registry, name, manifest)
         tags = {**_lineage(manifest), **_evaluation_tags(evaluation)}
         version = registry.create_model_version(
