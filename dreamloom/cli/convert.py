@@ -1,0 +1,59 @@
+"""Format conversions: kohya/A1111 LoRA files, A1111 hypernetworks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _add_lora(commands) -> None:
+    lora = commands.add_parser("lora", help="LoRA format conversions (kohya / A1111)")
+    actions = lora.add_subparsers(title="actions", metavar="ACTION")
+    export = actions.add_parser("export-kohya", help="write a LoRA artifact as a kohya/A1111 safetensors file")
+    export.add_argument("artifact", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="target .safetensors file")
+    export.set_defaults(handler=_export_kohya)
+    imported = actions.add_parser("import-kohya", help="make a dreamloom LoRA artifact from a kohya-format file")
+    imported.add_argument("file", type=Path)
+    imported.add_argument("--base-model", required=True)
+    imported.add_argument("--output", type=Path, required=True)
+    imported.add_argument("--trigger-token")
+    imported.set_defaults(handler=_import_kohya)
+
+
+def _export_kohya(args) -> None:
+    from dreamloom.methods.kohya import export_kohya
+
+    print(f"wrote {export_kohya(args.artifact, args.out)}")
+
+
+def _import_kohya(args) -> None:
+    from dreamloom.logs import quiet_library_logging
+    from dreamloom.methods.kohya import import_kohya
+
+    quiet_library_logging()
+    import_kohya(args.file, args.base_model, args.output, args.trigger_token)
+    print(f"imported {args.file} as {args.output}")
+
+
+def _add_hypernetwork(commands) -> None:
+    hypernetwork = commands.add_parser("hypernetwork", help="A1111 hypernetwork conversions")
+    actions = hypernetwork.add_subparsers(title="actions", metavar="ACTION")
+    imported = actions.add_parser(
+        "import-a1111", help="make a dreamloom artifact from an A1111 .pt hypernetwork (read without running code)"
+    )
+    imported.add_argument("file", type=Path)
+    imported.add_argument("--base-model", required=True)
+    imported.add_argument("--output", type=Path, required=True)
+    imported.set_defaults(handler=_import_a1111)
+
+
+def _import_a1111(args) -> None:
+    from dreamloom.methods.hypernetwork import import_a1111
+
+    import_a1111(args.file, args.base_model, args.output)
+    print(f"imported {args.file} as {args.output}")
+
+
+def add_commands(commands) -> None:
+    _add_lora(commands)
+    _add_hypernetwork(commands)

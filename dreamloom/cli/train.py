@@ -1,0 +1,91 @@
+"""``dreamloom train`` and ``dreamloom prepare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _add_train(commands) -> None:
+    command = commands.add_parser(
+        "train",
+        help="train an adapter or model on a folder of images",
+        description="Train with one of the methods. Flags override the --config file; --set reaches any field.",
+    )
+    command.add_argument("--config", type=Path, help="run config YAML")
+    command.add_argument(
+        "--method", help="lora | dreambooth | dreambooth-lora | textual-inversion | hypernetwork | controlnet | pivotal"
+    )
+    command.add_argument("--base-model", help="hub id, local diffusers folder, tiny or tiny-sdxl")
+    command.add_argument("--revision", help="hub revision of the base model")
+    command.add_argument("--data", help="folder of instance images (captions as name.txt)")
+    command.add_argument("--instance-prompt", help="prompt for images without a caption")
+    command.add_argument("--class-prompt", help="class prompt for prior preservation")
+    command.add_argument("--resolution", type=int)
+    command.add_argument("--steps", type=int)
+    command.add_argument("--batch-size", type=int)
+    command.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
+    command.add_argument("--gpus-per-worker", type=float)
+    command.add_argument("--output", help="folder for the final artifact")
+    command.add_argument("--placeholder-token", help="textual-inversion/pivotal: the new token, e.g. <sks-shoe>")
+    command.add_argument("--num-vectors", type=int, help="textual-inversion/pivotal: vectors behind the token")
+    command.add_argument("--initializer-token", help="textual-inversion/pivotal: an existing word to start from")
+    command.add_argument(
+        "--condition", help="controlnet: canny | scribble | mask (name.mask.png) | user (name.cond.png)"
+    )
+    command.add_argument("--run-name", help="names the run for resuming (default: the output folder's name)")
+    command.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    command.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. lora.rank=8"
+    )
+    command.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    command.set_defaults(handler=_train)
+
+
+def _train(args) -> None:
+    from dreamloom.config import FLAG_FIELDS, dump_run_config, load_run_config, parse_override
+
+    overrides = dict(parse_override(item) for item in args.set)
+    for flag, field in FLAG_FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[field] = value
+    config = load_run_config(args.config, overrides)
+    if args.print_config:
+        print(dump_run_config(config), end="")
+        return
+    from dreamloom.logs import quiet_library_logging
+    from dreamloom.settings import tracking_uri
+    from dreamloom.training.launcher import train
+
+    quiet_library_logging()
+    result = train(config, resume=args.resume)
+    if result.resumed_from_step:
+        print(f"\nresumed from step {result.resumed_from_step}; finished at step {result.steps}")
+    print(f"\nartifact:      {result.artifact}")
+    print(f"sample grid:   {result.artifact / 'samples' / 'final.png'}")
+    print(f"MLflow run:    {result.mlflow_run_id} ({tracking_uri()})")
+    if tracking_uri().startswith("sqlite:"):
+        print(f"open the UI:   mlflow ui --backend-store-uri {tracking_uri()}")
+
+
+def _add_prepare(commands) -> None:
+    command = commands.add_parser("prepare", help="validate and prepare a folder of training images")
+    command.add_argument("--data", type=Path, required=True, help="folder of instance images")
+    command.add_argument("--out", type=Path, required=True, help="folder for the prepared set")
+    command.add_argument("--resolution", type=int, default=512)
+    command.add_argument("--bucketing", action="store_true", help="aspect-ratio buckets instead of center crops")
+    command.add_argument("--max-image-pixels", type=int, default=50_000_000)
+    command.set_defaults(handler=_prepare)
+
+
+def _prepare(args) -> None:
+    from dreamloom.data import PrepareOptions, prepare_dataset
+
+    options = PrepareOptions(args.resolution, args.bucketing, None, args.max_image_pixels)
+    dataset = prepare_dataset(args.data, args.out, options)
+    print(f"prepared {len(dataset.items)} images into {dataset.root} ({dataset.dataset_hash})")
+
+
+def add_commands(commands) -> None:
+    _add_train(commands)
+    _add_prepare(commands)
