@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # On GPU nodes: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
-.PHONY: setup test test-fast lint format demo bench clean
+.PHONY: setup test test-fast lint format demo bench bench-methods toy-base toy-evaluator clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,16 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/train.py
+
+bench-methods: setup
+	$(BIN)/python bench/methods.py --out bench/results/methods
+
+# The toy world's committed weights, reproduced from config and seed (2 cores: ~12 and ~55 minutes).
+toy-evaluator: setup
+	$(BIN)/python -m dreamloom.toy.evaluator
+
+toy-base: setup
+	$(BIN)/python -m dreamloom.toy.pretrain
 
 clean:
 	rm -rf .dreamloom demo-output .pytest_cache .ruff_cache

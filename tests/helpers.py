@@ -79,23 +79,3 @@ METHOD_OPTIONS = {
 
 def method_config(method: str, data: Path, output: Path, **overrides) -> RunConfig:
     return run_config(data, output, method=method, **{**METHOD_OPTIONS[method], **overrides})
-
-
-def train_in_process(config: RunConfig) -> Path:
-    """Train without Ray and publish the artifact with its manifest, as a real run would."""
-    import tempfile
-
-    from dreamloom.artifacts import publish
-    from dreamloom.data.prepare import PreparedDataset
-    from dreamloom.training.launcher import manifest_for, plan_job
-    from dreamloom.training.trainer import Trainer
-
-    job = plan_job(config)
-    trainer = Trainer(job)
-    for step in range(1, config.training.steps + 1):
-        trainer.train_step(step)
-    with tempfile.TemporaryDirectory() as staging:
-        trainer.save_artifact(Path(staging))
-        dataset = PreparedDataset.load(Path(job.dataset_root))
-        publish(Path(staging), config.output, manifest_for(config, job.base_ref, dataset, config.training.steps))
-    return config.output

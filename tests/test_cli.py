@@ -6,7 +6,8 @@ from PIL import Image
 
 from dreamloom import __version__
 from dreamloom.cli import main
-from tests.helpers import draw_images, method_config, train_in_process
+from dreamloom.training.launcher import train_in_process
+from tests.helpers import draw_images, method_config
 
 TRAIN = ["train", "--method", "lora", "--instance-prompt", "a photo of sks ball", "--resolution", "64"]
 

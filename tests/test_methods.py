@@ -15,9 +15,9 @@ from dreamloom.methods import METHODS
 from dreamloom.methods.hypernetwork import import_a1111
 from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
 from dreamloom.training.checkpoint import load_training_state, save_training_state
-from dreamloom.training.launcher import plan_job
+from dreamloom.training.launcher import plan_job, train_in_process
 from dreamloom.training.trainer import Trainer
-from tests.helpers import draw_images, method_config, train_in_process
+from tests.helpers import draw_images, method_config
 
 PROMPT = "a photo of <sks-ball> on a table"
 

@@ -23,7 +23,8 @@ from dreamloom.errors import DreamloomError
 from dreamloom.evaluation import evaluate_artifact
 from dreamloom.registry import CHAMPION, Evaluation, GateConfig, promote, register, resolve, rollback
 from dreamloom.registry.store import client
-from tests.helpers import draw_images, method_config, train_in_process
+from dreamloom.training.launcher import train_in_process
+from tests.helpers import draw_images, method_config
 
 METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork", "controlnet")
 QUICK_EVAL = {"prompts": ("a {} on the beach", "a {} in the snow"), "images_per_prompt": 2, "steps": 2}

@@ -25,7 +25,17 @@ TINY_CLIP = "tiny-clip"
 TINY_DINO = "tiny-dino"
 
 
-class ClipEncoder:
+class _CosineScores:
+    """Scores as cosine similarities of unit embeddings (CLIP, DINO)."""
+
+    def image_scores(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return first @ second.T
+
+    def text_scores(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        return images @ self.texts(texts).T
+
+
+class ClipEncoder(_CosineScores):
     """Text and image embeddings in CLIP's joint space (unit length)."""
 
     def __init__(self, name: str, model, tokenizer, image_processor):
@@ -42,7 +52,7 @@ class ClipEncoder:
         return _unit(self.model.get_text_features(**tokens).pooler_output)
 
 
-class DinoEncoder:
+class DinoEncoder(_CosineScores):
     """Self-supervised image embeddings (the ViT's class token), sensitive to subject identity."""
 
     def __init__(self, name: str, model, image_processor):
@@ -101,8 +111,25 @@ def _tiny_dino() -> DinoEncoder:
     return DinoEncoder(TINY_DINO + " (seeded, untrained)", ViTModel(config, add_pooling_layer=False), processor)
 
 
-# name -> factory; hub ids not listed here load as CLIP or DINO by their prefix.
-ENCODERS: dict[str, Callable[[], object]] = {TINY_CLIP: _tiny_clip, TINY_DINO: _tiny_dino}
+def _toy_attributes():
+    from dreamloom.toy.encoders import ToyAttributeEncoder
+
+    return ToyAttributeEncoder()
+
+
+def _toy_subject():
+    from dreamloom.toy.encoders import ToySubjectEncoder
+
+    return ToySubjectEncoder()
+
+
+# name -> factory; other names load from the hub as CLIP or DINO models.
+ENCODERS: dict[str, Callable[[], object]] = {
+    TINY_CLIP: _tiny_clip,
+    TINY_DINO: _tiny_dino,
+    "toy-attributes": _toy_attributes,
+    "toy-subject": _toy_subject,
+}
 
 
 @cache
@@ -128,5 +155,5 @@ def default_encoders(base_spec: str) -> tuple[str, str]:
     return DEFAULT_BY_BASE.get(base_spec, (PRODUCTION_CLIP, PRODUCTION_DINO))
 
 
-# Bases with their own evaluators (the toy world registers here).
-DEFAULT_BY_BASE: dict[str, tuple[str, str]] = {}
+# Bases with their own evaluators.
+DEFAULT_BY_BASE: dict[str, tuple[str, str]] = {"toy": ("toy-attributes", "toy-subject")}

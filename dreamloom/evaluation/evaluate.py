@@ -123,10 +123,10 @@ def evaluate(
         per_prompt.append(
             {
                 "prompt": prompt,
-                "clip_t": float((clip_images @ clip.texts([text]).T).mean()),
-                "clip_i": float((clip_images @ clip_refs.T).mean()),
-                "dino": float((dino_images @ dino_refs.T).mean()),
-                "diversity": _diversity(dino_images),
+                "clip_t": float(clip.text_scores(clip_images, [text]).mean()),
+                "clip_i": float(clip.image_scores(clip_images, clip_refs).mean()),
+                "dino": float(dino.image_scores(dino_images, dino_refs).mean()),
+                "diversity": _diversity(dino.image_scores(dino_images, dino_images)),
             }
         )
         grids.append((prompt, make_image_grid(images, rows=1, cols=len(images))))
@@ -134,9 +134,8 @@ def evaluate(
     return EvalResult(metrics, {"clip": clip.name, "dino": dino.name}, per_prompt, grids)
 
 
-def _diversity(embeddings: torch.Tensor) -> float:
-    similarity = embeddings @ embeddings.T
-    count = embeddings.shape[0]
+def _diversity(similarity: torch.Tensor) -> float:
+    count = similarity.shape[0]
     off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / (count * (count - 1))
     return float(1.0 - off_diagonal)
 

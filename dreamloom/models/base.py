@@ -21,6 +21,7 @@ from dreamloom.errors import DreamloomError
 from dreamloom.models.tiny import TINY_KINDS, ensure_tiny
 
 Family = Literal["sd", "sdxl"]
+TOY = "toy"  # the base pretrained on the procedural toy world (dreamloom.toy)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FULL_HASH_LIMIT = 64 * 2**20
 _SAMPLE_BYTES = 4 * 2**20
@@ -49,6 +50,8 @@ class BaseModelRef:
 
 def resolve_base_model(spec: str, revision: str | None = None) -> BaseModelRef:
     """Find the base model without loading it; fails fast with what to do instead."""
+    if spec == TOY:
+        return _toy_base()
     if spec in TINY_KINDS:
         folder = ensure_tiny(spec)
         return BaseModelRef(spec, str(folder), _folder_fingerprint(folder), _family_of(folder / "model_index.json"))
@@ -68,6 +71,16 @@ def resolve_base_model(spec: str, revision: str | None = None) -> BaseModelRef:
         )
     index = _download_model_index(spec, revision)
     return BaseModelRef(spec, spec, _snapshot_commit(index) or revision, _family_of(index))
+
+
+def _toy_base() -> BaseModelRef:
+    from dreamloom.toy.pretrain import BASE_FOLDER
+
+    if not (BASE_FOLDER / "model_index.json").is_file():
+        raise DreamloomError(f"the toy base model is not built ({BASE_FOLDER} is empty); run `make toy-base`")
+    return BaseModelRef(
+        TOY, str(BASE_FOLDER), _folder_fingerprint(BASE_FOLDER), _family_of(BASE_FOLDER / "model_index.json")
+    )
 
 
 def _download_model_index(repo_id: str, revision: str | None) -> Path:

@@ -86,7 +86,7 @@ def _vae(seed: int):
     )
 
 
-def _scheduler():
+def sd15_scheduler():
     from diffusers import PNDMScheduler
 
     # Stable Diffusion 1.5's scheduler settings.
@@ -125,7 +125,7 @@ def _build_tiny_sd(seed: int):
         text_encoder=text_encoder,
         tokenizer=build_clip_tokenizer(),
         unet=unet,
-        scheduler=_scheduler(),
+        scheduler=sd15_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -167,5 +167,5 @@ def _build_tiny_sdxl(seed: int):
         tokenizer=build_clip_tokenizer(),
         tokenizer_2=build_clip_tokenizer(),
         unet=unet,
-        scheduler=_scheduler(),
+        scheduler=sd15_scheduler(),
     )

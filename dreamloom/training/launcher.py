@@ -72,6 +72,30 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     )
 
 
+def train_in_process(config: RunConfig, progress: bool = False) -> Path:
+    """Train in this process, without Ray or MLflow, and publish the artifact as a run would.
+
+    For benchmarks and tests that measure a method rather than the platform around it.
+    """
+    import tempfile
+
+    from dreamloom.artifacts import publish
+    from dreamloom.training.trainer import Trainer
+
+    _check_output(config.output)
+    job = plan_job(config)
+    trainer = Trainer(job)
+    for step in range(1, config.training.steps + 1):
+        loss = trainer.train_step(step)
+        if progress and (step % 50 == 0 or step == config.training.steps):
+            print(f"[dreamloom] {config.method} step {step}/{config.training.steps} loss {loss:.4f}", flush=True)
+    with tempfile.TemporaryDirectory() as staging:
+        trainer.save_artifact(Path(staging))
+        dataset = PreparedDataset.load(Path(job.dataset_root))
+        publish(Path(staging), config.output, manifest_for(config, job.base_ref, dataset, config.training.steps))
+    return config.output
+
+
 def plan_job(config: RunConfig) -> TrainJob:
     """Validate and prepare the data, find the base model: everything a worker needs, no compute."""
     dataset = prepare_training_data(config.data, config.controlnet if config.method == "controlnet" else None)

@@ -1,0 +1,152 @@
+"""Measuring toy models with the toy evaluator: how well a base follows prompts, how faithfully a
+taught model draws its concept, and how closely a ControlNet follows a layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dreamloom.toy import world
+from dreamloom.toy.concepts import EVALUATION_PROMPTS
+from dreamloom.toy.encoders import named_attributes
+from dreamloom.toy.evaluator import ATTRIBUTES, labels, load, to_pixels
+
+GROUPS = ("shape", "colour", "background", "texture")
+
+
+@torch.no_grad()
+def prompt_following(
+    pipe, count: int = 60, seed: int = 777, steps: int = 20, guidance: float = 5.0
+) -> dict[str, float]:
+    """Accuracy per attribute (and their mean, ``overall``) over ``count`` random seen scenes."""
+    classifier, _ = load()
+    rng = random.Random(seed)
+    scenes = [world.random_scene(rng) for _ in range(count)]
+    correct = {name: 0 for name in ATTRIBUTES}
+    totals = {name: 0 for name in ATTRIBUTES}
+    for start in range(0, count, 10):
+        chunk = scenes[start : start + 10]
+        images = _render(pipe, [scene.caption() for scene in chunk], seed + start, steps, guidance)
+        predictions = {name: out.argmax(-1) for name, out in classifier(to_pixels(images)).items()}
+        for index, scene in enumerate(chunk):
+            truth = labels(scene)
+            for name in ATTRIBUTES:
+                if name == "position" and scene.count == 2:
+                    continue
+                totals[name] += 1
+                correct[name] += int(predictions[name][index] == truth[name])
+    accuracy = {name: correct[name] / totals[name] for name in ATTRIBUTES}
+    accuracy["overall"] = sum(accuracy[name] for name in GROUPS) / len(GROUPS)
+    return accuracy
+
+
+@dataclass
+class ConceptFidelity:
+    subject: float  # mean cosine of the subject embedding to the reference pictures (DINO's role)
+    prompt: float  # share of the prompts' other attributes (background, position, count) drawn right
+    reference_ceiling: float  # the references' mean similarity to each other: what "the same object" scores
+    images: list[Image.Image] = field(default_factory=list, repr=False)
+
+
+@torch.no_grad()
+def concept_fidelity(
+    pipe,
+    references: list[Image.Image],
+    subject: str,
+    prompts: tuple[str, ...] = EVALUATION_PROMPTS,
+    images_per_prompt: int = 4,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 5.0,
+    **generation,
+) -> ConceptFidelity:
+    """Subject and prompt fidelity of ``pipe`` drawing ``subject`` in the world's settings.
+
+    Prompt fidelity reads the prompt without the subject (whose words the world does not know)
+    and checks each named background, position and count with the attribute classifiers.
+    """
+    classifier, embedder = load()
+    references_embedded = embedder(to_pixels(references))
+    subject_scores, prompt_scores, images = [], [], []
+    for template in prompts:
+        named = named_attributes(template.format(""))
+        batch = _render(pipe, [template.format(subject)] * images_per_prompt, seed, steps, guidance, **generation)
+        pixels = to_pixels(batch)
+        subject_scores.append(float((embedder(pixels) @ references_embedded.T).mean()))
+        predicted = {name: out.argmax(-1) for name, out in classifier(pixels).items()}
+        for index in range(len(batch)):
+            hits = [int(predicted[group][index]) == ATTRIBUTES[group].index(value) for group, value in named.items()]
+            prompt_scores.append(sum(hits) / len(hits) if hits else 1.0)
+        images.extend(batch)
+    similarity = references_embedded @ references_embedded.T
+    count = len(references)
+    ceiling = float((similarity.sum() - similarity.diagonal().sum()) / (count * (count - 1)))
+    return ConceptFidelity(statistics.fmean(subject_scores), statistics.fmean(prompt_scores), ceiling, images)
+
+
+def layout_scenes(count: int = 8, seed: int = 4242) -> list[tuple[str, Image.Image]]:
+    """Single seen objects placed anywhere, at any size, as (caption, picture). The caption says
+    what but not where ("a red square on a white background"): only the edges carry the layout."""
+    rng = random.Random(seed)
+    layouts = []
+    for index in range(count):
+        scene = dataclasses.replace(world.random_scene(rng), count=1, position="center")
+        layout = (rng.uniform(18, 46), rng.uniform(18, 46), rng.uniform(9, 16))
+        layouts.append((scene.caption(), world.render(scene, seed + index, layout)))
+    return layouts
+
+
+@torch.no_grad()
+def layout_adherence(
+    pipe, layouts: list[tuple[str, Image.Image]], control: bool, seed: int = 0, steps: int = 20, guidance: float = 5.0
+) -> tuple[float, list[Image.Image]]:
+    """Mean edge F1 between each generated picture and the layout it was asked to follow.
+
+    With ``control`` the canny edges of each layout picture condition a ControlNet pipeline; without,
+    the same captions alone give the floor (what the prompt's position words achieve by themselves).
+    """
+    from dreamloom.data.conditions import extract
+
+    scores, images = [], []
+    for index, (caption, picture) in enumerate(layouts):
+        edges = extract(picture, "canny")
+        extra = {"image": edges} if control else {}
+        image = _render(pipe, [caption], seed + index, steps, guidance, **extra)[0]
+        scores.append(edge_f1(extract(image, "canny"), edges))
+        images.append(image)
+    return statistics.fmean(scores), images
+
+
+def edge_f1(predicted: Image.Image, target: Image.Image, tolerance: int = 1) -> float:
+    """F1 of edge pixels, an edge counting as matched within ``tolerance`` pixels (the usual
+    boundary F-measure with a small distance tolerance)."""
+    import cv2
+
+    predicted_edges = np.asarray(predicted.convert("L")) > 127
+    target_edges = np.asarray(target.convert("L")) > 127
+    kernel = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
+    near_target = cv2.dilate(target_edges.astype(np.uint8), kernel) > 0
+    near_predicted = cv2.dilate(predicted_edges.astype(np.uint8), kernel) > 0
+    if not predicted_edges.any() or not target_edges.any():
+        return 0.0
+    precision = (predicted_edges & near_target).sum() / predicted_edges.sum()
+    recall = (target_edges & near_predicted).sum() / target_edges.sum()
+    return float(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+
+
+def _render(pipe, prompts: list[str], seed: int, steps: int, guidance: float, **extra) -> list[Image.Image]:
+    return pipe(
+        prompts,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=world.SIZE,
+        width=world.SIZE,
+        generator=[torch.Generator().manual_seed(seed + index) for index in range(len(prompts))],
+        **extra,
+    ).images

@@ -1,0 +1,203 @@
+"""The toy world: a deterministic generator, an evaluator that reads it, and a base that draws it."""
+
+from __future__ import annotations
+
+import random
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreamloom.errors import DreamloomError
+from dreamloom.toy import world
+from dreamloom.toy.concepts import CONCEPTS, SUBJECT, write_concept
+from dreamloom.toy.encoders import ToyAttributeEncoder, named_attributes
+from dreamloom.toy.evaluator import classifier_accuracy, load, unseen_identity_retrieval
+from dreamloom.toy.measure import concept_fidelity, edge_f1, prompt_following
+
+
+@cache
+def toy_pipeline():
+    from dreamloom.models.base import load_base_model, pipeline_from_components, resolve_base_model
+
+    return pipeline_from_components(load_base_model(resolve_base_model("toy")))
+
+
+# ----- the world -----
+
+
+def test_same_scene_and_seed_give_the_same_pixels_and_other_seeds_jitter():
+    scene = world.Scene("triangle", "red", "striped", "beige", "top left")
+    first, again, other = world.render(scene, 3), world.render(scene, 3), world.render(scene, 4)
+    assert first.size == (64, 64) and first.mode == "RGB"
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    assert not np.array_equal(np.asarray(first), np.asarray(other))
+
+
+def test_dataset_is_a_function_of_its_seed_and_holds_out_the_new_concepts():
+    assert world.dataset(50, seed=1) == world.dataset(50, seed=1)
+    assert world.dataset(50, seed=1) != world.dataset(50, seed=2)
+    scenes = [scene for scene, _ in world.dataset(2000, seed=0)]
+    assert not {scene.shape for scene in scenes} & set(world.NEW_SHAPES)
+    assert not {scene.texture for scene in scenes} & set(world.NEW_TEXTURES)
+    assert {scene.count for scene in scenes} == {1, 2}
+
+
+def test_captions_name_every_attribute():
+    assert (
+        world.Scene("triangle", "red", "striped", "gray", "top left").caption()
+        == "a red striped triangle on a gray background, top left"
+    )
+    assert (
+        world.Scene("cross", "orange", "plain", "white", count=2).caption()
+        == "two orange crosses on a white background"
+    )
+    assert (
+        world.Scene("circle", "blue", "plain", "black").caption(subject=SUBJECT) == "a sks shape on a black background"
+    )
+
+
+def test_background_fills_the_corners_and_the_object_has_its_colour():
+    image = np.asarray(world.render(world.Scene("square", "green", "plain", "black"), 0)).astype(int)
+    assert np.abs(image[0, 0] - world.BACKGROUNDS["black"]).max() <= 2
+    assert np.abs(image[32, 32] - world.COLOURS["green"]).max() <= 2
+
+
+def test_concepts_are_written_as_five_captioned_pictures(tmp_path):
+    folder = write_concept("hexagon", tmp_path / "hexagon")
+    pictures = sorted(folder.glob("*.png"))
+    assert len(pictures) == 5
+    captions = [p.with_suffix(".txt").read_text() for p in pictures]
+    assert all(SUBJECT in caption for caption in captions)
+    assert len({c.split(" on a ")[1] for c in captions}) >= 3  # varied settings, same object
+    assert CONCEPTS["hexagon"].shape in world.NEW_SHAPES
+
+
+# ----- the evaluator -----
+
+
+def test_attribute_classifiers_read_held_out_pictures():
+    accuracy = classifier_accuracy(load()[0], count=400, seed=2024)
+    for group in ("shape", "colour", "background", "texture"):
+        assert accuracy[group] >= 0.98, (group, accuracy)
+
+
+def test_subject_embedding_tells_apart_objects_it_never_saw():
+    assert unseen_identity_retrieval(load()[1], seed=77, views=4) >= 0.9
+
+
+def test_prompt_parser_finds_the_named_attributes():
+    assert named_attributes("two green dotted circles on a beige background") == {
+        "shape": "circle",
+        "colour": "green",
+        "texture": "dotted",
+        "background": "beige",
+        "count": "two",
+    }
+    assert named_attributes("a sks shape on a white background, top left") == {
+        "background": "white",
+        "position": "top left",
+    }
+
+
+def test_attribute_encoder_scores_a_matching_caption_above_a_wrong_one():
+    scene = world.Scene("diamond", "purple", "checkered", "white", "bottom right")
+    encoder = ToyAttributeEncoder()
+    features = encoder.images([world.render(scene, 5)])
+    right, wrong = encoder.text_scores(features, [scene.caption(), "a yellow striped circle on a black background"])[0]
+    assert right > 0.9 > 0.3 > wrong
+
+
+def test_edge_f1_is_one_for_the_same_edges_tolerates_a_pixel_and_is_zero_for_others():
+    edges = np.zeros((32, 32), np.uint8)
+    edges[10, 5:25] = 255
+    shifted = np.roll(edges, 1, axis=0)
+    elsewhere = np.roll(edges, 12, axis=0)
+    as_image = Image.fromarray
+    assert edge_f1(as_image(edges), as_image(edges)) == 1.0
+    assert edge_f1(as_image(shifted), as_image(edges)) == 1.0
+    assert edge_f1(as_image(elsewhere), as_image(edges)) == 0.0
+
+
+# ----- the base -----
+
+
+def test_toy_base_is_a_stable_diffusion_pipeline_with_a_clip_tokenizer():
+    from diffusers import StableDiffusionPipeline
+
+    from dreamloom.models.base import resolve_base_model
+
+    ref = resolve_base_model("toy")
+    assert ref.family == "sd" and ref.is_local
+    pipe = toy_pipeline()
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert pipe.tokenizer("a red circle").input_ids[0] == 49406  # CLIP's start-of-text
+    image = pipe("a red circle on a white background", num_inference_steps=4, height=64, width=64).images[0]
+    assert image.size == (64, 64)
+
+
+def test_missing_toy_base_names_the_make_target(tmp_path, monkeypatch):
+    from dreamloom.models.base import resolve_base_model
+    from dreamloom.toy import pretrain
+
+    monkeypatch.setattr(pretrain, "BASE_FOLDER", tmp_path / "absent")
+    with pytest.raises(DreamloomError, match="make toy-base"):
+        resolve_base_model("toy")
+
+
+@pytest.mark.slow
+def test_toy_base_follows_prompts_for_seen_attributes():
+    accuracy = prompt_following(toy_pipeline(), count=40, seed=31)
+    assert accuracy["overall"] >= 0.8, accuracy
+
+
+@pytest.mark.slow
+def test_short_lora_on_a_new_concept_raises_subject_similarity(tmp_path):
+    from dreamloom.config import load_run_config
+    from dreamloom.evaluation import evaluate_artifact
+    from dreamloom.inference import load_artifact_pipeline
+    from dreamloom.toy.concepts import INSTANCE_PROMPT
+    from dreamloom.training.launcher import train_in_process
+
+    data = write_concept("hexagon", tmp_path / "hexagon")
+    config = load_run_config(
+        None,
+        {
+            "method": "lora",
+            "base_model": "toy",
+            "data.path": str(data),
+            "data.instance_prompt": INSTANCE_PROMPT,
+            "data.resolution": 64,
+            "output": str(tmp_path / "lora"),
+            "training.steps": 150,
+            "training.batch_size": 4,
+            "training.checkpoint_every": 0,
+            "lora.rank": 8,
+            "optimizer.learning_rate": 1e-3,
+            "validation.steps": 4,
+        },
+    )
+    torch.manual_seed(0)
+    references = [Image.open(p).convert("RGB") for p in sorted(data.glob("*.png"))]
+    prompts = ("a {} on a gray background", "a {} on a black background, top left")
+    before = concept_fidelity(toy_pipeline(), references, SUBJECT, prompts, images_per_prompt=3)
+    artifact = train_in_process(config)
+    after = concept_fidelity(load_artifact_pipeline(artifact)[0], references, SUBJECT, prompts, images_per_prompt=3)
+    print("subject fidelity before/after", before.subject, after.subject)
+    assert after.subject > before.subject + 0.15, (before, after)
+    assert after.subject <= after.reference_ceiling + 0.05
+
+    result, settings = evaluate_artifact(
+        artifact, subject=SUBJECT, prompts=prompts, images_per_prompt=3, steps=20, guidance=5.0
+    )
+    assert (settings.clip_encoder, settings.dino_encoder) == ("toy-attributes", "toy-subject")
+    assert result.metrics["dino"] > before.subject + 0.15
+
+
+def test_scenes_sampled_by_the_evaluator_cover_the_world():
+    rng = random.Random(0)
+    scenes = [world.random_scene(rng) for _ in range(500)]
+    assert {s.shape for s in scenes} == set(world.SHAPES)
+    assert {s.background for s in scenes} == set(world.BACKGROUNDS)
