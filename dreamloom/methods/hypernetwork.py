@@ -288,3 +288,12 @@ def import_a1111(source: Path, base_model: str, output: Path):
     with tempfile.TemporaryDirectory() as staging:
         save_hypernetwork(hypernetwork, Path(staging))
         return publish(Path(staging), output, manifest)
+
+
+def uninstall(unet) -> None:
+    """Give the UNet's cross-attention layers their original processors back."""
+    processors = unet.attn_processors
+    if any(isinstance(p, HypernetworkAttnProcessor) for p in processors.values()):
+        unet.set_attn_processor(
+            {n: p.original if isinstance(p, HypernetworkAttnProcessor) else p for n, p in processors.items()}
+        )

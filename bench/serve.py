@@ -1,0 +1,237 @@
+"""Serving speed through a real tritonserver, against the same pipeline called in a plain loop.
+
+In one process, on one base (default ``tiny``, 64 px):
+
+- ``throughput``: images/s at concurrency 1, 4 and 8 through Triton (dynamic batching merges
+  concurrent requests into one pipeline call), against the baseline: the same engine called once
+  per image in a plain Python loop; p50/p95 latency per concurrency.
+- ``overhead``: round trip through Triton minus the engine's own time for the same request,
+  interleaved one each, median of the pairs (what HTTP, Triton and the python backend add).
+- ``adapter_switch``: switching between two cached LoRAs on the loaded engine, against loading a
+  pipeline with the adapter from disk (what serving without an adapter cache would pay).
+- ``deploy``: from moving the alias in MLflow to the first image from the new version.
+
+Prints JSON; ``--out FILE`` also writes it.
+
+    .venv/bin/python bench/serve.py
+    .venv/bin/python bench/serve.py --base-model toy --requests 48
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+CONCURRENCY = (1, 4, 8)
+
+
+def main() -> None:
+    args = _parse()
+    home = Path(tempfile.mkdtemp(prefix="dreamloom-bench-serve-"))
+    os.environ["DREAMLOOM_HOME"] = str(home)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    from dreamloom.logs import quiet_library_logging
+    from dreamloom.settings import apply_quiet_defaults
+
+    apply_quiet_defaults()
+    quiet_library_logging()
+    report = run(args, home)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-model", default="tiny")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps per image")
+    parser.add_argument("--requests", type=int, default=32, help="images per throughput measurement")
+    parser.add_argument("--pairs", type=int, default=20, help="interleaved pairs for the overhead")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    return parser.parse_args()
+
+
+def run(args, home: Path) -> dict:
+    from dreamloom.serving.client import ServingClient
+    from dreamloom.serving.deploy import deploy
+    from dreamloom.serving.engine import Engine, EngineConfig
+    from dreamloom.serving.repository import ServingStore
+    from dreamloom.serving.server import TritonServer, free_port
+
+    loras = {name: _train_lora(args.base_model, home, name, seed) for seed, name in enumerate("abc")}
+    versions = {name: _register(artifact, "bench-lora") for name, artifact in loras.items()}
+    _promote("bench-lora", versions["a"])
+    store = ServingStore(home / "store")
+    store.ensure_model("dreamloom", args.base_model, max_batch_size=8)
+    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    report = {
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+        "setup": {"base_model": args.base_model, "steps": args.steps, "requests": args.requests},
+    }
+    with server:
+        client = ServingClient(server.http_url, concurrency=max(CONCURRENCY))
+        deploy("bench-lora@champion", server.http_url, store=store)
+        deploy("bench-lora", server.http_url, version=versions["b"], store=store)
+        engine = Engine(EngineConfig(args.base_model, store.latest_routes("dreamloom")))
+        report["throughput"] = _throughput(args, client, engine)
+        report["overhead"] = _overhead(args, client, engine)
+        report["adapter_switch"] = _adapter_switch(engine, store, loras["a"])
+        report["deploy"] = _deploy_time(server, store, versions["c"])
+        client.close()
+    return report
+
+
+# ----- measurements -----
+
+
+def _request(args, seed: int = 0, adapter: str = ""):
+    from dreamloom.serving.protocol import ImageRequest
+
+    return ImageRequest("a red circle on a white background", seed=seed, steps=args.steps, adapter=adapter)
+
+
+def _throughput(args, client, engine) -> dict:
+    client.generate(_request(args))  # warm both
+    engine.run([_request(args)])
+    started = time.perf_counter()
+    for seed in range(args.requests):
+        engine.run([_request(args, seed)])
+    baseline = args.requests / (time.perf_counter() - started)
+    result = {"baseline_loop_images_per_s": round(baseline, 2)}
+    for concurrency in CONCURRENCY:
+        latencies: list[float] = []
+
+        def one(seed: int, sink=latencies) -> None:
+            began = time.perf_counter()
+            client.generate(_request(args, seed))
+            sink.append(time.perf_counter() - began)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(args.requests)))
+        rate = args.requests / (time.perf_counter() - started)
+        latencies.sort()
+        result[f"concurrency_{concurrency}"] = {
+            "images_per_s": round(rate, 2),
+            "ratio_to_loop": round(rate / baseline, 2),
+            "latency_p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
+            "latency_p95_ms": round(1000 * latencies[int(len(latencies) * 0.95) - 1], 1),
+        }
+    return result
+
+
+def _overhead(args, client, engine) -> dict:
+    round_trips, computes = [], []
+    for seed in range(args.pairs):
+        began = time.perf_counter()
+        engine.run([_request(args, seed)])
+        computes.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        client.generate(_request(args, seed))
+        round_trips.append(time.perf_counter() - began)
+    differences = sorted(r - c for r, c in zip(round_trips, computes, strict=True))
+    return {
+        "round_trip_p50_ms": round(1000 * statistics.median(round_trips), 2),
+        "compute_p50_ms": round(1000 * statistics.median(computes), 2),
+        "overhead_p50_ms": round(1000 * statistics.median(differences), 2),
+    }
+
+
+def _adapter_switch(args, engine, store, artifact: Path) -> dict:
+    from dreamloom.inference import load_artifact_pipeline
+
+    routes = store.latest_routes("dreamloom")
+    loaded = [
+        engine.adapters.get(*routes.resolve(f"bench-lora/{v}")) for v in sorted(routes.adapters["bench-lora"].versions)
+    ]
+    switches = []
+    for index in range(20):
+        began = time.perf_counter()
+        engine.adapters.activate(loaded[index % len(loaded)], 1.0)
+        switches.append(time.perf_counter() - began)
+    reloads = []
+    for _ in range(3):
+        began = time.perf_counter()
+        load_artifact_pipeline(artifact)
+        reloads.append(time.perf_counter() - began)
+    switch, reload = statistics.median(switches), statistics.median(reloads)
+    return {
+        "adapters": len(loaded),
+        "switch_p50_ms": round(1000 * switch, 3),
+        "reload_pipeline_p50_ms": round(1000 * reload, 1),
+        "switch_over_reload": round(switch / reload, 4),
+    }
+
+
+def _deploy_time(server, store, version: str) -> dict:
+    from dreamloom.serving.deploy import deploy
+
+    began = time.perf_counter()
+    _promote("bench-lora", version)
+    moved = time.perf_counter() - began
+    result = deploy("bench-lora@champion", server.http_url, store=store)
+    return {
+        "alias_move_s": round(moved, 2),
+        "deploy_ready_s": round(result.seconds_to_ready, 2),
+        "alias_move_to_first_image_s": round(time.perf_counter() - began, 2),
+    }
+
+
+# ----- setup -----
+
+
+def _train_lora(base: str, home: Path, name: str, seed: int) -> Path:
+    from dreamloom.config import load_run_config
+    from dreamloom.training.launcher import train_in_process
+
+    data = home / "data"
+    if not data.is_dir():
+        from dreamloom.toy.concepts import write_concept
+
+        write_concept("hexagon", data)
+    config = load_run_config(
+        None,
+        {
+            "method": "lora",
+            "base_model": base,
+            "data.path": str(data),
+            "data.instance_prompt": "a sks shape on a white background",
+            "data.resolution": 64,
+            "output": str(home / f"lora-{name}"),
+            "training.steps": 3,
+            "training.seed": seed,
+            "training.checkpoint_every": 0,
+            "validation.steps": 2,
+            "validation.images_per_prompt": 1,
+        },
+    )
+    return train_in_process(config)
+
+
+def _register(artifact: Path, name: str) -> str:
+    from dreamloom.registry import register
+
+    return str(register(artifact, name).version)
+
+
+def _promote(name: str, version: str) -> None:
+    from dreamloom.registry import promote
+
+    promote(name, version, force=True, reason="benchmark")
+
+
+if __name__ == "__main__":
+    main()

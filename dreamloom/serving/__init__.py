@@ -1,0 +1,1 @@
+"""Serving: Triton model repository, engine, adapters, deploys and the client."""

@@ -1,0 +1,114 @@
+"""A small client for the serving endpoint, over HTTP or gRPC (tritonclient).
+
+client = ServingClient("localhost:8000")
+image = client.generate(ImageRequest("a sks shape on a gray background", adapter="hexagon@champion"))
+images = client.generate_many(requests, concurrency=4, progress=True)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from dreamloom.errors import DreamloomError
+from dreamloom.serving.protocol import OUTPUT, TENSORS, ImageRequest, to_arrays
+from dreamloom.serving.repository import DEFAULT_MODEL
+
+_DATATYPES = {tensor: datatype for tensor, datatype, _ in TENSORS.values()}
+
+
+class ServingError(DreamloomError):
+    """The server refused a request or could not be reached."""
+
+
+class ServingClient:
+    def __init__(self, url: str, protocol: str = "http", model: str = DEFAULT_MODEL, concurrency: int = 8):
+        if protocol not in ("http", "grpc"):
+            raise DreamloomError(f"protocol must be http or grpc (got {protocol!r})")
+        self.url, self.protocol, self.model = url.removeprefix("http://"), protocol, model
+        if protocol == "http":
+            import tritonclient.http as triton
+
+            self._client = triton.InferenceServerClient(self.url, concurrency=concurrency, network_timeout=600)
+        else:
+            import tritonclient.grpc as triton
+
+            self._client = triton.InferenceServerClient(self.url)
+        self._triton = triton
+
+    def generate(self, request: ImageRequest, model: str | None = None, check: bool = True) -> np.ndarray:
+        """One image (H x W x 3 uint8); a refused request raises ServingError with the server's reason.
+        ``check=False`` sends what the server would refuse (to test the server)."""
+        if check:
+            request.check()
+        inputs = []
+        for name, array in to_arrays(request).items():
+            tensor = self._triton.InferInput(name, list(array.shape), _DATATYPES[name])
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        try:
+            result = self._client.infer(
+                model or self.model, inputs, outputs=[self._triton.InferRequestedOutput(OUTPUT)]
+            )
+        except Exception as exc:  # tritonclient raises InferenceServerException (and socket errors)
+            raise ServingError(_message(exc)) from None
+        return result.as_numpy(OUTPUT)[0]
+
+    def generate_many(
+        self, requests: list[ImageRequest], concurrency: int = 4, progress: bool = False, model: str | None = None
+    ) -> list[np.ndarray]:
+        """Images for ``requests``, ``concurrency`` in flight (so the server can batch them)."""
+        done, started = 0, time.monotonic()
+        results: list[np.ndarray] = []
+        with ThreadPoolExecutor(concurrency) as pool:
+            for image in pool.map(lambda r: self.generate(r, model), requests):
+                results.append(image)
+                done += 1
+                if progress:
+                    rate = done / max(time.monotonic() - started, 1e-9)
+                    print(f"\r[dreamloom] {done}/{len(requests)} images ({rate:.1f}/s)", end="", file=sys.stderr)
+        if progress:
+            print(file=sys.stderr)
+        return results
+
+    def ready(self, model: str | None = None) -> bool:
+        try:
+            return bool(self._client.is_model_ready(model or self.model))
+        except Exception:
+            return False
+
+    def load_model(self, model: str | None = None) -> None:
+        try:
+            self._client.load_model(model or self.model)
+        except Exception as exc:
+            raise ServingError(f"Triton could not load {model or self.model}: {_message(exc)}") from None
+
+    def model_versions(self, model: str | None = None) -> list[int]:
+        """The versions Triton reports READY for ``model``."""
+        index = self._client.get_model_repository_index()
+        if self.protocol == "grpc":
+            index = [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
+        return sorted(
+            int(entry["version"])
+            for entry in index
+            if entry.get("name") == (model or self.model) and entry.get("state") == "READY" and entry.get("version")
+        )
+
+    def close(self) -> None:
+        """Close the connections (an open keep-alive connection delays Triton's shutdown)."""
+        self._client.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _message(exc: Exception) -> str:
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    return text or type(exc).__name__

@@ -1,0 +1,148 @@
+"""The generation engine behind the Triton model: one base pipeline, its img2img, inpainting and
+ControlNet variants sharing every component, and the adapter cache.
+
+It knows nothing about Triton: ``run`` takes checked requests and returns, per request, an image
+(``uint8`` H x W x 3) or the error to send back. Requests that agree on everything but prompt and
+seed run as one batch through the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamloom.serving.adapters import AdapterCache
+from dreamloom.serving.protocol import IMAGE_INPUTS, ImageRequest, RequestError, decode_image
+from dreamloom.serving.routes import Routes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    base_model: str
+    routes: Routes
+    dreambooth: str | None = None  # an artifact folder whose UNet replaces the base's
+    adapter_budget_mib: int = 512
+    max_batch: int = 8
+    device: str | None = None
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+        from dreamloom.artifacts import read_manifest
+        from dreamloom.methods import get_method
+        from dreamloom.models.base import load_base_model, pipeline_from_components, resolve_base_model
+
+        self.config = config
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.base = resolve_base_model(config.base_model)
+        if self.base.family != "sd":
+            raise RequestError(f"serving supports Stable Diffusion 1.x/2.x bases; {config.base_model} is SDXL")
+        self.txt2img = pipeline_from_components(load_base_model(self.base, device, dtype))
+        if config.dreambooth:
+            folder = Path(config.dreambooth)
+            get_method("dreambooth").load_into(self.txt2img, folder, read_manifest(folder))
+        for pipe in [self.txt2img]:
+            pipe.set_progress_bar_config(disable=True)
+        self.img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.txt2img)
+        self.inpaint = StableDiffusionInpaintPipeline.from_pipe(self.txt2img)
+        for pipe in (self.img2img, self.inpaint):
+            pipe.set_progress_bar_config(disable=True)
+        self.adapters = AdapterCache(self.txt2img, config.adapter_budget_mib * 2**20)
+        self.native_size = self.txt2img.unet.config.sample_size * self.txt2img.vae_scale_factor
+
+    def run(self, requests: list[ImageRequest]) -> list[np.ndarray | RequestError]:
+        results: list[np.ndarray | RequestError | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            try:
+                self._check(request)
+            except RequestError as exc:
+                results[index] = exc
+                continue
+            groups.setdefault(request.batch_key(), []).append(index)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.config.max_batch):
+                chunk = indices[start : start + self.config.max_batch]
+                try:
+                    images = self._generate([requests[i] for i in chunk])
+                except RequestError as exc:
+                    images = [exc] * len(chunk)
+                for index, image in zip(chunk, images, strict=True):
+                    results[index] = image
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _generate(self, batch: list[ImageRequest]) -> list[np.ndarray]:
+        first = batch[0]
+        width, height = first.width or self.native_size, first.height or self.native_size
+        pipe, extra, adapter = self._pipeline_for(batch, width, height)
+        rewrite = adapter.rewrite if adapter else str
+        negative = [rewrite(r.negative_prompt) for r in batch] if any(r.negative_prompt for r in batch) else None
+        output = pipe(
+            prompt=[rewrite(r.prompt) for r in batch],
+            negative_prompt=negative,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            generator=[torch.Generator("cpu").manual_seed(r.seed) for r in batch],
+            output_type="np",
+            **extra,
+        )
+        return [(np.clip(image, 0, 1) * 255).round().astype(np.uint8) for image in output.images]
+
+    def _pipeline_for(self, batch: list[ImageRequest], width: int, height: int):
+        """The pipeline for the batch's mode with its adapter active, the mode's arguments, the adapter."""
+        from dreamloom.methods.controlnet import controlnet_pipeline
+
+        first = batch[0]
+        adapter = None
+        if first.adapter:
+            key, folder = self.config.routes.resolve(first.adapter)
+            adapter = self.adapters.get(key, folder)
+        self.adapters.activate(adapter, first.adapter_scale)
+        if first.mode == "txt2img":
+            if adapter is not None and adapter.controlnet is not None:
+                raise RequestError(f"adapter {first.adapter} is a ControlNet: use mode controlnet with CONTROL_IMAGE")
+            return self.txt2img, {"width": width, "height": height}, adapter
+        if first.mode == "controlnet":
+            if adapter is None or adapter.controlnet is None:
+                raise RequestError("mode controlnet needs ADAPTER naming a deployed ControlNet")
+            controls = [_sized(decode_image("control_image", r.control_image), width, height) for r in batch]
+            pipe = controlnet_pipeline(self.txt2img, adapter.controlnet)
+            pipe.set_progress_bar_config(disable=True)
+            arguments = {"image": controls, "controlnet_conditioning_scale": first.control_scale}
+            return pipe, arguments | {"width": width, "height": height}, adapter
+        images = [_sized(decode_image("init_image", r.init_image), width, height) for r in batch]
+        if first.mode == "img2img":
+            return self.img2img, {"image": images, "strength": first.strength}, adapter
+        masks = [_sized(decode_image("mask", r.mask, "L"), width, height) for r in batch]
+        arguments = {"image": images, "mask_image": masks, "strength": first.strength}
+        return self.inpaint, arguments | {"width": width, "height": height}, adapter
+
+    def _check(self, request: ImageRequest) -> None:
+        """What can only be checked against this model: prompt length, adapter, the images."""
+        tokenizer = self.txt2img.tokenizer
+        for name, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+            count = len(tokenizer(text).input_ids)
+            if count > tokenizer.model_max_length:
+                raise RequestError(
+                    f"{name} is {count} tokens; this model reads at most {tokenizer.model_max_length}: shorten it"
+                )
+        if request.adapter:
+            self.config.routes.resolve(request.adapter)
+        images = {name: decode_image(name, getattr(request, name)) for name in IMAGE_INPUTS.get(request.mode, ())}
+        if "mask" in images and images["mask"].size != images["init_image"].size:
+            (mw, mh), (iw, ih) = images["mask"].size, images["init_image"].size
+            raise RequestError(f"MASK is {mw}x{mh} but INIT_IMAGE is {iw}x{ih}: send a mask of the image's size")
+
+
+def _sized(image, width: int, height: int):
+    return image if image.size == (width, height) else image.resize((width, height))

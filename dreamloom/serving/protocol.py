@@ -1,0 +1,166 @@
+"""What a generation request to the serving endpoint is: its fields, their limits, the Triton
+tensor names, and the checks that turn bad input into an error naming the problem.
+
+One request is one prompt and one image. The server and the client both use this module, so the
+names and limits cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, fields
+
+import numpy as np
+from PIL import Image
+
+from dreamloom.errors import DreamloomError
+
+MODES = ("txt2img", "img2img", "inpaint", "controlnet")
+IMAGE_INPUTS = {"img2img": ("init_image",), "inpaint": ("init_image", "mask"), "controlnet": ("control_image",)}
+MAX_PROMPT_CHARS = 2000
+MAX_STEPS = 150
+MAX_SIDE = 2048
+MAX_IMAGE_BYTES = 16 * 2**20
+MAX_IMAGE_PIXELS = 4096 * 4096
+OUTPUT = "IMAGE"
+
+
+class RequestError(DreamloomError):
+    """A request the server refuses; the message goes back to the caller."""
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    negative_prompt: str = ""
+    mode: str = "txt2img"
+    adapter: str = ""  # "name@alias", "name:version" or "" for the plain base
+    adapter_scale: float = 1.0
+    steps: int = 25
+    guidance: float = 7.5
+    width: int = 0  # 0: the base model's native size
+    height: int = 0
+    seed: int = 0
+    strength: float = 0.75  # img2img and inpaint: how far from the init image
+    control_scale: float = 1.0
+    init_image: bytes = b""  # encoded PNG/JPEG/WebP
+    mask: bytes = b""  # white = repaint
+    control_image: bytes = b""
+
+    def check(self) -> None:
+        """Refuse out-of-range values; image contents are checked when decoded."""
+        if not self.prompt.strip():
+            raise RequestError("prompt is empty; send the text to draw")
+        if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(f"prompt is longer than {MAX_PROMPT_CHARS} characters; shorten it")
+        if self.mode not in MODES:
+            raise RequestError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        _within("steps", self.steps, 1, MAX_STEPS)
+        _within("guidance", self.guidance, 0.0, 30.0)
+        _within("adapter_scale", self.adapter_scale, 0.0, 2.0)
+        _within("strength", self.strength, 0.01, 1.0)
+        _within("control_scale", self.control_scale, 0.0, 2.0)
+        _within("seed", self.seed, 0, 2**63 - 1)
+        for side, value in (("width", self.width), ("height", self.height)):
+            if value and (value < 64 or value > MAX_SIDE or value % 8):
+                raise RequestError(f"{side} {value} is out of range: use a multiple of 8 from 64 to {MAX_SIDE}")
+        for name in IMAGE_INPUTS.get(self.mode, ()):
+            if not getattr(self, name):
+                raise RequestError(f"mode {self.mode} needs {name.upper()} (an encoded PNG or JPEG)")
+        for name in ("init_image", "mask", "control_image"):
+            if len(getattr(self, name)) > MAX_IMAGE_BYTES:
+                raise RequestError(f"{name.upper()} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys run as one batch through the pipeline."""
+        return (self.mode, self.adapter, self.adapter_scale, self.steps, self.guidance, self.width, self.height,
+                self.strength, self.control_scale)  # fmt: skip
+
+
+def _within(name: str, value, low, high) -> None:
+    if not low <= value <= high:
+        raise RequestError(f"{name} {value} is out of range [{low}, {high}]")
+
+
+def decode_image(name: str, data: bytes, mode: str = "RGB") -> Image.Image:
+    """An uploaded picture, refused if it is not an image or is a decompression bomb."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise RequestError(f"{name.upper()} is {image.width}x{image.height}; at most {MAX_IMAGE_PIXELS} pixels")
+        image.load()
+    except RequestError:
+        raise
+    except Exception as exc:  # PIL raises many types for broken files
+        kind = type(exc).__name__
+        raise RequestError(f"{name.upper()} cannot be decoded as an image ({kind}); send PNG or JPEG") from None
+    return image.convert(mode)
+
+
+def encode_image(image: Image.Image | np.ndarray) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ----- Triton tensors -----
+
+# field -> (Triton input name, datatype, numpy dtype); every input is optional except PROMPT
+TENSORS = {
+    "prompt": ("PROMPT", "BYTES", np.object_),
+    "negative_prompt": ("NEGATIVE_PROMPT", "BYTES", np.object_),
+    "mode": ("MODE", "BYTES", np.object_),
+    "adapter": ("ADAPTER", "BYTES", np.object_),
+    "adapter_scale": ("ADAPTER_SCALE", "FP32", np.float32),
+    "steps": ("STEPS", "INT32", np.int32),
+    "guidance": ("GUIDANCE", "FP32", np.float32),
+    "width": ("WIDTH", "INT32", np.int32),
+    "height": ("HEIGHT", "INT32", np.int32),
+    "seed": ("SEED", "INT64", np.int64),
+    "strength": ("STRENGTH", "FP32", np.float32),
+    "control_scale": ("CONTROL_SCALE", "FP32", np.float32),
+    "init_image": ("INIT_IMAGE", "BYTES", np.object_),
+    "mask": ("MASK", "BYTES", np.object_),
+    "control_image": ("CONTROL_IMAGE", "BYTES", np.object_),
+}
+_TEXT_FIELDS = {"prompt", "negative_prompt", "mode", "adapter"}
+
+
+def to_arrays(request: ImageRequest) -> dict[str, np.ndarray]:
+    """The request as Triton input arrays (batch of one); defaults are left out."""
+    defaults = ImageRequest(prompt="")
+    arrays = {}
+    for item in fields(ImageRequest):
+        value = getattr(request, item.name)
+        if item.name != "prompt" and value == getattr(defaults, item.name):
+            continue
+        name, _, dtype = TENSORS[item.name]
+        if item.name in _TEXT_FIELDS:
+            value = value.encode("utf-8")
+        arrays[name] = np.array([[value]], dtype=dtype)
+    return arrays
+
+
+def from_arrays(get) -> ImageRequest:
+    """The request from Triton inputs; ``get(name)`` returns the array or None when not sent."""
+    values = {}
+    for field_name, (name, _, _) in TENSORS.items():
+        array = get(name)
+        if array is None:
+            continue
+        value = array.reshape(-1)[0]
+        if field_name in _TEXT_FIELDS:
+            try:
+                value = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                raise RequestError(f"{name} is not UTF-8 text") from None
+        elif isinstance(value, np.generic):
+            value = value.item()
+        values[field_name] = value
+    if "prompt" not in values:
+        raise RequestError("PROMPT is missing")
+    request = ImageRequest(**values)
+    request.check()
+    return request

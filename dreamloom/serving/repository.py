@@ -1,0 +1,117 @@
+"""The serving store: a Triton model repository plus the adapter artifacts it serves.
+
+    <store>/models/<model>/config.pbtxt            python backend, dynamic batching, inputs/outputs
+    <store>/models/<model>/<N>/model.py            imports dreamloom.serving.triton_model
+    <store>/models/<model>/<N>/serving.json        the routes model version N serves (immutable)
+    <store>/adapters/<name>/<version>/             a copied artifact (immutable)
+
+Versions only ever get added; Triton's version policy serves the newest ready one, so writing
+version N+1 and asking Triton to load the model is a deploy, and the old version answers until
+the new one is ready.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from dreamloom.artifacts import read_manifest
+from dreamloom.errors import DreamloomError
+from dreamloom.serving.protocol import OUTPUT, TENSORS
+from dreamloom.serving.routes import ROUTES_FILE, Routes
+from dreamloom.settings import work_dir
+
+DEFAULT_MODEL = "dreamloom"
+MODEL_PY = "from dreamloom.serving.triton_model import TritonPythonModel  # noqa: F401\n"
+_TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64"}
+
+
+def default_store() -> Path:
+    return work_dir() / "serving"
+
+
+def model_config(name: str, max_batch_size: int = 8, gpu: bool = False, adapter_budget_mib: int = 512) -> str:
+    """config.pbtxt: every input but PROMPT optional, one UINT8 H x W x 3 image out."""
+    inputs = []
+    for field_name, (tensor, datatype, _) in TENSORS.items():
+        optional = "" if field_name == "prompt" else " optional: true"
+        inputs.append(f'  {{ name: "{tensor}" data_type: {_TRITON_TYPES[datatype]} dims: [ 1 ]{optional} }}')
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            'backend: "python"',
+            f"max_batch_size: {max_batch_size}",
+            "dynamic_batching { max_queue_delay_microseconds: 20000 }",
+            "version_policy: { latest: { num_versions: 1 } }",
+            "input [",
+            ",\n".join(inputs),
+            "]",
+            f'output [ {{ name: "{OUTPUT}" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] }} ]',
+            f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]",
+            f'parameters: {{ key: "adapter_budget_mib" value: {{ string_value: "{adapter_budget_mib}" }} }}',
+            "",
+        ]
+    )
+
+
+class ServingStore:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root or default_store()).absolute()
+        self.models = self.root / "models"
+        self.adapters = self.root / "adapters"
+
+    def model_folder(self, model: str) -> Path:
+        return self.models / model
+
+    def versions(self, model: str) -> list[int]:
+        folder = self.model_folder(model)
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / ROUTES_FILE).is_file())
+
+    def latest_routes(self, model: str) -> Routes:
+        versions = self.versions(model)
+        if not versions:
+            raise DreamloomError(
+                f"the serving store {self.root} has no model {model!r}; start `dreamloom serve` with this --store first"
+            )
+        return Routes.load(self.model_folder(model) / str(versions[-1]))
+
+    def ensure_model(self, model: str, base_model: str, **config) -> None:
+        """Create the model serving ``base_model`` with no adapters, unless it exists."""
+        if not self.versions(model):
+            self.write_config(model, **config)
+            self.add_version(model, Routes(base_model))
+
+    def write_config(self, model: str, **config) -> None:
+        folder = self.model_folder(model)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "config.pbtxt").is_file():
+            (folder / "config.pbtxt").write_text(model_config(model, **config))
+
+    def add_version(self, model: str, routes: Routes) -> int:
+        """Write version N+1 with ``routes``, complete before it appears under its name."""
+        folder = self.model_folder(model)
+        version = (self.versions(model) or [0])[-1] + 1
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        (staging / "model.py").write_text(MODEL_PY)
+        routes.save(staging)
+        staging.rename(folder / str(version))
+        return version
+
+    def remove_version(self, model: str, version: int) -> None:
+        shutil.rmtree(self.model_folder(model) / str(version), ignore_errors=True)
+
+    def add_artifact(self, name: str, version: str, artifact: Path) -> Path:
+        """Copy a verified artifact to ``adapters/<name>/<version>`` (kept if already there)."""
+        target = self.adapters / name / str(version)
+        if (target / "dreamloom.json").is_file():
+            return target
+        read_manifest(Path(artifact))  # digests checked: never copy a damaged artifact
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+        shutil.copytree(artifact, staging, dirs_exist_ok=True)
+        staging.rename(target)
+        read_manifest(target)
+        return target

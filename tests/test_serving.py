@@ -1,0 +1,352 @@
+"""Serving through a real tritonserver (from the nvidia-pytriton wheel), started by this module.
+
+Adapters are trained for a few steps on the toy base, registered in MLflow (a SQLite file), promoted
+and deployed exactly as `dreamloom deploy` does it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamloom.cli import main
+from dreamloom.config import load_run_config
+from dreamloom.registry import promote, register
+from dreamloom.serving.client import ServingClient, ServingError
+from dreamloom.serving.deploy import deploy
+from dreamloom.serving.engine import Engine, EngineConfig
+from dreamloom.serving.protocol import ImageRequest, RequestError, encode_image
+from dreamloom.serving.repository import ServingStore
+from dreamloom.serving.server import TritonServer, free_port
+from dreamloom.toy import world
+from dreamloom.toy.concepts import INSTANCE_PROMPT, write_concept
+from dreamloom.training.launcher import train_in_process
+
+pytestmark = pytest.mark.slow
+FAST = {"steps": 4, "guidance": 5.0}
+SCENE = world.render(world.Scene("square", "red", "plain", "white"), 0)
+
+
+def _train(method: str, data: Path, output: Path, **overrides) -> Path:
+    document = {
+        "method": method,
+        "base_model": "toy",
+        "data.path": str(data),
+        "data.instance_prompt": INSTANCE_PROMPT,
+        "data.resolution": 64,
+        "output": str(output),
+        "training.steps": 3,
+        "training.batch_size": 2,
+        "training.checkpoint_every": 0,
+        "validation.steps": 2,
+        "validation.images_per_prompt": 1,
+        "optimizer.learning_rate": 1e-2,
+        **overrides,
+    }
+    return train_in_process(load_run_config(None, document))
+
+
+def _register_champion(artifact: Path, name: str) -> str:
+    version = register(artifact, name)
+    promote(name, str(version.version), force=True, reason="test")
+    return str(version.version)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving-artifacts")
+    data = write_concept("hexagon", root / "hexagon")
+    placeholder = write_concept("hexagon", root / "hexagon-ti", subject="<hex-shape>")
+    return {
+        "lora": _train("lora", data, root / "lora", **{"training.steps": 20}),
+        "lora_v2": _train("lora", data, root / "lora2", **{"training.steps": 20, "training.seed": 7}),
+        "hypernetwork": _train("hypernetwork", data, root / "hn"),
+        "textual-inversion": _train(
+            "textual-inversion",
+            placeholder,
+            root / "ti",
+            **{
+                "data.instance_prompt": "a <hex-shape> on a white background",
+                "textual_inversion.placeholder_token": "<hex-shape>",
+                "textual_inversion.initializer_token": "circle",
+                "optimizer.learning_rate": 0.5,
+            },
+        ),
+        "controlnet": _train("controlnet", data, root / "cn", **{"controlnet.condition": "canny"}),
+        "dreambooth": _train("dreambooth", data, root / "db", **{"prior.enabled": False}),
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, artifacts):
+    """A running Triton with every adapter kind deployed as NAME@champion."""
+    store = ServingStore(tmp_path_factory.mktemp("serving") / "store")
+    store.ensure_model("dreamloom", "toy", max_batch_size=4, adapter_budget_mib=64)
+    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    server.start(timeout_s=300)
+    client = ServingClient(server.http_url)
+    try:
+        for name in ("lora", "hypernetwork", "textual-inversion", "controlnet"):
+            _register_champion(artifacts[name], f"hex-{name}")
+            deploy(f"hex-{name}@champion", server.http_url, store=store)
+        yield server, store, client
+    finally:
+        client.close()  # an open keep-alive connection holds Triton's shutdown for its exit timeout
+        server.stop()
+
+
+def _png(image: Image.Image) -> bytes:
+    return encode_image(image)
+
+
+def _mask(size=(64, 64)) -> bytes:
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (16, 16, 48, 48))
+    return _png(mask)
+
+
+def _differs(first: np.ndarray, second: np.ndarray) -> float:
+    return float(np.abs(first.astype(int) - second.astype(int)).mean())
+
+
+# ----- modes -----
+
+
+@pytest.mark.parametrize(
+    "mode, size, images",
+    [
+        ("txt2img", (64, 64), {}),
+        ("txt2img", (96, 64), {}),
+        ("img2img", (64, 64), {"init_image": _png(SCENE)}),
+        ("inpaint", (64, 64), {"init_image": _png(SCENE), "mask": _mask()}),
+        ("controlnet", (64, 64), {"control_image": _png(SCENE)}),
+    ],
+)
+def test_every_mode_returns_an_image_of_the_requested_size(served, mode, size, images):
+    _, _, client = served
+    adapter = "hex-controlnet@champion" if mode == "controlnet" else ""
+    request = ImageRequest("a red square on a white background", mode=mode, width=size[0], height=size[1],
+                           adapter=adapter, **images, **FAST)  # fmt: skip
+    image = client.generate(request)
+    assert image.shape == (size[1], size[0], 3) and image.dtype == np.uint8
+    assert image.std() > 1  # a picture, not a blank
+
+
+def test_grpc_gives_the_same_image_as_http(served):
+    server, _, client = served
+    request = ImageRequest("a blue circle on a gray background", seed=11, **FAST)
+    grpc = ServingClient(server.grpc_url, "grpc")
+    over_grpc = grpc.generate(request)
+    grpc.close()
+    assert np.array_equal(over_grpc, client.generate(request))
+
+
+# ----- adapters -----
+
+
+@pytest.mark.parametrize("name", ["lora", "hypernetwork", "textual-inversion"])
+def test_an_adapter_changes_the_output_and_switching_back_restores_it(served, name):
+    _, _, client = served
+    prompt = "a <hex-shape> on a gray background" if name == "textual-inversion" else INSTANCE_PROMPT
+    plain = ImageRequest(prompt, seed=5, **FAST)
+    before = client.generate(plain)
+    adapted = client.generate(ImageRequest(prompt, seed=5, adapter=f"hex-{name}@champion", **FAST))
+    after = client.generate(plain)
+    assert _differs(adapted, before) > 2.0
+    assert np.array_equal(before, after)
+
+
+def test_adapter_scale_zero_is_the_base(served):
+    _, _, client = served
+    base = client.generate(ImageRequest(INSTANCE_PROMPT, seed=9, **FAST))
+    scaled = client.generate(ImageRequest(INSTANCE_PROMPT, seed=9, adapter="hex-lora", adapter_scale=0.0, **FAST))
+    assert _differs(base, scaled) < 0.5
+
+
+def test_the_adapter_cache_evicts_least_recently_used_under_its_budget(served, artifacts):
+    _, store, _ = served
+    routes = store.latest_routes("dreamloom")
+    lora_key, lora_folder = routes.resolve("hex-lora")
+    hn_key, hn_folder = routes.resolve("hex-hypernetwork")
+    from dreamloom.serving.adapters import weights_size
+
+    budget = max(weights_size(lora_folder), weights_size(hn_folder)) + 1024
+    engine = Engine(EngineConfig("toy", routes, adapter_budget_mib=1))
+    engine.adapters.budget_bytes = budget
+    first = engine.run([ImageRequest(INSTANCE_PROMPT, seed=2, adapter="hex-lora", **FAST)])[0]
+    engine.run([ImageRequest(INSTANCE_PROMPT, seed=2, adapter="hex-hypernetwork", **FAST)])
+    assert list(engine.adapters.loaded) == [hn_key] and engine.adapters.evictions == 1
+    assert engine.adapters.used_bytes <= budget
+    again = engine.run([ImageRequest(INSTANCE_PROMPT, seed=2, adapter="hex-lora", **FAST)])[0]
+    assert list(engine.adapters.loaded) == [lora_key] and engine.adapters.loads == 3
+    assert np.array_equal(first, again)
+
+
+def test_a_dreambooth_artifact_is_not_an_adapter(served, artifacts):
+    _, store, _ = served
+    engine_routes = store.latest_routes("dreamloom").with_adapter("db", "1", artifacts["dreambooth"], {"champion": "1"})
+    engine = Engine(EngineConfig("toy", engine_routes))
+    (result,) = engine.run([ImageRequest(INSTANCE_PROMPT, adapter="db", **FAST)])
+    assert isinstance(result, RequestError) and "own model" in str(result)
+
+
+# ----- bad requests -----
+
+
+def _bad_requests() -> list[tuple[dict, str]]:
+    bomb = _png(Image.new("RGB", (5000, 4000), "white"))  # a small file, 20 megapixels decoded
+    return [
+        ({"prompt": ""}, "prompt is empty"),
+        ({"prompt": "a red square " * 40}, "tokens"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 1000}, "steps"),
+        ({"width": 100}, "multiple of 8"),
+        ({"guidance": 99.0}, "guidance"),
+        ({"adapter": "hex-lora", "adapter_scale": 5.0}, "adapter_scale"),
+        ({"adapter": "nobody@champion"}, "unknown adapter 'nobody'"),
+        ({"adapter": "hex-lora/99"}, "no deployed version 99"),
+        ({"mode": "paint"}, "unknown mode"),
+        ({"mode": "img2img"}, "needs INIT_IMAGE"),
+        ({"mode": "img2img", "init_image": b"not an image"}, "cannot be decoded"),
+        ({"mode": "img2img", "init_image": bomb}, "pixels"),
+        ({"mode": "inpaint", "init_image": _png(SCENE), "mask": _mask((32, 32))}, "MASK is 32x32"),
+        ({"mode": "controlnet", "control_image": _png(SCENE)}, "ControlNet"),
+    ]
+
+
+def test_bad_requests_get_an_error_naming_the_problem_and_the_server_stays_ready(served):
+    _, _, client = served
+    for fields, message in _bad_requests():
+        request = ImageRequest(**{"prompt": "a red square", **FAST, **fields})
+        with pytest.raises(ServingError, match=message):
+            client.generate(request, check=False)
+    assert client.ready()
+    assert client.generate(ImageRequest("a red square", **FAST)).shape == (64, 64, 3)
+
+
+# ----- deploys -----
+
+
+def test_a_deploy_under_load_fails_no_request_and_the_new_version_answers(served, artifacts):
+    server, store, client = served
+    _register_champion(artifacts["lora_v2"], "hex-lora")
+    failures, answered, stop = [], [], threading.Event()
+
+    def keep_asking():
+        caller = ServingClient(server.http_url)
+        while not stop.is_set():
+            try:
+                caller.generate(ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora@champion", **FAST))
+                answered.append(time.monotonic())
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=keep_asking) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    result = deploy("hex-lora@champion", server.http_url, store=store)
+    finished = time.monotonic()
+    while len([t for t in answered if t > finished]) < 4:
+        time.sleep(0.1)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert result.version == "2" and store.latest_routes("dreamloom").resolve("hex-lora@champion")[0] == "hex-lora/2"
+    newest = client.generate(ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora@champion", **FAST))
+    assert np.array_equal(newest, client.generate(ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora/2", **FAST)))
+    assert not np.array_equal(
+        newest, client.generate(ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora/1", **FAST))
+    )
+    assert result.triton_version in client.model_versions()
+
+
+def test_rolling_back_in_the_registry_and_deploying_the_champion_serves_the_previous_version(served):
+    from dreamloom.registry import rollback
+
+    server, store, client = served
+    rollback("hex-lora")
+    result = deploy("hex-lora@champion", server.http_url, store=store)
+    assert result.adapter == "hex-lora/1"
+    request = ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora@champion", **FAST)
+    previous = ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora/1", **FAST)
+    assert np.array_equal(client.generate(request), client.generate(previous))
+
+
+def test_a_dreambooth_model_is_deployed_as_its_own_triton_model(served, artifacts):
+    server, store, client = served
+    _register_champion(artifacts["dreambooth"], "hex-db")
+    result = deploy("hex-db@champion", server.http_url, store=store)
+    assert result.triton_model == "hex-db" and result.adapter == ""
+    own = client.generate(ImageRequest(INSTANCE_PROMPT, seed=4, **FAST), model="hex-db")
+    base = client.generate(ImageRequest(INSTANCE_PROMPT, seed=4, **FAST))
+    assert _differs(own, base) > 1.0
+
+
+def test_refused_deploys_leave_the_serving_version_alone(served, tmp_path):
+    from dreamloom.errors import DreamloomError
+    from tests.helpers import draw_images, run_config
+
+    server, store, client = served
+    before = store.versions("dreamloom")
+    with pytest.raises(DreamloomError, match="no model version"):
+        deploy("nothing-here@champion", server.http_url, store=store)
+    other_base = train_in_process(
+        run_config(draw_images(tmp_path / "photos"), tmp_path / "tiny-lora", training__steps=1)
+    )
+    _register_champion(other_base, "tiny-lora")
+    with pytest.raises(DreamloomError, match="trained on tiny"):
+        deploy("tiny-lora@champion", server.http_url, store=store)
+    assert store.versions("dreamloom") == before and client.ready()
+    assert not (store.adapters / "tiny-lora").exists()
+
+
+# ----- command line -----
+
+
+def test_generate_command_writes_the_images(served, tmp_path, capsys):
+    server, _, _ = served
+    out = tmp_path / "images"
+    code = main(["generate", "--url", server.http_url, "--prompt", "a red square on a white background",
+                 "--num-images", "3", "--steps", "4", "--adapter", "hex-lora@champion", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    saved = sorted(out.glob("*.png"))
+    assert [p.name for p in saved] == ["000_seed0.png", "001_seed1.png", "002_seed2.png"]
+    assert Image.open(saved[0]).size == (64, 64)
+
+
+def test_generate_command_refuses_bad_input_before_sending(tmp_path, capsys):
+    code = main(["generate", "--url", "127.0.0.1:1", "--prompt", "x", "--mode", "inpaint", "--out", str(tmp_path)])
+    assert code == 2
+    assert "needs INIT_IMAGE" in capsys.readouterr().err
+
+
+def test_serve_command_starts_triton_prints_the_urls_and_stops_on_sigterm(tmp_path):
+    ports = [str(free_port()) for _ in range(3)]
+    command = [sys.executable, "-m", "dreamloom.cli", "serve", "--store", str(tmp_path / "store"),
+               "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ)
+    lines = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if "Ctrl-C stops it" in line or process.poll() is not None:
+            break
+    output = "".join(lines)
+    assert f"HTTP     127.0.0.1:{ports[0]}" in output, output
+    with ServingClient(f"127.0.0.1:{ports[0]}") as client:
+        assert client.generate(ImageRequest("a red square", **FAST)).shape == (64, 64, 3)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert "stopping Triton" in process.stdout.read()

@@ -1,0 +1,80 @@
+"""The request protocol and the routes, without a server."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from dreamloom.serving.protocol import ImageRequest, RequestError, decode_image, encode_image, from_arrays, to_arrays
+from dreamloom.serving.repository import ServingStore, model_config
+from dreamloom.serving.routes import Routes
+
+
+def _png(size=(64, 64), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_request_round_trips_through_triton_tensors_leaving_defaults_out():
+    request = ImageRequest("a cat", mode="img2img", init_image=_png(), seed=2**40, strength=0.5, steps=3)
+    arrays = to_arrays(request)
+    assert set(arrays) == {"PROMPT", "MODE", "INIT_IMAGE", "SEED", "STRENGTH", "STEPS"}
+    assert from_arrays(arrays.get) == request
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"steps": 0}, "steps"),
+        ({"height": 4096}, "multiple of 8 from 64"),
+        ({"strength": 0.0}, "strength"),
+        ({"mode": "inpaint", "init_image": b"x"}, "needs MASK"),
+        ({"mode": "controlnet"}, "needs CONTROL_IMAGE"),
+    ],
+)
+def test_out_of_range_requests_are_refused_with_the_field_named(fields, message):
+    with pytest.raises(RequestError, match=message):
+        ImageRequest(**{"prompt": "a cat", **fields}).check()
+
+
+def test_images_are_decoded_converted_and_bombs_refused():
+    assert decode_image("init_image", _png(mode="RGBA")).mode == "RGB"
+    assert decode_image("mask", _png(mode="RGB"), "L").mode == "L"
+    with pytest.raises(RequestError, match="INIT_IMAGE cannot be decoded"):
+        decode_image("init_image", _png()[:40])
+    with pytest.raises(RequestError, match="pixels"):
+        decode_image("init_image", _png((5000, 4000), mode="L"))
+    assert encode_image(decode_image("x", _png()))[:4] == b"\x89PNG"
+
+
+def test_routes_resolve_aliases_versions_and_name_what_is_wrong(tmp_path):
+    routes = Routes("toy").with_adapter("shoe", "1", tmp_path / "1", {"champion": "1"})
+    routes = routes.with_adapter("shoe", "2", tmp_path / "2", {"champion": "2", "challenger": "3"})
+    assert routes.resolve("shoe@champion") == ("shoe/2", tmp_path / "2")
+    assert routes.resolve("shoe") == ("shoe/2", tmp_path / "2")
+    assert routes.resolve("shoe/1") == ("shoe/1", tmp_path / "1")
+    assert routes.adapters["shoe"].aliases == {"champion": "2"}  # challenger points at an undeployed version
+    for reference, message in [("hat@champion", "unknown adapter 'hat'"), ("shoe@challenger", "no alias"),
+                               ("shoe/7", "no deployed version 7"), ("shoe@@x", "write NAME@ALIAS")]:  # fmt: skip
+        with pytest.raises(RequestError, match=message):
+            routes.resolve(reference)
+    routes.save(tmp_path)
+    assert Routes.load(tmp_path) == routes
+
+
+def test_the_store_adds_versions_whole_and_never_rewrites_them(tmp_path):
+    store = ServingStore(tmp_path / "store")
+    store.ensure_model("dreamloom", "toy", max_batch_size=4)
+    store.ensure_model("dreamloom", "toy")  # exists: unchanged
+    assert store.versions("dreamloom") == [1]
+    second = store.add_version("dreamloom", Routes("toy").with_adapter("a", "1", tmp_path, {}))
+    assert second == 2 and store.versions("dreamloom") == [1, 2]
+    assert store.latest_routes("dreamloom").adapters["a"].versions == {"1": str(tmp_path)}
+    assert not [p for p in store.model_folder("dreamloom").iterdir() if p.name.startswith(".staging")]
+    config = (store.model_folder("dreamloom") / "config.pbtxt").read_text()
+    assert "max_batch_size: 4" in config and 'name: "PROMPT" data_type: TYPE_STRING dims: [ 1 ] }' in config
+    assert config == model_config("dreamloom", max_batch_size=4)
