@@ -8,6 +8,7 @@ images = client.generate_many(requests, concurrency=4, progress=True)
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,19 +26,33 @@ class ServingError(DreamloomError):
 
 
 class ServingClient:
-    def __init__(self, url: str, protocol: str = "http", model: str = DEFAULT_MODEL, concurrency: int = 8):
+    def __init__(self, url: str, protocol: str = "http", model: str = DEFAULT_MODEL):
         if protocol not in ("http", "grpc"):
             raise DreamloomError(f"protocol must be http or grpc (got {protocol!r})")
         self.url, self.protocol, self.model = url.removeprefix("http://"), protocol, model
         if protocol == "http":
             import tritonclient.http as triton
-
-            self._client = triton.InferenceServerClient(self.url, concurrency=concurrency, network_timeout=600)
         else:
             import tritonclient.grpc as triton
-
-            self._client = triton.InferenceServerClient(self.url)
         self._triton = triton
+        self._local = threading.local()
+        self._connections: list = []
+        self._lock = threading.Lock()
+
+    @property
+    def _client(self):
+        """This thread's connection: tritonclient's HTTP client runs on gevent and must not be
+        shared between threads."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            if self.protocol == "http":
+                connection = self._triton.InferenceServerClient(self.url, network_timeout=600)
+            else:
+                connection = self._triton.InferenceServerClient(self.url)
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
 
     def generate(self, request: ImageRequest, model: str | None = None, check: bool = True) -> np.ndarray:
         """One image (H x W x 3 uint8); a refused request raises ServingError with the server's reason.
@@ -80,6 +95,12 @@ class ServingClient:
         except Exception:
             return False
 
+    def statistics(self, model: str | None = None) -> dict:
+        """Triton's inference statistics for ``model`` (counts and nanoseconds per phase)."""
+        if self.protocol == "grpc":
+            return self._client.get_inference_statistics(model or self.model, as_json=True)
+        return self._client.get_inference_statistics(model or self.model)
+
     def load_model(self, model: str | None = None) -> None:
         try:
             self._client.load_model(model or self.model)
@@ -99,7 +120,11 @@ class ServingClient:
 
     def close(self) -> None:
         """Close the connections (an open keep-alive connection delays Triton's shutdown)."""
-        self._client.close()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+        self._local = threading.local()
 
     def __enter__(self) -> ServingClient:
         return self

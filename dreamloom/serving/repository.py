@@ -42,7 +42,8 @@ def model_config(name: str, max_batch_size: int = 8, gpu: bool = False, adapter_
             f'name: "{name}"',
             'backend: "python"',
             f"max_batch_size: {max_batch_size}",
-            "dynamic_batching { max_queue_delay_microseconds: 20000 }",
+            # Under load requests queue while a batch runs anyway; the delay only adds latency alone.
+            "dynamic_batching { max_queue_delay_microseconds: 2000 }",
             "version_policy: { latest: { num_versions: 1 } }",
             "input [",
             ",\n".join(inputs),
