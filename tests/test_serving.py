@@ -133,7 +133,7 @@ def _differs(first: np.ndarray, second: np.ndarray) -> float:
 )
 def test_every_mode_returns_an_image_of_the_requested_size(served, mode, size, images):
     _, _, client = served
-    adapter = "hex-controlnet@champion" if mode == "controlnet" else ""
+    adapter = "hex-controlnet@champion" if mode == "controlnet" else "hex-lora@champion"
     request = ImageRequest("a red square on a white background", mode=mode, width=size[0], height=size[1],
                            adapter=adapter, **images, **FAST)  # fmt: skip
     image = client.generate(request)
@@ -271,13 +271,13 @@ def test_a_deploy_under_load_fails_no_request_and_the_new_version_answers(served
     assert result.triton_version in client.model_versions()
 
 
-def test_rolling_back_in_the_registry_and_deploying_the_champion_serves_the_previous_version(served):
+def test_rolling_back_in_the_registry_and_deploying_the_champion_serves_the_previous_version(served, capsys):
     from dreamloom.registry import rollback
 
     server, store, client = served
     rollback("hex-lora")
-    result = deploy("hex-lora@champion", server.http_url, store=store)
-    assert result.adapter == "hex-lora/1"
+    assert main(["deploy", "hex-lora@champion", "--url", server.http_url, "--store", str(store.root)]) == 0
+    assert "deployed hex-lora version 1 as ADAPTER 'hex-lora/1'" in capsys.readouterr().out
     request = ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora@champion", **FAST)
     previous = ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora/1", **FAST)
     assert np.array_equal(client.generate(request), client.generate(previous))

@@ -78,3 +78,15 @@ def test_the_store_adds_versions_whole_and_never_rewrites_them(tmp_path):
     config = (store.model_folder("dreamloom") / "config.pbtxt").read_text()
     assert "max_batch_size: 4" in config and 'name: "PROMPT" data_type: TYPE_STRING dims: [ 1 ] }' in config
     assert config == model_config("dreamloom", max_batch_size=4)
+
+
+def test_the_checked_in_model_repository_is_what_the_code_writes(tmp_path):
+    from pathlib import Path
+
+    from dreamloom.serving.repository import main
+
+    main(["--out", str(tmp_path / "repo"), "--gpu", "--base-model", "stable-diffusion-v1-5/stable-diffusion-v1-5"])
+    checked_in = Path(__file__).parents[1] / "serving" / "model_repository"
+    written = {p.relative_to(tmp_path / "repo"): p.read_text() for p in (tmp_path / "repo").rglob("*") if p.is_file()}
+    expected = {p.relative_to(checked_in): p.read_text() for p in checked_in.rglob("*") if p.is_file()}
+    assert written == expected, "serving/model_repository is stale: regenerate it (see serving/README.md)"

@@ -116,3 +116,23 @@ class ServingStore:
         staging.rename(target)
         read_manifest(target)
         return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write a fresh model repository (the checked-in ``serving/model_repository`` is one)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a Triton model repository for a base model.")
+    parser.add_argument("--out", type=Path, required=True, help="the repository folder (the store's models/)")
+    parser.add_argument("--base-model", default="toy")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL)
+    parser.add_argument("--gpu", action="store_true", help="KIND_GPU instances")
+    args = parser.parse_args(argv)
+    store = ServingStore(Path(args.out).parent)
+    store.models = Path(args.out).absolute()
+    store.ensure_model(args.model_name, args.base_model, gpu=args.gpu)
+    print(f"model repository in {store.models}")
+
+
+if __name__ == "__main__":
+    main()

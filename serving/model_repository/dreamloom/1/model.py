@@ -1,0 +1,1 @@
+from dreamloom.serving.triton_model import TritonPythonModel  # noqa: F401
