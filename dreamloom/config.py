@@ -343,3 +343,10 @@ def _known_fields(location: tuple) -> list[str]:
             break
         model = annotation
     return sorted(model.model_fields)
+
+
+def pipeline_run_config(document: dict[str, Any], output: str) -> RunConfig:
+    """The run config of a pipeline step: the pipeline, not the user, chooses the output folder."""
+    if document.get("output"):
+        raise ConfigError("a pipeline chooses where the artifact goes: remove `output` from the config")
+    return validate_run_config({**document, "output": output}, "pipeline config")

@@ -71,3 +71,10 @@ def apply_quiet_defaults() -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def container_image() -> str:
+    """The image the pipeline's components and the Ray workers run (``DREAMLOOM_IMAGE`` overrides)."""
+    from dreamloom import __version__
+
+    return os.environ.get("DREAMLOOM_IMAGE") or f"ghcr.io/dreamloom/dreamloom:{__version__}"

@@ -131,39 +131,18 @@ def _add_registry(commands) -> None:
 
 def _register(args) -> None:
     from dreamloom.registry import register
-    from dreamloom.registry.store import check_registrable, client
+    from dreamloom.registry.store import check_registrable, client, evaluation_of_run
 
     check_registrable(args.artifact, args.name, client())  # refuse before spending time on evaluation
     evaluation = None
     if args.eval_run:
-        evaluation = _evaluation_of_run(args.eval_run)
+        evaluation = evaluation_of_run(args.eval_run)
     elif args.evaluate:
         _, evaluation = _run_evaluation(
             args.artifact, args, {"evaluated": Path(args.artifact).name, "artifact": str(args.artifact)}
         )
     version = register(args.artifact, args.name, evaluation)
     print(f"registered {args.name} version {version.version}")
-
-
-def _evaluation_of_run(run_id: str):
-    from mlflow.exceptions import MlflowException
-
-    from dreamloom.evaluation import METRICS
-    from dreamloom.registry import Evaluation
-    from dreamloom.registry.store import client
-
-    try:
-        run = client().get_run(run_id)
-    except MlflowException as exc:
-        raise DreamloomError(f"no evaluation run {run_id}: {exc.message}") from None
-    metrics = {name: run.data.metrics[name] for name in METRICS if name in run.data.metrics}
-    if not metrics:
-        raise DreamloomError(f"run {run_id} holds no evaluation metrics")
-    encoders = (
-        run.data.tags.get("dreamloom.eval.clip_encoder", ""),
-        run.data.tags.get("dreamloom.eval.dino_encoder", ""),
-    )
-    return Evaluation(metrics, encoders, run_id)
 
 
 def _list(args) -> None:

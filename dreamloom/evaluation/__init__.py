@@ -111,3 +111,27 @@ def log_evaluation(result: EvalResult, settings: EvalSettings, subject_of_run: d
         raise
     mlflow.set_terminated(run_id)
     return run_id
+
+
+def grids_html(result: EvalResult, title: str = "dreamloom evaluation") -> str:
+    """A self-contained HTML page of the metrics and a grid per prompt (for the KFP UI)."""
+    import base64
+    import html
+    import io
+
+    rows = []
+    for (prompt, grid), scores in zip(result.grids, result.per_prompt, strict=True):
+        buffer = io.BytesIO()
+        grid.save(buffer, format="PNG")
+        data = base64.b64encode(buffer.getvalue()).decode()
+        numbers = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "prompt")
+        rows.append(
+            f"<h3>{html.escape(prompt)}</h3><p>{numbers}</p>"
+            f'<img src="data:image/png;base64,{data}" style="image-rendering:pixelated;height:160px">'
+        )
+    summary = " | ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
+    encoders = f"CLIP role: {result.encoders['clip']}; DINO role: {result.encoders['dino']}"
+    return (
+        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+        f"<h2>{html.escape(title)}</h2><p>{summary}</p><p>{html.escape(encoders)}</p>{''.join(rows)}</body></html>"
+    )

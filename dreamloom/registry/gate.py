@@ -28,9 +28,17 @@ class GateConfig(BaseModel):
         if path is None:
             return cls()
         try:
-            return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            document = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"gate config {path}: {exc}") from None
+        return cls.parse(document, str(path))
+
+    @classmethod
+    def parse(cls, document: dict, source: str = "gate config") -> GateConfig:
+        try:
+            return cls.model_validate(document or {})
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 @dataclass(frozen=True)

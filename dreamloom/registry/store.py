@@ -247,6 +247,26 @@ def download_artifact(version) -> Path:
     return local / pyfunc["artifacts"][ADAPTER]["path"]
 
 
+def evaluation_of_run(run_id: str) -> Evaluation:
+    """The evaluation an MLflow run (from ``log_evaluation``) holds, ready to register with."""
+    from mlflow.exceptions import MlflowException
+
+    from dreamloom.evaluation import METRICS
+
+    try:
+        run = client().get_run(run_id)
+    except MlflowException as exc:
+        raise DreamloomError(f"no evaluation run {run_id}: {exc.message}") from None
+    metrics = {name: run.data.metrics[name] for name in METRICS if name in run.data.metrics}
+    if not metrics:
+        raise DreamloomError(f"run {run_id} holds no evaluation metrics")
+    encoders = (
+        run.data.tags.get("dreamloom.eval.clip_encoder", ""),
+        run.data.tags.get("dreamloom.eval.dino_encoder", ""),
+    )
+    return Evaluation(metrics, encoders, run_id)
+
+
 def attach_evaluation(version, evaluation: Evaluation) -> None:
     registry = client()
     for key, value in _evaluation_tags(evaluation).items():
@@ -295,12 +315,9 @@ class Promotion:
         return all(check.passed for check in self.checks)
 
 
-def promote(
-    name: str, version: str, config: GateConfig | None = None, force: bool = False, reason: str | None = None
-) -> Promotion:
-    """Make ``version`` the challenger; if it passes the gate (or is forced), the champion."""
-    if force and not (reason and reason.strip()):
-        raise DreamloomError("--force needs --reason TEXT: overriding the gate is recorded with its reason")
+def judge(name: str, version: str, config: GateConfig | None = None) -> Promotion:
+    """Make ``version`` the challenger and hold it against the champion; moves nothing else.
+    ``previous_champion == version`` means it already is the champion (nothing to judge)."""
     registry = client()
     challenger = resolve(name, version)
     registry.set_registered_model_alias(name, CHALLENGER, str(challenger.version))
@@ -308,9 +325,20 @@ def promote(
     if champion is not None and champion.version == challenger.version:
         return Promotion(name, str(challenger.version), str(champion.version), [], moved=False)
     checks = gate(evaluated(challenger), evaluated(champion) if champion else None, config or GateConfig())
-    result = Promotion(name, str(challenger.version), champion and str(champion.version), checks, moved=False)
-    if not result.passed and not force:
+    return Promotion(name, str(challenger.version), champion and str(champion.version), checks, moved=False)
+
+
+def promote(
+    name: str, version: str, config: GateConfig | None = None, force: bool = False, reason: str | None = None
+) -> Promotion:
+    """Make ``version`` the challenger; if it passes the gate (or is forced), the champion."""
+    if force and not (reason and reason.strip()):
+        raise DreamloomError("--force needs --reason TEXT: overriding the gate is recorded with its reason")
+    registry = client()
+    result = judge(name, version, config)
+    if result.previous_champion == result.version or (not result.passed and not force):
         return result
+    challenger, champion = resolve(name, result.version), _alias(registry, name, CHAMPION)
     _set_champion(registry, name, str(challenger.version), champion)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     registry.set_model_version_tag(name, str(challenger.version), "dreamloom.promoted_at", stamp)

@@ -1,0 +1,16 @@
+from kfp import dsl
+
+from components._image import COMPONENT
+
+
+@dsl.component(**COMPONENT)
+def promote(name: str, version: str, gate_config: dict) -> str:
+    """Move the champion alias to the version (the gate is applied again: nothing moves past it)."""
+    from dreamloom.errors import DreamloomError
+    from dreamloom.registry import GateConfig
+    from dreamloom.registry import promote as promote_version
+
+    result = promote_version(name, version, GateConfig.parse(gate_config))
+    if not result.passed:
+        raise DreamloomError(f"{name} v{version} no longer passes the gate; the champion stays")
+    return f"{name}@champion"

@@ -1,0 +1,67 @@
+"""``dreamloom pipeline``: compile, run locally, submit to Kubeflow Pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_commands(commands) -> None:
+    command = commands.add_parser("pipeline", help="the personalize pipeline (Kubeflow Pipelines)")
+    actions = command.add_subparsers(title="actions", metavar="ACTION")
+    compile_ = actions.add_parser("compile", help="write the pipeline YAML to upload to the KFP UI")
+    compile_.add_argument("--out", type=Path, help="default: pipelines/personalize.yaml")
+    compile_.set_defaults(handler=_compile)
+    for name, helps in (("run", "run it on this machine (KFP local runner)"), ("submit", "run it on a KFP backend")):
+        action = actions.add_parser(name, help=helps)
+        action.add_argument("config", type=Path, help="run config YAML (without output)")
+        action.add_argument("--model-name", required=True, help="the registered model the version goes to")
+        action.add_argument("--gate", type=Path, help="gate config YAML (metrics, thresholds, tolerance)")
+        action.add_argument("--triton-url", help="deploy to this Triton after promotion")
+        action.add_argument("--serving-store", help="the serving store the Triton server reads")
+        action.add_argument("--eval-steps", type=int)
+        action.add_argument("--eval-images-per-prompt", type=int)
+        if name == "run":
+            action.add_argument("--local", action="store_true", required=True, help="run with KFP's local runner")
+            action.set_defaults(handler=_run)
+        else:
+            action.add_argument("--host", required=True, help="KFP API address, e.g. http://localhost:8080")
+            action.add_argument("--experiment", default="dreamloom")
+            action.add_argument("--version-name", help="also upload the compiled YAML as this pipeline version")
+            action.set_defaults(handler=_submit)
+
+
+def _compile(args) -> None:
+    from pipelines.personalize import COMPILED, compile_pipeline
+
+    print(f"compiled {compile_pipeline(args.out or COMPILED)}")
+
+
+def _arguments(args) -> dict:
+    import yaml
+
+    from pipelines.runner import pipeline_arguments
+
+    gate = yaml.safe_load(args.gate.read_text()) if args.gate else None
+    return pipeline_arguments(
+        args.config,
+        args.model_name,
+        gate_config=gate,
+        triton_url=args.triton_url,
+        serving_store=args.serving_store,
+        eval_steps=args.eval_steps,
+        eval_images_per_prompt=args.eval_images_per_prompt,
+    )
+
+
+def _run(args) -> None:
+    from pipelines.runner import run_local
+
+    root = run_local(_arguments(args))
+    print(f"pipeline finished; each step's outputs are under {root}")
+
+
+def _submit(args) -> None:
+    from pipelines.runner import submit
+
+    run_id = submit(args.host, _arguments(args), args.experiment, version_name=args.version_name)
+    print(f"submitted run {run_id} to {args.host} (experiment {args.experiment})")

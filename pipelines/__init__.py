@@ -1,0 +1,1 @@
+"""Kubeflow pipelines built from ``components/``; their compiled YAML sits beside them for upload."""

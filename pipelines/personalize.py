@@ -1,0 +1,78 @@
+"""The personalize pipeline: prepare -> train -> evaluate -> register -> gate -> promote -> deploy.
+
+Submit it from the KFP UI (upload ``personalize.yaml``) or run it with ``dreamloom pipeline run
+--local CONFIG`` / ``dreamloom pipeline submit --host URL CONFIG``. Steps with side effects are
+never cached; steps that talk to MLflow or Triton retry; credentials come from Kubernetes secrets
+(``dreamloom-mlflow``, ``dreamloom-object-store``), never from parameters; training asks for a GPU
+and tolerates GPU-node taints.
+"""
+
+from pathlib import Path
+
+from kfp import dsl, kubernetes
+
+from components import deploy, evaluate, gate, prepare_data, promote, register, train
+
+COMPILED = Path(__file__).with_name("personalize.yaml")
+MLFLOW_SECRET = "dreamloom-mlflow"
+OBJECT_STORE_SECRET = "dreamloom-object-store"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+# Helpers come first: KFP builds the pipeline graph when the decorator runs.
+def _talks_to_services(task: dsl.PipelineTask, retries: int = 3) -> dsl.PipelineTask:
+    """No caching (side effects), retries with backoff, and the service credentials as env."""
+    task.set_caching_options(False)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
+    kubernetes.use_secret_as_env(
+        task, MLFLOW_SECRET, {"tracking-uri": "MLFLOW_TRACKING_URI", "username": "MLFLOW_TRACKING_USERNAME",
+                              "password": "MLFLOW_TRACKING_PASSWORD"}, optional=True,
+    )  # fmt: skip
+    kubernetes.use_secret_as_env(
+        task, OBJECT_STORE_SECRET, {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY",
+                                    "endpoint": "MLFLOW_S3_ENDPOINT_URL"}, optional=True,
+    )  # fmt: skip
+    return task
+
+
+def _on_gpu_nodes(task: dsl.PipelineTask) -> None:
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_cpu_request("4").set_memory_request("32G")
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+
+
+@dsl.pipeline(name="dreamloom-personalize", description="Teach a base model a concept, gate it, serve it.")
+def personalize(
+    config: dict,
+    model_name: str,
+    gate_config: dict = {},  # noqa: B006 (KFP parameters are literals)
+    triton_url: str = "",
+    serving_store: str = "",
+    eval_images_per_prompt: int = 4,
+    eval_steps: int = 25,
+):
+    prepared = prepare_data(config=config)
+    trained = _talks_to_services(
+        train(config=config, dataset_hash=prepared.outputs["Output"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+        retries=0,
+    )
+    _on_gpu_nodes(trained)
+    judged = _talks_to_services(
+        evaluate(model=trained.outputs["model"], images_per_prompt=eval_images_per_prompt, steps=eval_steps)
+    )
+    registered = _talks_to_services(
+        register(model=trained.outputs["model"], name=model_name, eval_run_id=judged.outputs["Output"])
+    )
+    verdict = _talks_to_services(gate(name=model_name, version=registered.output, gate_config=gate_config))
+    with dsl.If(verdict.output == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
+        promoted = _talks_to_services(promote(name=model_name, version=registered.output, gate_config=gate_config))
+        with dsl.If(triton_url != "", name="serving-configured"):
+            _talks_to_services(deploy(reference=promoted.output, triton_url=triton_url, store=serving_store))
+
+
+def compile_pipeline(path: Path = COMPILED) -> Path:
+    from kfp import compiler
+
+    compiler.Compiler().compile(personalize, str(path))
+    return path

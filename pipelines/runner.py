@@ -1,0 +1,53 @@
+"""Running the personalize pipeline: on this machine with KFP's local runner, or on a KFP backend."""
+
+import os
+from pathlib import Path
+
+import yaml
+
+from dreamloom.errors import DreamloomError
+
+
+def pipeline_arguments(config_file: Path, model_name: str, **extra) -> dict:
+    """The pipeline's arguments from a run-config YAML (validated now, before anything runs)."""
+    from dreamloom.config import pipeline_run_config
+    from dreamloom.registry import GateConfig
+
+    if not Path(config_file).is_file():
+        raise DreamloomError(f"run config {config_file} does not exist")
+    document = yaml.safe_load(Path(config_file).read_text()) or {}
+    document.pop("output", None)  # the pipeline chooses where artifacts go
+    pipeline_run_config(document, output="validation-only")
+    if extra.get("gate_config") is not None:
+        GateConfig.parse(extra["gate_config"])
+    return {"config": document, "model_name": model_name, **{k: v for k, v in extra.items() if v is not None}}
+
+
+def run_local(arguments: dict, root: Path | None = None) -> Path:
+    """Run every step in subprocesses of this Python (offline); returns the folder of their outputs."""
+    from kfp import local
+
+    from dreamloom.settings import apply_quiet_defaults, tracking_uri, work_dir
+    from pipelines.personalize import personalize
+
+    apply_quiet_defaults()
+    os.environ.setdefault("DREAMLOOM_HOME", str(work_dir()))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri())  # every step must see the same store
+    root = Path(root or work_dir() / "kfp-local")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    personalize(**arguments)
+    return root
+
+
+def submit(host: str, arguments: dict, experiment: str, package: Path | None = None, version_name: str | None = None):
+    """Upload the compiled pipeline as a new version (if named) and start a run on a KFP backend."""
+    import kfp
+
+    from pipelines.personalize import COMPILED
+
+    package = Path(package or COMPILED)
+    client = kfp.Client(host=host)
+    if version_name:
+        client.upload_pipeline_version(str(package), version_name, pipeline_name="dreamloom-personalize")
+    run = client.create_run_from_pipeline_package(str(package), arguments=arguments, experiment_name=experiment)
+    return run.run_id

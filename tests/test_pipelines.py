@@ -1,0 +1,211 @@
+"""The Kubeflow components and the personalize pipeline: compiled IR, components called directly,
+and whole runs with KFP's local runner (a real local Ray, MLflow on SQLite, a real tritonserver)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp.dsl import Dataset
+
+from components import gate, prepare_data
+from dreamloom.errors import DreamloomError
+from pipelines.personalize import COMPILED, compile_pipeline
+from tests.helpers import draw_images
+
+SIDE_EFFECT_TASKS = ("train", "evaluate", "register", "gate", "promote", "deploy")
+
+
+def _run_config(photos: Path) -> dict:
+    return {
+        "method": "lora",
+        "base_model": "tiny",
+        "data": {"path": str(photos), "instance_prompt": "a photo of sks ball", "resolution": 64},
+        "training": {"steps": 4, "batch_size": 2, "checkpoint_every": 0},
+        "validation": {"steps": 2, "images_per_prompt": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "personalize.yaml")
+    return {"text": path.read_text(), "documents": list(yaml.safe_load_all(path.read_text()))}
+
+
+def test_the_checked_in_pipeline_yaml_is_what_the_code_compiles(compiled):
+    assert COMPILED.read_text() == compiled["text"], (
+        "pipelines/personalize.yaml is stale: run dreamloom pipeline compile"
+    )
+
+
+def test_the_pipeline_is_kfp_ir_2_1_with_the_steps_in_order(compiled):
+    spec = compiled["documents"][0]
+    assert spec["schemaVersion"] == "2.1.0" and spec["pipelineInfo"]["name"] == "dreamloom-personalize"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["train"]["dependentTasks"] == ["prepare-data"]
+    assert tasks["register"]["dependentTasks"] == ["evaluate", "train"]
+    condition = tasks["condition-1"]["triggerPolicy"]["condition"]
+    assert "gate" in condition and "true" in condition
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) >= {"config", "model_name", "gate_config", "triton_url"}
+
+
+def test_side_effect_steps_are_not_cached_and_service_steps_retry(compiled):
+    spec = compiled["documents"][0]
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for condition in ("condition-1",):
+        tasks |= spec["components"][f"comp-{condition}"]["dag"]["tasks"]
+    tasks |= spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    for name in SIDE_EFFECT_TASKS:
+        assert tasks[name]["cachingOptions"] == {}, name  # enableCache absent: off
+        if name != "train":
+            assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3, name
+    assert tasks["prepare-data"]["cachingOptions"] == {"enableCache": True}
+
+
+def test_training_asks_for_a_gpu_and_tolerates_gpu_nodes(compiled):
+    spec, platform = compiled["documents"]
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "1"
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
+
+
+def test_credentials_come_from_secrets_and_never_from_parameters(compiled):
+    spec, platform = compiled["documents"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in SIDE_EFFECT_TASKS:
+        secrets = {s["secretName"]: s for s in executors[f"exec-{name}"]["secretAsEnv"]}
+        env = {entry["envVar"] for entry in secrets["dreamloom-mlflow"]["keyToEnv"]}
+        assert "MLFLOW_TRACKING_URI" in env
+        assert "AWS_SECRET_ACCESS_KEY" in {e["envVar"] for e in secrets["dreamloom-object-store"]["keyToEnv"]}
+    parameters = json.dumps(spec["root"]["inputDefinitions"]).lower()
+    assert "password" not in parameters and "secret" not in parameters
+
+
+def test_components_run_in_the_dreamloom_image(compiled):
+    spec = compiled["documents"][0]
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert executor["container"]["image"].startswith("ghcr.io/dreamloom/dreamloom:")
+        assert "pip install" not in " ".join(executor["container"]["command"])
+
+
+# ----- components called directly -----
+
+
+def test_prepare_data_refuses_bad_images_before_any_compute(tmp_path):
+    photos = draw_images(tmp_path / "photos", count=3)
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    dataset = Dataset(uri=str(tmp_path / "out" / "dataset"))
+    with pytest.raises(DreamloomError, match=r"broken\.png"):
+        prepare_data.python_func(config=_run_config(photos), dataset=dataset)
+    assert not Path(dataset.path).exists()
+
+
+def test_prepare_data_refuses_an_output_chosen_by_the_user(tmp_path):
+    config = {**_run_config(draw_images(tmp_path / "photos")), "output": "somewhere"}
+    with pytest.raises(DreamloomError, match="remove `output`"):
+        prepare_data.python_func(config=config, dataset=Dataset(uri=str(tmp_path / "dataset")))
+
+
+def test_prepare_data_returns_the_dataset_hash(tmp_path):
+    path = tmp_path / "out"
+    path.mkdir()
+    dataset = Dataset(uri=str(path / "dataset"))
+    digest = prepare_data.python_func(config=_run_config(draw_images(tmp_path / "photos")), dataset=dataset)
+    assert json.loads(Path(dataset.path).read_text())["hash"] == digest and dataset.metadata["images"] == 4
+
+
+def test_the_gate_component_judges_without_moving_the_champion(tmp_path):
+    from dreamloom.registry import Evaluation, register, resolve
+    from dreamloom.training.launcher import train_in_process
+    from tests.helpers import run_config
+
+    artifact = train_in_process(run_config(draw_images(tmp_path / "photos"), tmp_path / "lora", training__steps=1))
+    evaluation = Evaluation({"clip_t": 0.3, "clip_i": 0.5, "dino": 0.4}, ("tiny-clip", "tiny-dino"))
+    version = str(register(artifact, "gated", evaluation).version)
+    assert gate.python_func(name="gated", version=version, gate_config={}) is True
+    assert gate.python_func(name="gated", version=version, gate_config={"thresholds": {"dino": 0.9}}) is False
+    assert str(resolve("gated@challenger").version) == version
+    with pytest.raises(DreamloomError):
+        resolve("gated@champion")
+    with pytest.raises(DreamloomError, match="gate config"):
+        gate.python_func(name="gated", version=version, gate_config={"thresholds": "high"})
+
+
+# ----- whole runs with KFP's local runner -----
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    from dreamloom.serving.repository import ServingStore
+    from dreamloom.serving.server import TritonServer, free_port
+
+    store = ServingStore(tmp_path_factory.mktemp("pipeline-serving") / "store")
+    store.ensure_model("dreamloom", "tiny")
+    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    server.start(timeout_s=300)
+    yield server, store
+    server.stop()
+
+
+def _arguments(tmp_path: Path, name: str, **extra) -> dict:
+    from pipelines.runner import pipeline_arguments
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(_run_config(draw_images(tmp_path / "photos", count=4, captions=True))))
+    return pipeline_arguments(config_file, name, eval_steps=2, eval_images_per_prompt=2, **extra)
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_locally_end_to_end_and_deploys_when_the_gate_passes(tmp_path, triton):
+    from dreamloom.registry import resolve
+    from dreamloom.serving.client import ServingClient
+    from dreamloom.serving.protocol import ImageRequest
+    from pipelines.runner import run_local
+
+    server, store = triton
+    arguments = _arguments(tmp_path, "ball", triton_url=server.http_url, serving_store=str(store.root))
+    root = run_local(arguments, tmp_path / "kfp")
+    assert str(resolve("ball@champion").version) == "1"
+    assert store.latest_routes("dreamloom").resolve("ball@champion")[0] == "ball/1"
+    with ServingClient(server.http_url) as client:
+        image = client.generate(ImageRequest("a photo of sks ball", adapter="ball@champion", steps=2))
+    assert image.shape == (64, 64, 3)
+    samples = next(root.rglob("evaluate/samples"))
+    assert samples.read_text().count('src="data:image/png;base64,') >= 2
+    metrics = json.loads(next(root.rglob("evaluate/executor_output.json")).read_text())
+    assert {"clip_t", "clip_i", "dino"} <= set(json.dumps(metrics).replace('"', " ").split())
+
+
+@pytest.mark.slow
+def test_a_refusing_gate_stops_the_pipeline_before_promotion_and_deploy(tmp_path, triton):
+    from dreamloom.registry import resolve
+    from pipelines.runner import run_local
+
+    server, store = triton
+    before = store.versions("dreamloom")
+    arguments = _arguments(tmp_path, "refused", gate_config={"thresholds": {"dino": 5.0}},
+                           triton_url=server.http_url, serving_store=str(store.root))  # fmt: skip
+    root = run_local(arguments, tmp_path / "kfp")
+    assert str(resolve("refused@challenger").version) == "1"
+    with pytest.raises(DreamloomError):
+        resolve("refused@champion")
+    assert store.versions("dreamloom") == before
+    assert not list(root.rglob("promote")) and not list(root.rglob("deploy"))
+
+
+def test_bad_pipeline_arguments_are_refused_before_anything_runs(tmp_path):
+    from pipelines.runner import pipeline_arguments
+
+    with pytest.raises(DreamloomError, match="does not exist"):
+        pipeline_arguments(tmp_path / "missing.yaml", "x")
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({**_run_config(tmp_path), "method": "magic"}))
+    with pytest.raises(DreamloomError, match="method"):
+        pipeline_arguments(config_file, "x")
+    config_file.write_text(yaml.safe_dump(_run_config(tmp_path)))
+    with pytest.raises(DreamloomError, match="gate config"):
+        pipeline_arguments(config_file, "x", gate_config={"tolerance": "lots"})
