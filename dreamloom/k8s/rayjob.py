@@ -1,0 +1,123 @@
+"""The RayJob that trains a run on KubeRay: a CPU head, a GPU worker group sized from the run
+config, the run config handed to the entrypoint, the cluster shut down when the job ends.
+
+Rendered as a plain dict and validated against KubeRay's CRD before anything talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from dreamloom.config import RunConfig
+from dreamloom.errors import DreamloomError
+from dreamloom.settings import container_image
+
+API_VERSION, KIND = "ray.io/v1", "RayJob"
+GPU = "nvidia.com/gpu"
+CONFIG_ENV = "DREAMLOOM_RUN_CONFIG"
+DATA_MOUNT = "/data"
+
+
+@dataclass(frozen=True)
+class RayJobSettings:
+    namespace: str = "dreamloom"
+    image: str = field(default_factory=container_image)
+    service_account: str = "dreamloom-trainer"
+    data_claim: str = "dreamloom-data"  # a ReadWriteMany PVC at /data on head and workers: data and artifacts
+    worker_cpu: str = "8"
+    worker_memory: str = "48Gi"
+    head_cpu: str = "2"
+    head_memory: str = "8Gi"
+    backoff_limit: int = 2  # retries of the whole job (each on a fresh cluster)
+    active_deadline_seconds: int = 48 * 3600
+    ttl_seconds_after_finished: int = 3600
+    secrets: tuple[str, ...] = ("dreamloom-mlflow", "dreamloom-object-store")
+    ray_version: str = "2.60.0"
+
+
+def job_name(config: RunConfig) -> str:
+    """A DNS-1123 name for the run (RayJob names become Service names: at most 47 characters)."""
+    name = re.sub(r"[^a-z0-9]+", "-", config.effective_run_name.lower()).strip("-")
+    if not name:
+        raise DreamloomError(f"run name {config.effective_run_name!r} has no letters or digits to name a RayJob with")
+    return f"dl-{name}"[:47].rstrip("-")
+
+
+def render_rayjob(config: RunConfig, settings: RayJobSettings = RayJobSettings()) -> dict:
+    gpus = int(config.scaling.gpus_per_worker)
+    if config.scaling.gpus_per_worker and config.scaling.gpus_per_worker != gpus:
+        raise DreamloomError("on KubeRay, scaling.gpus_per_worker must be a whole number of GPUs")
+    workers = config.scaling.workers
+    document = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": job_name(config),
+            "namespace": settings.namespace,
+            "labels": {"app.kubernetes.io/part-of": "dreamloom", "dreamloom.ai/method": config.method},
+        },
+        "spec": {
+            "entrypoint": "python -m dreamloom.training.entrypoint",
+            "runtimeEnvYAML": json.dumps({"env_vars": {CONFIG_ENV: config.model_dump_json()}}),
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+            "backoffLimit": settings.backoff_limit,
+            "activeDeadlineSeconds": settings.active_deadline_seconds,
+            "submissionMode": "K8sJobMode",
+            "rayClusterSpec": {
+                "rayVersion": settings.ray_version,
+                "headGroupSpec": {
+                    "rayStartParams": {"num-gpus": "0"},
+                    "template": _pod(settings, "ray-head", settings.head_cpu, settings.head_memory, 0),
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "gpu-workers" if gpus else "cpu-workers",
+                        "replicas": workers,
+                        "minReplicas": workers,
+                        "maxReplicas": workers,
+                        "rayStartParams": {},
+                        "template": _pod(settings, "ray-worker", settings.worker_cpu, settings.worker_memory, gpus),
+                    }
+                ],
+            },
+        },
+    }
+    from dreamloom.k8s.schemas import validate_custom_resource
+
+    validate_custom_resource(document)
+    return document
+
+
+def _pod(settings: RayJobSettings, container: str, cpu: str, memory: str, gpus: int) -> dict:
+    resources = {"cpu": cpu, "memory": memory, **({GPU: str(gpus)} if gpus else {})}
+    spec = {
+        "serviceAccountName": settings.service_account,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": container,
+                "image": settings.image,
+                "resources": {"requests": resources, "limits": resources},
+                "envFrom": [{"secretRef": {"name": secret, "optional": True}} for secret in settings.secrets],
+                "env": [{"name": "DREAMLOOM_HOME", "value": f"{DATA_MOUNT}/dreamloom"}],
+                "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "shm", "mountPath": "/dev/shm"}],
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+        "volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": settings.data_claim}},
+            {"name": "shm", "emptyDir": {"medium": "Memory"}},  # NCCL and dataloaders need more than 64 MiB
+        ],
+    }
+    if gpus:
+        spec["tolerations"] = [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]
+        spec["nodeSelector"] = {"nvidia.com/gpu.present": "true"}
+    return {"spec": spec}
