@@ -1,6 +1,7 @@
 """Running the personalize pipeline: on this machine with KFP's local runner, or on a KFP backend."""
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -31,12 +32,27 @@ def run_local(arguments: dict, root: Path | None = None) -> Path:
     from pipelines.personalize import personalize
 
     apply_quiet_defaults()
-    os.environ.setdefault("DREAMLOOM_HOME", str(work_dir()))
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri())  # every step must see the same store
     root = Path(root or work_dir() / "kfp-local")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    personalize(**arguments)
+    # Every step (a subprocess) must see this process's work folder and MLflow store.
+    with _environment(DREAMLOOM_HOME=str(work_dir()), MLFLOW_TRACKING_URI=tracking_uri()):
+        personalize(**arguments)
     return root
+
+
+@contextmanager
+def _environment(**values: str):
+    """``values`` in os.environ for the block only (the steps inherit them; callers keep theirs)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def submit(host: str, arguments: dict, experiment: str, package: Path | None = None, version_name: str | None = None):

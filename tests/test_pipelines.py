@@ -4,6 +4,7 @@ and whole runs with KFP's local runner (a real local Ray, MLflow on SQLite, a re
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,7 @@ def test_a_refusing_gate_stops_the_pipeline_before_promotion_and_deploy(tmp_path
     arguments = _arguments(tmp_path, "refused", gate_config={"thresholds": {"dino": 5.0}},
                            triton_url=server.http_url, serving_store=str(store.root))  # fmt: skip
     root = run_local(arguments, tmp_path / "kfp")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the steps saw it; the caller's environment is untouched
     assert str(resolve("refused@challenger").version) == "1"
     with pytest.raises(DreamloomError):
         resolve("refused@champion")

@@ -18,7 +18,12 @@ __all__ = ["EXPERIMENT", "METRICS", "EvalResult", "EvalSettings", "evaluate", "e
 
 
 def subject_of(manifest: ArtifactManifest) -> str:
-    """The phrase naming the concept: the instance prompt without its "a photo of" lead-in."""
+    """The phrase naming the concept: the trigger and its class word ("sks shoe") when the instance
+    prompt has them, else the instance prompt without its "a photo of" lead-in."""
+    if manifest.trigger_token:
+        named = re.search(rf"\b{re.escape(manifest.trigger_token)}\s+\w+", manifest.instance_prompt)
+        if named:
+            return named.group(0)
     subject = _LEAD_IN.sub("", manifest.instance_prompt).strip()
     subject = subject or manifest.trigger_token or ""
     if not subject:
@@ -36,10 +41,20 @@ def settings_for(manifest: ArtifactManifest, **overrides) -> EvalSettings:
     settings = EvalSettings(
         subject=subject_of(manifest) if not overrides.get("subject") else overrides["subject"],
         kind="style" if style else "object",
+        prompts=_default_prompts(manifest.base_model.get("spec", "")),
         clip_encoder=clip,
         dino_encoder=dino,
     )
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _default_prompts(base_spec: str) -> tuple[str, ...]:
+    """The toy base is judged in settings its world has (photo templates mean nothing to it)."""
+    if base_spec == "toy":
+        from dreamloom.toy.concepts import EVALUATION_PROMPTS
+
+        return EVALUATION_PROMPTS
+    return ()
 
 
 def evaluate_artifact(artifact: Path, references: Path | None = None, **overrides) -> tuple[EvalResult, EvalSettings]:
