@@ -190,8 +190,9 @@ def test_a_refusing_gate_stops_the_pipeline_before_promotion_and_deploy(tmp_path
     before = store.versions("dreamloom")
     arguments = _arguments(tmp_path, "refused", gate_config={"thresholds": {"dino": 5.0}},
                            triton_url=server.http_url, serving_store=str(store.root))  # fmt: skip
+    callers = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "DREAMLOOM_HOME")}
     root = run_local(arguments, tmp_path / "kfp")
-    assert "MLFLOW_TRACKING_URI" not in os.environ  # the steps saw it; the caller's environment is untouched
+    assert {name: os.environ.get(name) for name in callers} == callers  # the steps saw them; the caller keeps its own
     assert str(resolve("refused@challenger").version) == "1"
     with pytest.raises(DreamloomError):
         resolve("refused@champion")

@@ -98,7 +98,10 @@ def _cli(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
 
 def test_a_killed_driver_is_resumed_by_rerunning_with_resume(tmp_path):
     photos = draw_images(tmp_path / "photos", count=4)
-    env = {**os.environ, "DREAMLOOM_HOME": str(tmp_path / "home")}  # its own Ray and MLflow
+    # Its own Ray and MLflow: mlflow.set_tracking_uri() in earlier tests exports MLFLOW_TRACKING_URI.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
+        "DREAMLOOM_HOME": str(tmp_path / "home")
+    }
     args = [
         "train", "--method", "lora", "--base-model", "tiny", "--data", str(photos),
         "--instance-prompt", "a photo of sks ball", "--resolution", "64", "--steps", str(STEPS),
