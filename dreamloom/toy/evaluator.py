@@ -194,19 +194,33 @@ def classifier_accuracy(
     model: AttributeClassifier, count: int = 2000, seed: int = 12345, shapes=world.SHAPES, textures=world.TEXTURES
 ) -> dict[str, float]:
     rng = random.Random(seed)
-    correct = {name: 0 for name in ATTRIBUTES}
-    totals = {name: 0 for name in ATTRIBUTES}
+    tally = AttributeTally()
     for start in range(0, count, 200):
         scenes, pixels = _scene_batch(rng, min(200, count - start), shapes, textures)
-        predictions = {name: out.argmax(-1) for name, out in model(pixels).items()}
+        tally.add(model(pixels), scenes)
+    return tally.accuracy()
+
+
+class AttributeTally:
+    """Per-attribute accuracy of classifier outputs against the scenes drawn (a pair of objects
+    has no position, so position is not counted for it)."""
+
+    def __init__(self):
+        self.correct = {name: 0 for name in ATTRIBUTES}
+        self.totals = {name: 0 for name in ATTRIBUTES}
+
+    def add(self, outputs: dict[str, torch.Tensor], scenes: list[world.Scene]) -> None:
+        predictions = {name: out.argmax(-1) for name, out in outputs.items()}
         for index, scene in enumerate(scenes):
             truth = labels(scene)
             for name in ATTRIBUTES:
                 if name == "position" and scene.count == 2:
                     continue
-                totals[name] += 1
-                correct[name] += int(predictions[name][index] == truth[name])
-    return {name: correct[name] / totals[name] for name in ATTRIBUTES}
+                self.totals[name] += 1
+                self.correct[name] += int(predictions[name][index] == truth[name])
+
+    def accuracy(self) -> dict[str, float]:
+        return {name: self.correct[name] / self.totals[name] for name in ATTRIBUTES}
 
 
 @torch.no_grad()

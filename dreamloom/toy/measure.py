@@ -15,7 +15,7 @@ from PIL import Image
 from dreamloom.toy import world
 from dreamloom.toy.concepts import EVALUATION_PROMPTS
 from dreamloom.toy.encoders import named_attributes
-from dreamloom.toy.evaluator import ATTRIBUTES, labels, load, to_pixels
+from dreamloom.toy.evaluator import ATTRIBUTES, AttributeTally, load, to_pixels
 
 GROUPS = ("shape", "colour", "background", "texture")
 
@@ -28,20 +28,12 @@ def prompt_following(
     classifier, _ = load()
     rng = random.Random(seed)
     scenes = [world.random_scene(rng) for _ in range(count)]
-    correct = {name: 0 for name in ATTRIBUTES}
-    totals = {name: 0 for name in ATTRIBUTES}
+    tally = AttributeTally()
     for start in range(0, count, 10):
         chunk = scenes[start : start + 10]
         images = _render(pipe, [scene.caption() for scene in chunk], seed + start, steps, guidance)
-        predictions = {name: out.argmax(-1) for name, out in classifier(to_pixels(images)).items()}
-        for index, scene in enumerate(chunk):
-            truth = labels(scene)
-            for name in ATTRIBUTES:
-                if name == "position" and scene.count == 2:
-                    continue
-                totals[name] += 1
-                correct[name] += int(predictions[name][index] == truth[name])
-    accuracy = {name: correct[name] / totals[name] for name in ATTRIBUTES}
+        tally.add(classifier(to_pixels(images)), chunk)
+    accuracy = tally.accuracy()
     accuracy["overall"] = sum(accuracy[name] for name in GROUPS) / len(GROUPS)
     return accuracy
 
