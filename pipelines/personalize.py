@@ -12,11 +12,12 @@ from pathlib import Path
 from kfp import dsl, kubernetes
 
 from components import deploy, evaluate, gate, prepare_data, promote, register, train
+from dreamloom.k8s.rayjob import RayJobSettings
+from dreamloom.k8s.secrets import SECRET_ENV
 
 COMPILED = Path(__file__).with_name("personalize.yaml")
-MLFLOW_SECRET = "dreamloom-mlflow"
-OBJECT_STORE_SECRET = "dreamloom-object-store"
 GPU_RESOURCE = "nvidia.com/gpu"
+DATA_CLAIM = RayJobSettings.data_claim
 
 
 # Helpers come first: KFP builds the pipeline graph when the decorator runs.
@@ -25,21 +26,18 @@ def _talks_to_services(task: dsl.PipelineTask, retries: int = 3) -> dsl.Pipeline
     task.set_caching_options(False)
     if retries:
         task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
-    kubernetes.use_secret_as_env(
-        task, MLFLOW_SECRET, {"tracking-uri": "MLFLOW_TRACKING_URI", "username": "MLFLOW_TRACKING_USERNAME",
-                              "password": "MLFLOW_TRACKING_PASSWORD"}, optional=True,
-    )  # fmt: skip
-    kubernetes.use_secret_as_env(
-        task, OBJECT_STORE_SECRET, {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY",
-                                    "endpoint": "MLFLOW_S3_ENDPOINT_URL"}, optional=True,
-    )  # fmt: skip
+    for secret, keys in SECRET_ENV.items():
+        kubernetes.use_secret_as_env(task, secret, keys, optional=True)
     return task
 
 
-def _on_gpu_nodes(task: dsl.PipelineTask) -> None:
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+def _on_gpu_nodes(task: dsl.PipelineTask, gpus) -> None:
+    """``gpus`` is a pipeline parameter: 0 when a Ray cluster (not this pod) does the training."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     task.set_cpu_request("4").set_memory_request("32G")
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    # The kuberay launcher stages images here for the RayJob's pods, which mount the same claim.
+    kubernetes.mount_pvc(task, pvc_name=DATA_CLAIM, mount_path=RayJobSettings.data_mount)
 
 
 @dsl.pipeline(name="dreamloom-personalize", description="Teach a base model a concept, gate it, serve it.")
@@ -51,13 +49,22 @@ def personalize(
     serving_store: str = "",
     eval_images_per_prompt: int = 4,
     eval_steps: int = 25,
+    launcher: str = "local",
+    ray_address: str = "",
+    train_gpus: str = "1",
 ):
     prepared = prepare_data(config=config)
     trained = _talks_to_services(
-        train(config=config, dataset_hash=prepared.outputs["Output"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+        train(
+            config=config,
+            dataset_hash=prepared.outputs["Output"],
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            launcher=launcher,
+            ray_address=ray_address,
+        ),
         retries=0,
     )
-    _on_gpu_nodes(trained)
+    _on_gpu_nodes(trained, train_gpus)
     judged = _talks_to_services(
         evaluate(model=trained.outputs["model"], images_per_prompt=eval_images_per_prompt, steps=eval_steps)
     )

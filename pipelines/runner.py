@@ -13,6 +13,7 @@ def pipeline_arguments(config_file: Path, model_name: str, **extra) -> dict:
     """The pipeline's arguments from a run-config YAML (validated now, before anything runs)."""
     from dreamloom.config import pipeline_run_config
     from dreamloom.registry import GateConfig
+    from dreamloom.training.launcher import LAUNCHERS
 
     if not Path(config_file).is_file():
         raise DreamloomError(f"run config {config_file} does not exist")
@@ -21,6 +22,11 @@ def pipeline_arguments(config_file: Path, model_name: str, **extra) -> dict:
     pipeline_run_config(document, output="validation-only")
     if extra.get("gate_config") is not None:
         GateConfig.parse(extra["gate_config"])
+    launcher = extra.get("launcher") or "local"
+    if launcher not in LAUNCHERS:
+        raise DreamloomError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    if launcher != "local" and extra.get("train_gpus") is None:
+        extra["train_gpus"] = "0"  # the Ray cluster holds the GPUs; the train step only submits and waits
     return {"config": document, "model_name": model_name, **{k: v for k, v in extra.items() if v is not None}}
 
 

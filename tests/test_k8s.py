@@ -12,8 +12,10 @@ import pytest
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
-from dreamloom.k8s.rayjob import CONFIG_ENV, GPU, RayJobSettings, job_name, render_rayjob
+from dreamloom.k8s.rayjob import GPU, RayJobSettings, job_name, render_rayjob
 from dreamloom.k8s.schemas import validate_custom_resource
+from dreamloom.k8s.secrets import SECRET_ENV
+from dreamloom.training.entrypoint import CONFIG_ENV, RESUME_ENV
 from tests.helpers import run_config
 
 
@@ -39,7 +41,8 @@ def test_the_rayjob_shuts_down_retries_and_has_deadlines(gpu_config):
     spec = render_rayjob(gpu_config, RayJobSettings(backoff_limit=4, active_deadline_seconds=7200))["spec"]
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
     assert spec["backoffLimit"] == 4 and spec["activeDeadlineSeconds"] == 7200
-    assert json.loads(spec["runtimeEnvYAML"])["env_vars"][CONFIG_ENV] == gpu_config.model_dump_json()
+    env = json.loads(spec["runtimeEnvYAML"])["env_vars"]
+    assert env[CONFIG_ENV] == gpu_config.model_dump_json() and env[RESUME_ENV] == "auto"
 
 
 def test_every_container_runs_hardened_with_the_service_account_and_secret_references(gpu_config):
@@ -51,8 +54,11 @@ def test_every_container_runs_hardened_with_the_service_account_and_secret_refer
         (container,) = pod["containers"]
         assert container["image"] == "registry.example/dl:1"
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-        assert all("secretRef" in source for source in container["envFrom"])
-    assert "password" not in json.dumps(job).lower()
+        from_secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        tracking = {"name": "dreamloom-mlflow", "key": "tracking-uri", "optional": True}
+        assert from_secrets["MLFLOW_TRACKING_URI"] == tracking
+        assert set(from_secrets) == {env for keys in SECRET_ENV.values() for env in keys.values()}
+        assert [e["name"] for e in container["env"] if "value" in e] == ["DREAMLOOM_HOME"]
 
 
 def test_a_cpu_run_renders_without_gpus(tmp_path):

@@ -65,13 +65,27 @@ def test_side_effect_steps_are_not_cached_and_service_steps_retry(compiled):
     assert tasks["prepare-data"]["cachingOptions"] == {"enableCache": True}
 
 
-def test_training_asks_for_a_gpu_and_tolerates_gpu_nodes(compiled):
+def test_training_asks_for_gpus_set_at_submission_and_mounts_the_shared_volume(compiled):
     spec, platform = compiled["documents"]
     resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert resources["accelerator"]["resourceCount"] == "1"
+    assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--train_gpus']}}"
+    assert spec["root"]["inputDefinitions"]["parameters"]["train_gpus"]["defaultValue"] == "1"
     train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
+    assert [(m["constant"], m["mountPath"]) for m in train["pvcMount"]] == [("dreamloom-data", "/data")]
+
+
+def test_remote_launchers_free_the_train_step_of_gpus(tmp_path):
+    from pipelines.runner import pipeline_arguments
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"method": "lora", "data": {"path": str(tmp_path), "instance_prompt": "a sks"}}))
+    assert pipeline_arguments(config, "m", launcher="kuberay")["train_gpus"] == "0"
+    assert "train_gpus" not in pipeline_arguments(config, "m", launcher="local")
+    assert pipeline_arguments(config, "m", launcher="ray", train_gpus="2")["train_gpus"] == "2"
+    with pytest.raises(DreamloomError, match="unknown launcher 'slurm'"):
+        pipeline_arguments(config, "m", launcher="slurm")
 
 
 def test_credentials_come_from_secrets_and_never_from_parameters(compiled):

@@ -20,6 +20,9 @@ def add_commands(commands) -> None:
         action.add_argument("--serving-store", help="the serving store the Triton server reads")
         action.add_argument("--eval-steps", type=int)
         action.add_argument("--eval-images-per-prompt", type=int)
+        action.add_argument("--launcher", choices=("local", "ray", "kuberay"), help="where training runs")
+        action.add_argument("--ray-address", help="ray launcher: the cluster's dashboard, http://HOST:8265")
+        action.add_argument("--train-gpus", help="GPUs of the train step's pod (default 1; 0 for ray/kuberay)")
         if name == "run":
             action.add_argument("--local", action="store_true", required=True, help="run with KFP's local runner")
             action.set_defaults(handler=_run)
@@ -50,6 +53,9 @@ def _arguments(args) -> dict:
         serving_store=args.serving_store,
         eval_steps=args.eval_steps,
         eval_images_per_prompt=args.eval_images_per_prompt,
+        launcher=args.launcher,
+        ray_address=args.ray_address,
+        train_gpus=args.train_gpus,
     )
 
 

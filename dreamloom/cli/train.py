@@ -35,6 +35,13 @@ def _add_train(commands) -> None:
     command.add_argument("--run-name", help="names the run for resuming (default: the output folder's name)")
     command.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     command.add_argument(
+        "--launcher",
+        choices=("local", "ray", "kuberay"),
+        default="local",
+        help="local: Ray on this machine (or joins RAY_ADDRESS); ray: a job through the Ray Jobs API at "
+        "RAY_ADDRESS (http://HOST:8265); kuberay: a RayJob in the current Kubernetes namespace",
+    )
+    command.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. lora.rank=8"
     )
     command.add_argument("--print-config", action="store_true", help="print the validated config and exit")
@@ -55,10 +62,10 @@ def _train(args) -> None:
         return
     from dreamloom.logs import quiet_library_logging
     from dreamloom.settings import tracking_uri
-    from dreamloom.training.launcher import train
+    from dreamloom.training.launcher import launch
 
     quiet_library_logging()
-    result = train(config, resume=args.resume)
+    result = launch(config, args.launcher, resume=args.resume)
     if result.resumed_from_step:
         print(f"\nresumed from step {result.resumed_from_step}; finished at step {result.steps}")
     print(f"\nartifact:      {result.artifact}")

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
+from dreamloom.k8s.secrets import secret_env_vars
 from dreamloom.settings import container_image
+from dreamloom.training.entrypoint import CONFIG_ENV, RESUME_ENV
 
 API_VERSION, KIND = "ray.io/v1", "RayJob"
 GPU = "nvidia.com/gpu"
-CONFIG_ENV = "DREAMLOOM_RUN_CONFIG"
-DATA_MOUNT = "/data"
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class RayJobSettings:
     namespace: str = "dreamloom"
     image: str = field(default_factory=container_image)
     service_account: str = "dreamloom-trainer"
-    data_claim: str = "dreamloom-data"  # a ReadWriteMany PVC at /data on head and workers: data and artifacts
+    data_claim: str = "dreamloom-data"  # a ReadWriteMany PVC on head, workers and the train step: data, checkpoints
+    data_mount: str = "/data"
     worker_cpu: str = "8"
     worker_memory: str = "48Gi"
     head_cpu: str = "2"
@@ -33,7 +34,6 @@ class RayJobSettings:
     backoff_limit: int = 2  # retries of the whole job (each on a fresh cluster)
     active_deadline_seconds: int = 48 * 3600
     ttl_seconds_after_finished: int = 3600
-    secrets: tuple[str, ...] = ("dreamloom-mlflow", "dreamloom-object-store")
     ray_version: str = "2.60.0"
 
 
@@ -60,7 +60,8 @@ def render_rayjob(config: RunConfig, settings: RayJobSettings = RayJobSettings()
         },
         "spec": {
             "entrypoint": "python -m dreamloom.training.entrypoint",
-            "runtimeEnvYAML": json.dumps({"env_vars": {CONFIG_ENV: config.model_dump_json()}}),
+            # A retry of the job (a fresh cluster) continues from the run's last checkpoint.
+            "runtimeEnvYAML": json.dumps({"env_vars": {CONFIG_ENV: config.model_dump_json(), RESUME_ENV: "auto"}}),
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
             "backoffLimit": settings.backoff_limit,
@@ -106,9 +107,11 @@ def _pod(settings: RayJobSettings, container: str, cpu: str, memory: str, gpus: 
                 "name": container,
                 "image": settings.image,
                 "resources": {"requests": resources, "limits": resources},
-                "envFrom": [{"secretRef": {"name": secret, "optional": True}} for secret in settings.secrets],
-                "env": [{"name": "DREAMLOOM_HOME", "value": f"{DATA_MOUNT}/dreamloom"}],
-                "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "shm", "mountPath": "/dev/shm"}],
+                "env": [{"name": "DREAMLOOM_HOME", "value": f"{settings.data_mount}/dreamloom"}, *secret_env_vars()],
+                "volumeMounts": [
+                    {"name": "data", "mountPath": settings.data_mount},
+                    {"name": "shm", "mountPath": "/dev/shm"},
+                ],
                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
             }
         ],

@@ -1,8 +1,14 @@
-"""The entrypoint of a RayJob (``python -m dreamloom.training.entrypoint``): the run config comes in
-the ``DREAMLOOM_RUN_CONFIG`` environment variable; the job's Ray cluster does the training.
+"""The entrypoint of a training job on a Ray cluster (``python -m dreamloom.training.entrypoint``),
+submitted by the ``ray`` launcher through the Ray Jobs API or by the ``kuberay`` launcher as a RayJob.
 
-KubeRay retries a failed job on a fresh cluster (``backoffLimit``); the run's checkpoints live
-on the shared volume, so a retry continues from the last one instead of starting over.
+The run config comes in ``DREAMLOOM_RUN_CONFIG``; ``DREAMLOOM_RESUME`` says what to do with training
+state already in the run's storage: ``yes`` continues it, ``no`` refuses to touch it, ``auto``
+continues it if there is any. RayJobs use ``auto``: KubeRay retries a failed job on a fresh cluster
+and the checkpoints live on the shared volume, so a retry picks up from the last one.
+
+A relative ``output`` is placed under the cluster's work folder (``DREAMLOOM_HOME``).
+The last line of a successful job is ``dreamloom-result: {json}``: the launcher reads it from the
+job's logs to find the MLflow run that holds the artifact.
 """
 
 from __future__ import annotations
@@ -14,7 +20,12 @@ from pathlib import Path
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
-from dreamloom.k8s.rayjob import CONFIG_ENV
+from dreamloom.settings import work_dir
+
+CONFIG_ENV = "DREAMLOOM_RUN_CONFIG"
+RESUME_ENV = "DREAMLOOM_RESUME"
+RESULT_MARKER = "dreamloom-result: "
+ERROR_MARKER = "dreamloom: error: "
 
 
 def main() -> int:
@@ -24,18 +35,36 @@ def main() -> int:
 
     document = os.environ.get(CONFIG_ENV)
     if not document:
-        print(f"dreamloom: error: {CONFIG_ENV} is not set; this entrypoint runs inside a dreamloom RayJob",
+        print(f"{ERROR_MARKER}{CONFIG_ENV} is not set; this entrypoint runs as a job on a Ray cluster",
               file=sys.stderr)  # fmt: skip
         return 2
     try:
-        config = RunConfig.model_validate_json(document)
+        config = _in_work_folder(RunConfig.model_validate_json(document))
         run_folder = Path(run_storage(config)) / config.effective_run_name
-        result = train(config, resume=run_folder.is_dir() and any(run_folder.iterdir()))
+        result = train(config, resume=_resume(os.environ.get(RESUME_ENV, "no"), run_folder))
     except (DreamloomError, ValidationError) as exc:
-        print(f"dreamloom: error: {exc}", file=sys.stderr)
+        print(f"{ERROR_MARKER}{exc}", file=sys.stderr, flush=True)
         return 2
-    print(json.dumps({"artifact": str(result.artifact), "mlflow_run_id": result.mlflow_run_id, "steps": result.steps}))
+    outcome = {"mlflow_run_id": result.mlflow_run_id, "steps": result.steps,
+               "resumed_from_step": result.resumed_from_step}  # fmt: skip
+    print(RESULT_MARKER + json.dumps(outcome), flush=True)
     return 0
+
+
+def _in_work_folder(config: RunConfig) -> RunConfig:
+    """A relative output goes under the cluster's work folder, not the job's working directory
+    (which Ray shares between jobs that upload the same files)."""
+    if config.output.is_absolute():
+        return config
+    return config.model_copy(update={"output": work_dir() / "artifacts" / config.output})
+
+
+def _resume(policy: str, run_folder: Path) -> bool:
+    if policy not in ("yes", "no", "auto"):
+        raise DreamloomError(f"{RESUME_ENV} must be yes, no or auto, not {policy!r}")
+    if policy == "auto":
+        return run_folder.is_dir() and any(run_folder.iterdir())
+    return policy == "yes"
 
 
 if __name__ == "__main__":

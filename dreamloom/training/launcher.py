@@ -37,11 +37,33 @@ def run_storage(config: RunConfig) -> str:
     return config.scaling.storage_path or str(work_dir() / "runs")
 
 
+LAUNCHERS = ("local", "ray", "kuberay")
+
+
+def launch(
+    config: RunConfig, launcher: str = "local", resume: bool = False, ray_address: str | None = None
+) -> TrainResult:
+    """Train where ``launcher`` says: ``local`` (Ray on this machine, or the cluster at RAY_ADDRESS
+    joined as a driver), ``ray`` (a job on the cluster behind the Ray Jobs API at ``ray_address``,
+    default RAY_ADDRESS) or ``kuberay`` (a RayJob in this Kubernetes namespace)."""
+    if launcher == "local":
+        return train(config, resume)
+    if launcher == "ray":
+        from dreamloom.training.remote import train_on_ray
+
+        return train_on_ray(config, resume, address=ray_address)
+    if launcher == "kuberay":
+        from dreamloom.k8s.kuberay import train_on_kuberay
+
+        return train_on_kuberay(config, resume)
+    raise DreamloomError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+
+
 def train(config: RunConfig, resume: bool = False) -> TrainResult:
     apply_quiet_defaults()
     run_name = config.effective_run_name
     storage = run_storage(config)
-    _check_output(config.output)
+    check_output(config.output)
     _check_run_state(Path(storage) / run_name, run_name, resume)
     _check_devices(config)
     job = plan_job(config)
@@ -82,7 +104,7 @@ def train_in_process(config: RunConfig, progress: bool = False) -> Path:
     from dreamloom.artifacts import publish
     from dreamloom.training.trainer import Trainer
 
-    _check_output(config.output)
+    check_output(config.output)
     job = plan_job(config)
     trainer = Trainer(job)
     for step in range(1, config.training.steps + 1):
@@ -99,7 +121,7 @@ def train_in_process(config: RunConfig, progress: bool = False) -> Path:
 def plan_job(config: RunConfig) -> TrainJob:
     """Validate and prepare the data, find the base model: everything a worker needs, no compute."""
     dataset = prepare_training_data(config.data, config.controlnet if config.method == "controlnet" else None)
-    class_dataset = _prepare_class_data(config)
+    class_dataset = prepare_class_data(config)
     base = resolve_base_model(config.base_model, config.revision)
     get_method(config.method).check(config, base, dataset)
     return TrainJob(
@@ -115,7 +137,7 @@ def plan_job(config: RunConfig) -> TrainJob:
 # ----- checks before any compute -----
 
 
-def _check_output(output: Path) -> None:
+def check_output(output: Path) -> None:
     if not output.exists():
         return
     if (output / artifacts.MANIFEST_FILE).is_file():
@@ -157,7 +179,7 @@ def _check_devices(config: RunConfig) -> None:
             )
 
 
-def _prepare_class_data(config: RunConfig) -> PreparedDataset | None:
+def prepare_class_data(config: RunConfig) -> PreparedDataset | None:
     if not (config.prior_enabled and config.prior.class_data):
         return None
     options = PrepareOptions(config.data.resolution, max_image_pixels=config.data.max_image_pixels)
