@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # On GPU nodes: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
-.PHONY: setup test test-fast lint format demo bench bench-methods toy-base toy-evaluator clean
+.PHONY: setup test test-fast lint chart-lint format demo bench bench-methods toy-base toy-evaluator clean
 
 setup: $(STAMP)
 
@@ -18,11 +18,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: setup lint
+test: setup lint chart-lint
 	$(BIN)/pytest
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
+
+# Renders the Helm chart with the real helm (installed under .tools/) and validates every object.
+chart-lint: setup
+	$(BIN)/python tools/chart_lint.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -12,12 +12,14 @@ from pathlib import Path
 from kfp import dsl, kubernetes
 
 from components import deploy, evaluate, gate, prepare_data, promote, register, train
-from dreamloom.k8s.rayjob import RayJobSettings
+from dreamloom.k8s.rayjob import SETTINGS_ENV, RayJobSettings
 from dreamloom.k8s.secrets import SECRET_ENV
 
 COMPILED = Path(__file__).with_name("personalize.yaml")
 GPU_RESOURCE = "nvidia.com/gpu"
 DATA_CLAIM = RayJobSettings.data_claim
+TRAINING_SETTINGS = "dreamloom-training"  # the chart's ConfigMap
+SERVING_CLAIM, SERVING_MOUNT = "dreamloom-serving", "/serving"  # Triton's model repository and adapters
 
 
 # Helpers come first: KFP builds the pipeline graph when the decorator runs.
@@ -36,8 +38,10 @@ def _on_gpu_nodes(task: dsl.PipelineTask, gpus) -> None:
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     task.set_cpu_request("4").set_memory_request("32G")
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-    # The kuberay launcher stages images here for the RayJob's pods, which mount the same claim.
+    # The kuberay launcher stages images here for the RayJob's pods, which mount the same claim,
+    # and renders RayJobs with the chart's settings (image, service account, worker group).
     kubernetes.mount_pvc(task, pvc_name=DATA_CLAIM, mount_path=RayJobSettings.data_mount)
+    kubernetes.use_config_map_as_env(task, TRAINING_SETTINGS, {"rayjob-settings.json": SETTINGS_ENV}, optional=True)
 
 
 @dsl.pipeline(name="dreamloom-personalize", description="Teach a base model a concept, gate it, serve it.")
@@ -75,7 +79,8 @@ def personalize(
     with dsl.If(verdict.output == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
         promoted = _talks_to_services(promote(name=model_name, version=registered.output, gate_config=gate_config))
         with dsl.If(triton_url != "", name="serving-configured"):
-            _talks_to_services(deploy(reference=promoted.output, triton_url=triton_url, store=serving_store))
+            deployed = _talks_to_services(deploy(reference=promoted.output, triton_url=triton_url, store=serving_store))
+            kubernetes.mount_pvc(deployed, pvc_name=SERVING_CLAIM, mount_path=SERVING_MOUNT)
 
 
 def compile_pipeline(path: Path = COMPILED) -> Path:

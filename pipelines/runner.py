@@ -61,15 +61,37 @@ def _environment(**values: str):
                 os.environ[name] = value
 
 
-def submit(host: str, arguments: dict, experiment: str, package: Path | None = None, version_name: str | None = None):
-    """Upload the compiled pipeline as a new version (if named) and start a run on a KFP backend."""
+PIPELINE_NAME = "dreamloom-personalize"
+PIPELINE_SERVICE_ACCOUNT = "dreamloom-pipeline"  # the chart's: may create and watch RayJobs
+
+
+def upload(host: str, version_name: str, package: Path | None = None) -> str:
+    """Upload the compiled pipeline to a KFP backend: the pipeline if it is new, else a new version."""
+    import kfp
+
+    from pipelines.personalize import COMPILED
+
+    client = kfp.Client(host=host)
+    package = str(package or COMPILED)
+    pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+    if pipeline_id is None:
+        return client.upload_pipeline(package, PIPELINE_NAME, description=f"dreamloom {version_name}").pipeline_id
+    return client.upload_pipeline_version(package, version_name, pipeline_id=pipeline_id).pipeline_version_id
+
+
+def submit(
+    host: str, arguments: dict, experiment: str, package: Path | None = None, version_name: str | None = None,
+    service_account: str | None = PIPELINE_SERVICE_ACCOUNT,
+) -> str:  # fmt: skip
+    """Start a run on a KFP backend (uploading the compiled pipeline as a version first, if named)."""
     import kfp
 
     from pipelines.personalize import COMPILED
 
     package = Path(package or COMPILED)
-    client = kfp.Client(host=host)
     if version_name:
-        client.upload_pipeline_version(str(package), version_name, pipeline_name="dreamloom-personalize")
-    run = client.create_run_from_pipeline_package(str(package), arguments=arguments, experiment_name=experiment)
+        upload(host, version_name, package)
+    run = kfp.Client(host=host).create_run_from_pipeline_package(
+        str(package), arguments=arguments, experiment_name=experiment, service_account=service_account or None
+    )
     return run.run_id

@@ -12,7 +12,7 @@ import pytest
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
-from dreamloom.k8s.rayjob import GPU, RayJobSettings, job_name, render_rayjob
+from dreamloom.k8s.rayjob import GPU, SETTINGS_ENV, RayJobSettings, job_name, render_rayjob, settings_from_environment
 from dreamloom.k8s.schemas import validate_custom_resource
 from dreamloom.k8s.secrets import SECRET_ENV
 from dreamloom.training.entrypoint import CONFIG_ENV, RESUME_ENV
@@ -92,3 +92,19 @@ def test_job_names_are_dns_labels_and_fractional_gpus_are_refused(tmp_path):
 def test_the_entrypoint_refuses_to_run_outside_a_rayjob():
     done = subprocess.run([sys.executable, "-m", "dreamloom.training.entrypoint"], capture_output=True, text=True)
     assert done.returncode == 2 and CONFIG_ENV in done.stderr
+
+
+def test_the_train_step_renders_rayjobs_with_the_charts_settings(monkeypatch, gpu_config):
+    pool = {"key": "pool", "operator": "Exists", "effect": "NoSchedule"}
+    chart_settings = {"namespace": "team-a", "image": "registry.example/dl:2", "service_account": "trainer-a",
+                      "worker_tolerations": [pool]}  # fmt: skip
+    monkeypatch.setenv(SETTINGS_ENV, json.dumps(chart_settings))
+    job = render_rayjob(gpu_config, settings_from_environment())
+    assert job["metadata"]["namespace"] == "team-a"
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["serviceAccountName"] == "trainer-a" and worker["containers"][0]["image"] == "registry.example/dl:2"
+    assert [t["key"] for t in worker["tolerations"]] == ["pool", GPU]
+
+    monkeypatch.setenv(SETTINGS_ENV, json.dumps({"imag": "typo"}))
+    with pytest.raises(DreamloomError, match=r"DREAMLOOM_RAYJOB_SETTINGS is not valid RayJob settings: .*'imag'"):
+        settings_from_environment()

@@ -74,6 +74,11 @@ def test_training_asks_for_gpus_set_at_submission_and_mounts_the_shared_volume(c
     train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
     assert [(m["constant"], m["mountPath"]) for m in train["pvcMount"]] == [("dreamloom-data", "/data")]
+    (settings,) = train["configMapAsEnv"]  # the chart's RayJob settings, for the kuberay launcher
+    assert settings["configMapName"] == "dreamloom-training" and settings["optional"] is True
+    assert settings["keyToEnv"] == [{"configMapKey": "rayjob-settings.json", "envVar": "DREAMLOOM_RAYJOB_SETTINGS"}]
+    deploy = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-deploy"]
+    assert [(m["constant"], m["mountPath"]) for m in deploy["pvcMount"]] == [("dreamloom-serving", "/serving")]
 
 
 def test_remote_launchers_free_the_train_step_of_gpus(tmp_path):

@@ -11,6 +11,10 @@ def add_commands(commands) -> None:
     compile_ = actions.add_parser("compile", help="write the pipeline YAML to upload to the KFP UI")
     compile_.add_argument("--out", type=Path, help="default: pipelines/personalize.yaml")
     compile_.set_defaults(handler=_compile)
+    upload = actions.add_parser("upload", help="upload the compiled pipeline to a KFP backend (new version)")
+    upload.add_argument("--host", required=True, help="KFP API address, e.g. http://ml-pipeline.kubeflow:8888")
+    upload.add_argument("--version-name", required=True, help="name of the pipeline version, e.g. 0.1.0")
+    upload.set_defaults(handler=_upload)
     for name, helps in (("run", "run it on this machine (KFP local runner)"), ("submit", "run it on a KFP backend")):
         action = actions.add_parser(name, help=helps)
         action.add_argument("config", type=Path, help="run config YAML (without output)")
@@ -30,6 +34,11 @@ def add_commands(commands) -> None:
             action.add_argument("--host", required=True, help="KFP API address, e.g. http://localhost:8080")
             action.add_argument("--experiment", default="dreamloom")
             action.add_argument("--version-name", help="also upload the compiled YAML as this pipeline version")
+            action.add_argument(
+                "--service-account",
+                default="dreamloom-pipeline",
+                help="the run's Kubernetes service account (the chart's may create RayJobs); '' for KFP's default",
+            )
             action.set_defaults(handler=_submit)
 
 
@@ -37,6 +46,12 @@ def _compile(args) -> None:
     from pipelines.personalize import COMPILED, compile_pipeline
 
     print(f"compiled {compile_pipeline(args.out or COMPILED)}")
+
+
+def _upload(args) -> None:
+    from pipelines.runner import upload
+
+    print(f"uploaded {upload(args.host, args.version_name)} to {args.host}")
 
 
 def _arguments(args) -> dict:
@@ -69,5 +84,8 @@ def _run(args) -> None:
 def _submit(args) -> None:
     from pipelines.runner import submit
 
-    run_id = submit(args.host, _arguments(args), args.experiment, version_name=args.version_name)
+    arguments = _arguments(args)
+    run_id = submit(
+        args.host, arguments, args.experiment, version_name=args.version_name, service_account=args.service_account
+    )
     print(f"submitted run {run_id} to {args.host} (experiment {args.experiment})")

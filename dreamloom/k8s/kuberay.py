@@ -11,17 +11,15 @@ plain dicts and is tested without a cluster.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
-from dreamloom.k8s.rayjob import API_VERSION, RayJobSettings, job_name, render_rayjob
+from dreamloom.k8s.rayjob import API_VERSION, RayJobSettings, job_name, render_rayjob, settings_from_environment
 from dreamloom.training.launcher import TrainResult
 from dreamloom.training.remote import (
     LogFollower,
@@ -36,7 +34,6 @@ GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "rayjobs"
 # jobDeploymentStatus values after which KubeRay does nothing more with the job.
 FINISHED = ("Complete", "Failed", "ValidationFailed")
-NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 class Cluster(Protocol):
@@ -44,15 +41,6 @@ class Cluster(Protocol):
     def status(self, namespace: str, name: str) -> dict: ...
     def logs(self, namespace: str, name: str) -> str: ...
     def delete(self, namespace: str, name: str) -> None: ...
-
-
-def settings_from_environment() -> RayJobSettings:
-    """Inside a pipeline step: this pod's namespace and the image named by DREAMLOOM_IMAGE."""
-    namespace = os.environ.get("DREAMLOOM_NAMESPACE")
-    if not namespace and NAMESPACE_FILE.is_file():
-        namespace = NAMESPACE_FILE.read_text().strip()
-    settings = RayJobSettings()
-    return replace(settings, namespace=namespace) if namespace else settings
 
 
 def train_on_kuberay(

@@ -7,8 +7,10 @@ Rendered as a plain dict and validated against KubeRay's CRD before anything tal
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
@@ -17,6 +19,8 @@ from dreamloom.settings import container_image
 from dreamloom.training.entrypoint import CONFIG_ENV, RESUME_ENV
 
 API_VERSION, KIND = "ray.io/v1", "RayJob"
+SETTINGS_ENV = "DREAMLOOM_RAYJOB_SETTINGS"
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 GPU = "nvidia.com/gpu"
 
 
@@ -35,6 +39,29 @@ class RayJobSettings:
     active_deadline_seconds: int = 48 * 3600
     ttl_seconds_after_finished: int = 3600
     ray_version: str = "2.60.0"
+    worker_node_selector: dict = field(default_factory=dict)  # added to nvidia.com/gpu.present on GPU workers
+    worker_tolerations: list = field(default_factory=list)  # added to the GPU taint's toleration
+    run_as_user: int = 1000
+    fs_group: int = 1000
+
+    @classmethod
+    def from_json(cls, text: str) -> RayJobSettings:
+        """Settings as the chart writes them (ConfigMap dreamloom-training); unknown keys are refused."""
+        try:
+            values = json.loads(text)
+            return cls(**values)
+        except (ValueError, TypeError) as exc:
+            raise DreamloomError(f"{SETTINGS_ENV} is not valid RayJob settings: {exc}") from None
+
+
+def settings_from_environment() -> RayJobSettings:
+    """In a pipeline step: the chart's settings (``DREAMLOOM_RAYJOB_SETTINGS``, from the
+    ``dreamloom-training`` ConfigMap), else the defaults in this pod's namespace."""
+    document = os.environ.get(SETTINGS_ENV)
+    settings = RayJobSettings.from_json(document) if document else RayJobSettings()
+    if not document and NAMESPACE_FILE.is_file():
+        settings = replace(settings, namespace=NAMESPACE_FILE.read_text().strip())
+    return settings
 
 
 def job_name(config: RunConfig) -> str:
@@ -93,13 +120,16 @@ def render_rayjob(config: RunConfig, settings: RayJobSettings = RayJobSettings()
 
 
 def _pod(settings: RayJobSettings, container: str, cpu: str, memory: str, gpus: int) -> dict:
+    """The pod template of a Ray node; the chart's RayCluster renders the same (a test compares)."""
     resources = {"cpu": cpu, "memory": memory, **({GPU: str(gpus)} if gpus else {})}
     spec = {
         "serviceAccountName": settings.service_account,
+        "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "fsGroup": 1000,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.fs_group,
+            "fsGroup": settings.fs_group,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [
@@ -111,16 +141,23 @@ def _pod(settings: RayJobSettings, container: str, cpu: str, memory: str, gpus: 
                 "volumeMounts": [
                     {"name": "data", "mountPath": settings.data_mount},
                     {"name": "shm", "mountPath": "/dev/shm"},
+                    {"name": "tmp", "mountPath": "/tmp"},  # Ray's session files; the root filesystem is read-only
                 ],
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "privileged": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
             }
         ],
         "volumes": [
             {"name": "data", "persistentVolumeClaim": {"claimName": settings.data_claim}},
             {"name": "shm", "emptyDir": {"medium": "Memory"}},  # NCCL and dataloaders need more than 64 MiB
+            {"name": "tmp", "emptyDir": {}},
         ],
     }
     if gpus:
-        spec["tolerations"] = [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]
-        spec["nodeSelector"] = {"nvidia.com/gpu.present": "true"}
+        spec["nodeSelector"] = {"nvidia.com/gpu.present": "true", **settings.worker_node_selector}
+        spec["tolerations"] = [*settings.worker_tolerations, {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]
     return {"spec": spec}

@@ -26,8 +26,9 @@ SECRET_ENV: dict[str, dict[str, str]] = {
 def secret_env_vars() -> list[dict]:
     """Container ``env`` entries reading every credential from its Secret (optional: a cluster
     without object-store credentials, say, still starts)."""
-    return [
+    entries = [
         {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
         for secret, keys in SECRET_ENV.items()
         for key, env in keys.items()
     ]
+    return sorted(entries, key=lambda entry: entry["name"])  # the chart's order (Helm sorts dict keys)

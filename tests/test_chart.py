@@ -1,0 +1,222 @@
+"""The Helm chart, rendered by the real helm and validated against the real schemas (no API server
+can run here): every ci/ values file, GPU and MinIO switches, probes, security, credentials, the
+values schema, and the agreement between the chart's RayCluster and the launcher's RayJobs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dreamloom.errors import DreamloomError
+from dreamloom.k8s.manifests import load_documents, validate_documents
+from dreamloom.k8s.rayjob import RayJobSettings, render_rayjob
+from tests.helpers import run_config
+from tools.chart_lint import CHART, ci_values, helm, render
+
+GPU = "nvidia.com/gpu"
+
+
+def objects(*sets: str, values: str | None = None) -> list[dict]:
+    return load_documents(render([CHART / "ci" / values] if values else [], list(sets)))
+
+
+def one(documents: list[dict], kind: str, suffix: str = "") -> dict:
+    (found,) = [d for d in documents if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+    return found
+
+
+def pod_specs(documents: list[dict]) -> dict[str, dict]:
+    """Every pod template: workloads, jobs and the RayCluster's head and workers."""
+    specs = {}
+    for document in documents:
+        name = f"{document['kind']}/{document['metadata']['name']}"
+        if document["kind"] in ("Deployment", "StatefulSet", "Job"):
+            specs[name] = document["spec"]["template"]["spec"]
+        elif document["kind"] == "RayCluster":
+            cluster = document["spec"]
+            specs[f"{name}/head"] = cluster["headGroupSpec"]["template"]["spec"]
+            for group in cluster["workerGroupSpecs"]:
+                specs[f"{name}/{group['groupName']}"] = group["template"]["spec"]
+    return specs
+
+
+def containers(spec: dict) -> list[dict]:
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+ALL_ON = ("postgresql.enabled=true", "minio.enabled=true", "pipelineUpload.enabled=true",
+          "triton.autoscaling.enabled=true")  # fmt: skip
+
+
+@pytest.mark.parametrize("values", [None, *[path.name for path in ci_values()]])
+def test_every_values_file_lints_and_renders_valid_objects(values):
+    helm("lint", "--strict", str(CHART), *(["-f", str(CHART / "ci" / values)] if values else []))
+    documents = objects(values=values)
+    assert validate_documents(documents) == len(documents) > 10
+
+
+def test_the_ci_values_cover_gpu_on_and_off_and_minio_on_and_off():
+    names = {path.name for path in ci_values()}
+    assert names == {"minimal-values.yaml", "gpu-values.yaml", "dev-with-minio-values.yaml"}
+
+
+def test_triton_gets_gpus_tolerations_and_gpu_nodes_only_when_asked():
+    on = one(objects("triton.gpus=2"), "Deployment", "-triton")["spec"]["template"]["spec"]
+    (server,) = on["containers"]
+    assert server["resources"]["limits"][GPU] == 2 and server["resources"]["requests"][GPU] == 2
+    assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in on["tolerations"]
+    assert on["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    off = one(objects(values="minimal-values.yaml"), "Deployment", "-triton")["spec"]["template"]["spec"]
+    assert GPU not in json.dumps(off)
+
+
+def test_ray_workers_are_a_gpu_group_on_gpu_values_and_a_cpu_group_otherwise():
+    gpu = one(objects(values="gpu-values.yaml"), "RayCluster")["spec"]["workerGroupSpecs"]
+    assert [(g["groupName"], g["minReplicas"], g["maxReplicas"]) for g in gpu] == [("gpu-workers", 0, 8)]
+    assert gpu[0]["template"]["spec"]["containers"][0]["resources"]["limits"][GPU] == "4"
+    cpu = one(objects("training.workers.gpus=0"), "RayCluster")["spec"]["workerGroupSpecs"]
+    assert cpu[0]["groupName"] == "cpu-workers" and GPU not in json.dumps(cpu)
+    head = one(objects(values="gpu-values.yaml"), "RayCluster")["spec"]["headGroupSpec"]
+    assert GPU not in json.dumps(head) and head["rayStartParams"]["num-gpus"] == "0"
+
+
+def test_minio_and_postgres_exist_only_in_development_installs():
+    dev = objects(values="dev-with-minio-values.yaml")
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in dev}
+    assert {("StatefulSet", "dreamloom-minio"), ("StatefulSet", "dreamloom-postgresql")} <= kinds
+    assert ("Job", "dreamloom-minio-bucket") in kinds
+    (mlflow,) = one(dev, "Deployment", "-mlflow")["spec"]["template"]["spec"]["containers"]
+    endpoint = {e["name"]: e for e in mlflow["env"]}["MLFLOW_S3_ENDPOINT_URL"]
+    assert endpoint["value"] == "http://dreamloom-minio:9000"
+    assert "@dreamloom-postgresql:5432/mlflow" in " ".join(mlflow["args"])
+
+    production = objects(values="gpu-values.yaml")
+    assert not [d for d in production if "minio" in d["metadata"]["name"] or "postgresql" in d["metadata"]["name"]]
+    (mlflow,) = one(production, "Deployment", "-mlflow")["spec"]["template"]["spec"]["containers"]
+    assert "secretKeyRef" in {e["name"]: e for e in mlflow["env"]}["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]
+    assert "@mlflow-db.example.internal:5432/mlflow" in " ".join(mlflow["args"])
+
+
+def test_triton_probes_model_control_and_graceful_shutdown():
+    documents = objects()
+    spec = one(documents, "Deployment", "-triton")["spec"]["template"]["spec"]
+    (server,) = spec["containers"]
+    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    for probe in ("readinessProbe", "startupProbe"):
+        assert server[probe]["httpGet"]["path"] == "/v2/health/ready"
+    startup = server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model loads take minutes
+    assert "--model-control-mode=explicit" in server["args"] and "--load-model=dreamloom" in server["args"]
+    exit_timeout = int(next(a for a in server["args"] if a.startswith("--exit-timeout-secs=")).split("=")[1])
+    assert spec["terminationGracePeriodSeconds"] > exit_timeout
+    assert one(documents, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    assert volumes["serving"]["persistentVolumeClaim"]["claimName"] == "dreamloom-serving"
+
+
+def test_a_grace_period_shorter_than_tritons_exit_timeout_is_refused():
+    refusal = r"terminationGracePeriodSeconds \(60\) must be larger than triton.exitTimeoutSeconds \(120\)"
+    with pytest.raises(RuntimeError, match=refusal):
+        render([], ["triton.exitTimeoutSeconds=120", "triton.terminationGracePeriodSeconds=60"])
+
+
+def test_autoscaling_on_queue_time_and_the_optional_service_monitor():
+    documents = objects(values="gpu-values.yaml")
+    hpa = one(documents, "HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "triton_queue_time_us"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert "replicas" not in one(documents, "Deployment", "-triton")["spec"]  # the HPA owns it
+    assert not [d for d in objects() if d["kind"] == "HorizontalPodAutoscaler"]
+
+    monitored = objects("triton.serviceMonitor.enabled=true")
+    assert one(monitored, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"
+    # Its CRD is not vendored: the check refuses a custom resource it cannot validate.
+    with pytest.raises(DreamloomError, match=r"ServiceMonitor/dreamloom-triton: no CRD schema"):
+        validate_documents(monitored)
+
+
+def test_every_pod_and_container_is_hardened_and_has_resources():
+    documents = objects(*ALL_ON, "triton.gpus=1")
+    specs = pod_specs(documents)
+    assert len(specs) >= 8
+    for name, spec in specs.items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in containers(spec):
+            where = f"{name}/{container['name']}"
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"], where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert container["resources"]["requests"] and container["resources"]["limits"], where
+
+
+def test_credentials_are_only_secret_references():
+    documents = objects(*ALL_ON)
+    assert not [d for d in documents if d["kind"] == "Secret"]
+    credential_words = ("PASSWORD", "SECRET", "ACCESS_KEY", "USER", "TOKEN", "TRACKING_URI", "ENDPOINT")
+    for name, spec in pod_specs(documents).items():
+        for container in containers(spec):
+            for entry in container.get("env", []):
+                if any(word in entry["name"] for word in credential_words) and entry.get("value"):
+                    assert entry["name"] == "MLFLOW_S3_ENDPOINT_URL" and "minio" in entry["value"], (name, entry)
+    with pytest.raises(RuntimeError, match="additional properties 'password' not allowed"):
+        render([], ["secrets.password=hunter2"])
+
+
+def test_the_values_schema_refuses_bad_values_with_the_field_named():
+    with pytest.raises(RuntimeError, match="at '/triton/replicas': minimum: got -1, want 0"):
+        render([], ["triton.replicas=-1"])
+    with pytest.raises(RuntimeError, match="at '/triton': additional properties 'replcas' not allowed"):
+        render([], ["triton.replcas=2"])
+    with pytest.raises(RuntimeError, match="at '/storage/data/size': 'lots' does not match"):
+        render([], ["storage.data.size=lots"])
+
+
+def test_rbac_lets_pipeline_steps_run_rayjobs_and_nothing_more():
+    documents = objects()
+    rules = one(documents, "Role")["rules"]
+    assert rules == [
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list", "watch", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    ]
+    (subject,) = one(documents, "RoleBinding")["subjects"]
+    assert subject == {"kind": "ServiceAccount", "name": "dreamloom-pipeline", "namespace": "dreamloom"}
+    assert not [d for d in documents if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def test_network_policies_deny_by_default_and_open_what_each_component_serves():
+    documents = objects(*ALL_ON)
+    policies = {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "NetworkPolicy"}
+    assert "ingress" not in policies["dreamloom-default-deny"]
+    postgres = policies["dreamloom-postgresql"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert postgres["app.kubernetes.io/component"] == "mlflow"
+    assert not [d for d in objects("networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("values", ["gpu-values.yaml", "dev-with-minio-values.yaml"])
+def test_the_launchers_rayjob_matches_the_charts_raycluster(values, tmp_path):
+    """The kuberay launcher reads the chart's settings (ConfigMap dreamloom-training) and renders
+    pods identical to the RayCluster's: image, service account, GPU group, volumes, credentials."""
+    documents = objects(values=values)
+    settings_json = one(documents, "ConfigMap", "dreamloom-training")["data"]["rayjob-settings.json"]
+    settings = RayJobSettings.from_json(settings_json)
+    cluster = one(documents, "RayCluster")["spec"]
+    chart_worker = cluster["workerGroupSpecs"][0]
+    gpus = int(chart_worker["template"]["spec"]["containers"][0]["resources"]["limits"].get(GPU, 0))
+    config = run_config(tmp_path, tmp_path / "shoe", scaling__workers=2, scaling__gpus_per_worker=gpus)
+    job = render_rayjob(config, settings)["spec"]
+    job_worker = job["rayClusterSpec"]["workerGroupSpecs"][0]
+
+    assert job["rayClusterSpec"]["rayVersion"] == cluster["rayVersion"]
+    assert job_worker["groupName"] == chart_worker["groupName"]
+    for from_job, from_chart in (
+        (job_worker["template"]["spec"], chart_worker["template"]["spec"]),
+        (job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"], cluster["headGroupSpec"]["template"]["spec"]),
+    ):
+        for container in from_chart["containers"]:
+            container.pop("imagePullPolicy")
+        assert from_job == from_chart
