@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # On GPU nodes: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
-.PHONY: setup test test-fast lint chart-lint format demo bench bench-methods toy-base toy-evaluator clean
+.PHONY: setup test test-fast lint chart-lint cluster-up format demo bench bench-methods toy-base toy-evaluator clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test-fast: setup
 # Renders the Helm chart with the real helm (installed under .tools/) and validates every object.
 chart-lint: setup
 	$(BIN)/python tools/chart_lint.py
+
+# A development cluster (kind, KubeRay, KFP, the chart) on a machine with Docker; see README.
+cluster-up: setup
+	bash infra/cluster-up.sh
 
 lint: setup
 	$(BIN)/ruff check .

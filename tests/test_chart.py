@@ -12,7 +12,7 @@ from dreamloom.errors import DreamloomError
 from dreamloom.k8s.manifests import load_documents, validate_documents
 from dreamloom.k8s.rayjob import RayJobSettings, render_rayjob
 from tests.helpers import run_config
-from tools.chart_lint import CHART, ci_values, helm, render
+from tools.chart_lint import CHART, ci_values, helm, render, value_sets
 
 GPU = "nvidia.com/gpu"
 
@@ -49,10 +49,10 @@ ALL_ON = ("postgresql.enabled=true", "minio.enabled=true", "pipelineUpload.enabl
           "triton.autoscaling.enabled=true")  # fmt: skip
 
 
-@pytest.mark.parametrize("values", [None, *[path.name for path in ci_values()]])
-def test_every_values_file_lints_and_renders_valid_objects(values):
-    helm("lint", "--strict", str(CHART), *(["-f", str(CHART / "ci" / values)] if values else []))
-    documents = objects(values=values)
+@pytest.mark.parametrize("values", value_sets(), ids=lambda paths: "+".join(p.stem for p in paths) or "defaults")
+def test_every_values_set_lints_and_renders_valid_objects(values):
+    helm("lint", "--strict", str(CHART), *[item for path in values for item in ("-f", str(path))])
+    documents = load_documents(render(values))
     assert validate_documents(documents) == len(documents) > 10
 
 
@@ -220,3 +220,32 @@ def test_the_launchers_rayjob_matches_the_charts_raycluster(values, tmp_path):
         for container in from_chart["containers"]:
             container.pop("imagePullPolicy")
         assert from_job == from_chart
+
+
+def test_every_values_key_is_documented():
+    """Each setting has a ``# --`` comment block right above it (sections and the free-form
+    Kubernetes resources maps excepted)."""
+    import re
+
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented, free_form_indent = [], None
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w-]*):(.*)$", line)
+        if not match:
+            continue
+        indent, key, value = len(match[1]), match[2], match[3].strip()
+        if free_form_indent is not None and indent > free_form_indent:
+            continue
+        free_form_indent = indent if key == "resources" else None
+        following = next((n for n in lines[number + 1 :] if n.strip() and not n.strip().startswith("#")), "")
+        is_section = not value and len(following) - len(following.lstrip()) > indent and ":" in following
+        if is_section and key != "resources":
+            continue
+        comments = []
+        for previous in reversed(lines[:number]):
+            if not previous.strip().startswith("#"):
+                break
+            comments.append(previous.strip())
+        if not any(comment.startswith("# --") for comment in comments):
+            undocumented.append(key)
+    assert undocumented == []

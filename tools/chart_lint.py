@@ -73,15 +73,20 @@ def ci_values() -> list[Path]:
     return sorted((CHART / "ci").glob("*-values.yaml"))
 
 
+def value_sets() -> list[list[Path]]:
+    """What chart-lint renders: the defaults, each ci/ file, and the kind development install."""
+    kind = [CHART / "ci" / "dev-with-minio-values.yaml", ROOT / "infra" / "install" / "kind-values.yaml"]
+    return [[], *[[path] for path in ci_values()], kind]
+
+
 def main() -> int:
     from dreamloom.k8s.manifests import load_documents, validate_documents
 
-    helm("lint", "--strict", str(CHART))
-    for values in [None, *ci_values()]:
-        rendered = render([values] if values else [])
-        helm("lint", "--strict", str(CHART), *(["-f", str(values)] if values else []))
-        count = validate_documents(load_documents(rendered))
-        print(f"chart-lint: {values.name if values else 'default values'}: {count} objects valid")
+    for values in value_sets():
+        helm("lint", "--strict", str(CHART), *[item for path in values for item in ("-f", str(path))])
+        count = validate_documents(load_documents(render(values)))
+        names = " + ".join(path.name for path in values) or "default values"
+        print(f"chart-lint: {names}: {count} objects valid", flush=True)
     return 0
 
 
