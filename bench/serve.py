@@ -183,7 +183,7 @@ def _adapter_switch(engine, store, artifact: Path) -> dict:
     switches = []
     for index in range(20):
         began = time.perf_counter()
-        engine.adapters.activate(loaded[index % len(loaded)], 1.0)
+        engine.adapters.activate([(loaded[index % len(loaded)], 1.0)])
         switches.append(time.perf_counter() - began)
     reloads = []
     for _ in range(3):

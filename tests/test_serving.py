@@ -172,6 +172,24 @@ def test_adapter_scale_zero_is_the_base(served):
     assert _differs(base, scaled) < 0.5
 
 
+def test_adapters_act_together_with_their_own_weights(served):
+    """A concept LoRA, a style hypernetwork and a ControlNet in one request (the ad use case)."""
+    _, _, client = served
+
+    def ask(adapter: str, **extra) -> np.ndarray:
+        return client.generate(ImageRequest(INSTANCE_PROMPT, seed=4, adapter=adapter, **FAST, **extra))
+
+    lora, hypernetwork = ask("hex-lora"), ask("hex-hypernetwork")
+    both = ask("hex-lora, hex-hypernetwork")
+    assert _differs(both, lora) > 1.0 and _differs(both, hypernetwork) > 1.0
+    assert np.array_equal(ask("hex-lora, hex-hypernetwork*0"), lora)  # a weight of 0 switches one off
+    assert _differs(ask("hex-lora*0.3, hex-hypernetwork"), both) > 0.5
+    control = {"mode": "controlnet", "control_image": _png(SCENE)}
+    guided = ask("hex-lora, hex-controlnet", **control)
+    assert _differs(guided, ask("hex-controlnet", **control)) > 1.0
+    assert np.array_equal(ask("hex-lora", adapter_scale=1.0), lora)  # and nothing stays switched on
+
+
 def test_the_adapter_cache_evicts_least_recently_used_under_its_budget(served, artifacts):
     _, store, _ = served
     routes = store.latest_routes("dreamloom")
@@ -220,6 +238,12 @@ def _bad_requests() -> list[tuple[dict, str]]:
         ({"mode": "img2img", "init_image": bomb}, "pixels"),
         ({"mode": "inpaint", "init_image": _png(SCENE), "mask": _mask((32, 32))}, "MASK is 32x32"),
         ({"mode": "controlnet", "control_image": _png(SCENE)}, "ControlNet"),
+        ({"adapter": "hex-lora, hex-controlnet"}, "is a ControlNet: use mode controlnet"),
+        ({"adapter": "hex-lora*lots"}, "is not a number"),
+        ({"adapter": "hex-lora, hex-lora"}, "named twice"),
+        ({"adapter": "hex-lora*3"}, "out of range"),
+        ({"adapter": "a, b, c, d, e"}, "at most 4"),
+        ({"adapter": "hex-controlnet*0.5", "mode": "controlnet", "control_image": _png(SCENE)}, "CONTROL_SCALE"),
     ]
 
 

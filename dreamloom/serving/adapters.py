@@ -62,8 +62,13 @@ class AdapterCache:
     def used_bytes(self) -> int:
         return sum(adapter.size_bytes for adapter in self.loaded.values())
 
-    def get(self, key: str, folder: Path) -> LoadedAdapter:
-        """The adapter, attached (loading it, and evicting others to fit, if needed)."""
+    def get_all(self, wanted: list[tuple[str, Path]]) -> list[LoadedAdapter]:
+        """Several adapters for one request, all attached at once (none evicts another)."""
+        keys = {key for key, _ in wanted}
+        return [self.get(key, folder, keep=keys) for key, folder in wanted]
+
+    def get(self, key: str, folder: Path, keep: set[str] = frozenset()) -> LoadedAdapter:
+        """The adapter, attached (loading it, and evicting others, never ``keep``, to fit)."""
         if key in self.loaded:
             self.loaded.move_to_end(key)
             return self.loaded[key]
@@ -76,8 +81,11 @@ class AdapterCache:
         size = weights_size(folder)
         if size > self.budget_bytes:
             raise RequestError(f"adapter {key} ({size >> 20} MiB) is larger than the adapter memory budget")
-        while self.loaded and self.used_bytes + size > self.budget_bytes:
-            self.evict(next(iter(self.loaded)))
+        while self.used_bytes + size > self.budget_bytes:
+            evictable = [loaded for loaded in self.loaded if loaded not in keep]
+            if not evictable:
+                raise RequestError(f"adapters {', '.join(sorted(keep))} together exceed the adapter memory budget")
+            self.evict(evictable[0])
         adapter = self._attach(key, Path(folder), manifest, size)
         self.loaded[key] = adapter
         self.loads += 1
@@ -91,17 +99,22 @@ class AdapterCache:
             self.pipe.unload_textual_inversion(adapter.tokens)
         self.evictions += 1
 
-    def activate(self, adapter: LoadedAdapter | None, scale: float) -> None:
-        """Make ``adapter`` (or none) act on the next generation, at ``scale`` where it has one."""
+    def activate(self, weighted: list[tuple[LoadedAdapter, float]]) -> None:
+        """Make exactly these adapters act on the next generation: LoRAs mixed by weight, a
+        hypernetwork at its strength (embeddings act through prompts, ControlNets elsewhere)."""
         from dreamloom.methods.hypernetwork import install, uninstall
 
-        lora = adapter.lora_name if adapter else None
-        if lora:
+        loras = [(adapter.lora_name, scale) for adapter, scale in weighted if adapter.lora_name]
+        if loras:
             self.pipe.enable_lora()
-            self.pipe.set_adapters([lora], adapter_weights=[scale])
+            self.pipe.set_adapters([name for name, _ in loras], adapter_weights=[scale for _, scale in loras])
         elif any(a.lora_name for a in self.loaded.values()):
             self.pipe.disable_lora()
-        if adapter and adapter.hypernetwork is not None:
+        hypernetworks = [(adapter, scale) for adapter, scale in weighted if adapter.hypernetwork is not None]
+        if len(hypernetworks) > 1:
+            raise RequestError("a request can use one hypernetwork at a time; combine it with LoRAs instead")
+        if hypernetworks:
+            adapter, scale = hypernetworks[0]
             adapter.hypernetwork.set_strength(scale)
             install(self.pipe.unet, adapter.hypernetwork)
         else:

@@ -84,8 +84,7 @@ class Engine:
     def _generate(self, batch: list[ImageRequest]) -> list[np.ndarray]:
         first = batch[0]
         width, height = first.width or self.native_size, first.height or self.native_size
-        pipe, extra, adapter = self._pipeline_for(batch, width, height)
-        rewrite = adapter.rewrite if adapter else str
+        pipe, extra, rewrite = self._pipeline_for(batch, width, height)
         negative = [rewrite(r.negative_prompt) for r in batch] if any(r.negative_prompt for r in batch) else None
         output = pipe(
             prompt=[rewrite(r.prompt) for r in batch],
@@ -99,33 +98,49 @@ class Engine:
         return [(np.clip(image, 0, 1) * 255).round().astype(np.uint8) for image in output.images]
 
     def _pipeline_for(self, batch: list[ImageRequest], width: int, height: int):
-        """The pipeline for the batch's mode with its adapter active, the mode's arguments, the adapter."""
+        """The pipeline for the batch's mode with its adapters active, the mode's arguments, and
+        the prompt rewrite of its embeddings."""
         from dreamloom.methods.controlnet import controlnet_pipeline
 
         first = batch[0]
-        adapter = None
-        if first.adapter:
-            key, folder = self.config.routes.resolve(first.adapter)
-            adapter = self.adapters.get(key, folder)
-        self.adapters.activate(adapter, first.adapter_scale)
-        if first.mode == "txt2img":
-            if adapter is not None and adapter.controlnet is not None:
-                raise RequestError(f"adapter {first.adapter} is a ControlNet: use mode controlnet with CONTROL_IMAGE")
-            return self.txt2img, {"width": width, "height": height}, adapter
+        uses = first.adapters()
+        loaded = self.adapters.get_all([self.config.routes.resolve(use.reference) for use in uses])
+        pairs = list(zip(loaded, uses, strict=True))
+        controlnets = [(adapter, use) for adapter, use in pairs if adapter.controlnet is not None]
+        if len(controlnets) > 1:
+            raise RequestError("a request can follow one ControlNet; name only one")
+        if controlnets and controlnets[0][1].scale is not None:
+            raise RequestError(f"{controlnets[0][1].reference} is a ControlNet: set CONTROL_SCALE, not a weight")
+        self.adapters.activate([
+            (adapter, first.adapter_scale if use.scale is None else use.scale)
+            for adapter, use in pairs if adapter.controlnet is None
+        ])  # fmt: skip
+
+        def rewrite(prompt: str) -> str:
+            for adapter in loaded:
+                prompt = adapter.rewrite(prompt)
+            return prompt
+
         if first.mode == "controlnet":
-            if adapter is None or adapter.controlnet is None:
+            if not controlnets:
                 raise RequestError("mode controlnet needs ADAPTER naming a deployed ControlNet")
             controls = [_sized(decode_image("control_image", r.control_image), width, height) for r in batch]
-            pipe = controlnet_pipeline(self.txt2img, adapter.controlnet)
+            pipe = controlnet_pipeline(self.txt2img, controlnets[0][0].controlnet)
             pipe.set_progress_bar_config(disable=True)
             arguments = {"image": controls, "controlnet_conditioning_scale": first.control_scale}
-            return pipe, arguments | {"width": width, "height": height}, adapter
+            return pipe, arguments | {"width": width, "height": height}, rewrite
+        if controlnets:
+            raise RequestError(
+                f"adapter {controlnets[0][1].reference} is a ControlNet: use mode controlnet with CONTROL_IMAGE"
+            )
+        if first.mode == "txt2img":
+            return self.txt2img, {"width": width, "height": height}, rewrite
         images = [_sized(decode_image("init_image", r.init_image), width, height) for r in batch]
         if first.mode == "img2img":
-            return self.img2img, {"image": images, "strength": first.strength}, adapter
+            return self.img2img, {"image": images, "strength": first.strength}, rewrite
         masks = [_sized(decode_image("mask", r.mask, "L"), width, height) for r in batch]
         arguments = {"image": images, "mask_image": masks, "strength": first.strength}
-        return self.inpaint, arguments | {"width": width, "height": height}, adapter
+        return self.inpaint, arguments | {"width": width, "height": height}, rewrite
 
     def _check(self, request: ImageRequest) -> None:
         """What can only be checked against this model: prompt length, adapter, the images."""
@@ -136,8 +151,8 @@ class Engine:
                 raise RequestError(
                     f"{name} is {count} tokens; this model reads at most {tokenizer.model_max_length}: shorten it"
                 )
-        if request.adapter:
-            self.config.routes.resolve(request.adapter)
+        for use in request.adapters():
+            self.config.routes.resolve(use.reference)
         images = {name: decode_image(name, getattr(request, name)) for name in IMAGE_INPUTS.get(request.mode, ())}
         if "mask" in images and images["mask"].size != images["init_image"].size:
             (mw, mh), (iw, ih) = images["mask"].size, images["init_image"].size

@@ -22,6 +22,7 @@ MAX_STEPS = 150
 MAX_SIDE = 2048
 MAX_IMAGE_BYTES = 16 * 2**20
 MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_ADAPTERS = 4
 OUTPUT = "IMAGE"
 
 
@@ -30,11 +31,43 @@ class RequestError(DreamloomError):
 
 
 @dataclass(frozen=True)
+class AdapterUse:
+    reference: str  # NAME@ALIAS, NAME/VERSION or NAME
+    scale: float | None  # None: the request's adapter_scale
+
+
+def parse_adapters(text: str) -> list[AdapterUse]:
+    """``"shoe@champion, brand-style@champion*0.6, layout@champion"``: adapters acting together,
+    each with an optional weight after ``*`` (concept and style LoRAs mix by weight; at most one
+    hypernetwork and one ControlNet)."""
+    uses = []
+    for part in (piece.strip() for piece in text.split(",")):
+        if not part:
+            continue
+        reference, _, weight = part.partition("*")
+        scale = None
+        if weight:
+            try:
+                scale = float(weight)
+            except ValueError:
+                message = f"adapter weight {weight!r} in {part!r} is not a number; write NAME@ALIAS*0.8"
+                raise RequestError(message) from None
+            _within(f"weight of {reference.strip()}", scale, 0.0, 2.0)
+        uses.append(AdapterUse(reference.strip(), scale))
+    references = [use.reference for use in uses]
+    if len(set(references)) != len(references):
+        raise RequestError(f"an adapter is named twice in {text!r}; name each once")
+    if len(uses) > MAX_ADAPTERS:
+        raise RequestError(f"{len(uses)} adapters in one request; at most {MAX_ADAPTERS}")
+    return uses
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     prompt: str
     negative_prompt: str = ""
     mode: str = "txt2img"
-    adapter: str = ""  # "name@alias", "name:version" or "" for the plain base
+    adapter: str = ""  # "name@alias", "name/version", several joined by commas (parse_adapters), "": the base
     adapter_scale: float = 1.0
     steps: int = 25
     guidance: float = 7.5
@@ -60,6 +93,7 @@ class ImageRequest:
         _within("adapter_scale", self.adapter_scale, 0.0, 2.0)
         _within("strength", self.strength, 0.01, 1.0)
         _within("control_scale", self.control_scale, 0.0, 2.0)
+        self.adapters()
         _within("seed", self.seed, 0, 2**63 - 1)
         for side, value in (("width", self.width), ("height", self.height)):
             if value and (value < 64 or value > MAX_SIDE or value % 8):
@@ -70,6 +104,9 @@ class ImageRequest:
         for name in ("init_image", "mask", "control_image"):
             if len(getattr(self, name)) > MAX_IMAGE_BYTES:
                 raise RequestError(f"{name.upper()} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+
+    def adapters(self) -> list[AdapterUse]:
+        return parse_adapters(self.adapter)
 
     def batch_key(self) -> tuple:
         """Requests with equal keys run as one batch through the pipeline."""
