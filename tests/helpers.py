@@ -79,3 +79,35 @@ METHOD_OPTIONS = {
 
 def method_config(method: str, data: Path, output: Path, **overrides) -> RunConfig:
     return run_config(data, output, method=method, **{**METHOD_OPTIONS[method], **overrides})
+
+
+def train_toy(method: str, data: Path, output: Path, **overrides) -> Path:
+    """A method trained in process (no Ray, no MLflow run) on the toy base; ``overrides`` use dotted keys."""
+    from dreamloom.toy.concepts import INSTANCE_PROMPT
+    from dreamloom.training.launcher import train_in_process
+
+    document = {
+        "method": method,
+        "base_model": "toy",
+        "data.path": str(data),
+        "data.instance_prompt": INSTANCE_PROMPT,
+        "data.resolution": 64,
+        "output": str(output),
+        "training.steps": 3,
+        "training.batch_size": 2,
+        "training.checkpoint_every": 0,
+        "validation.steps": 2,
+        "validation.images_per_prompt": 1,
+        "optimizer.learning_rate": 1e-2,
+        **overrides,
+    }
+    return train_in_process(load_run_config(None, document))
+
+
+def register_champion(artifact: Path, name: str) -> str:
+    """Register the artifact as a new version of ``name`` and make it the champion."""
+    from dreamloom.registry import promote, register
+
+    version = register(artifact, name)
+    promote(name, str(version.version), force=True, reason="test")
+    return str(version.version)

@@ -12,15 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dreamloom.cli import main
-from dreamloom.config import load_run_config
-from dreamloom.registry import promote, register
 from dreamloom.serving.client import ServingClient, ServingError
 from dreamloom.serving.deploy import deploy
 from dreamloom.serving.engine import Engine, EngineConfig
@@ -30,35 +27,11 @@ from dreamloom.serving.server import TritonServer, free_port
 from dreamloom.toy import world
 from dreamloom.toy.concepts import INSTANCE_PROMPT, write_concept
 from dreamloom.training.launcher import train_in_process
+from tests.helpers import register_champion, train_toy
 
 pytestmark = pytest.mark.slow
 FAST = {"steps": 4, "guidance": 5.0}
 SCENE = world.render(world.Scene("square", "red", "plain", "white"), 0)
-
-
-def _train(method: str, data: Path, output: Path, **overrides) -> Path:
-    document = {
-        "method": method,
-        "base_model": "toy",
-        "data.path": str(data),
-        "data.instance_prompt": INSTANCE_PROMPT,
-        "data.resolution": 64,
-        "output": str(output),
-        "training.steps": 3,
-        "training.batch_size": 2,
-        "training.checkpoint_every": 0,
-        "validation.steps": 2,
-        "validation.images_per_prompt": 1,
-        "optimizer.learning_rate": 1e-2,
-        **overrides,
-    }
-    return train_in_process(load_run_config(None, document))
-
-
-def _register_champion(artifact: Path, name: str) -> str:
-    version = register(artifact, name)
-    promote(name, str(version.version), force=True, reason="test")
-    return str(version.version)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +40,10 @@ def artifacts(tmp_path_factory):
     data = write_concept("hexagon", root / "hexagon")
     placeholder = write_concept("hexagon", root / "hexagon-ti", subject="<hex-shape>")
     return {
-        "lora": _train("lora", data, root / "lora", **{"training.steps": 20}),
-        "lora_v2": _train("lora", data, root / "lora2", **{"training.steps": 20, "training.seed": 7}),
-        "hypernetwork": _train("hypernetwork", data, root / "hn"),
-        "textual-inversion": _train(
+        "lora": train_toy("lora", data, root / "lora", **{"training.steps": 20}),
+        "lora_v2": train_toy("lora", data, root / "lora2", **{"training.steps": 20, "training.seed": 7}),
+        "hypernetwork": train_toy("hypernetwork", data, root / "hn"),
+        "textual-inversion": train_toy(
             "textual-inversion",
             placeholder,
             root / "ti",
@@ -81,8 +54,8 @@ def artifacts(tmp_path_factory):
                 "optimizer.learning_rate": 0.5,
             },
         ),
-        "controlnet": _train("controlnet", data, root / "cn", **{"controlnet.condition": "canny"}),
-        "dreambooth": _train("dreambooth", data, root / "db", **{"prior.enabled": False}),
+        "controlnet": train_toy("controlnet", data, root / "cn", **{"controlnet.condition": "canny"}),
+        "dreambooth": train_toy("dreambooth", data, root / "db", **{"prior.enabled": False}),
     }
 
 
@@ -96,7 +69,7 @@ def served(tmp_path_factory, artifacts):
     client = ServingClient(server.http_url)
     try:
         for name in ("lora", "hypernetwork", "textual-inversion", "controlnet"):
-            _register_champion(artifacts[name], f"hex-{name}")
+            register_champion(artifacts[name], f"hex-{name}")
             deploy(f"hex-{name}@champion", server.http_url, store=store)
         yield server, store, client
     finally:
@@ -262,7 +235,7 @@ def test_bad_requests_get_an_error_naming_the_problem_and_the_server_stays_ready
 
 def test_a_deploy_under_load_fails_no_request_and_the_new_version_answers(served, artifacts):
     server, store, client = served
-    _register_champion(artifacts["lora_v2"], "hex-lora")
+    register_champion(artifacts["lora_v2"], "hex-lora")
     failures, answered, stop = [], [], threading.Event()
 
     def keep_asking():
@@ -309,7 +282,7 @@ def test_rolling_back_in_the_registry_and_deploying_the_champion_serves_the_prev
 
 def test_a_dreambooth_model_is_deployed_as_its_own_triton_model(served, artifacts):
     server, store, client = served
-    _register_champion(artifacts["dreambooth"], "hex-db")
+    register_champion(artifacts["dreambooth"], "hex-db")
     result = deploy("hex-db@champion", server.http_url, store=store)
     assert result.triton_model == "hex-db" and result.adapter == ""
     own = client.generate(ImageRequest(INSTANCE_PROMPT, seed=4, **FAST), model="hex-db")
@@ -328,7 +301,7 @@ def test_refused_deploys_leave_the_serving_version_alone(served, tmp_path):
     other_base = train_in_process(
         run_config(draw_images(tmp_path / "photos"), tmp_path / "tiny-lora", training__steps=1)
     )
-    _register_champion(other_base, "tiny-lora")
+    register_champion(other_base, "tiny-lora")
     with pytest.raises(DreamloomError, match="trained on tiny"):
         deploy("tiny-lora@champion", server.http_url, store=store)
     assert store.versions("dreamloom") == before and client.ready()

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from dreamloom import __version__
-from dreamloom.cli import advise, convert, generate, pipeline, registry, serving, train
+from dreamloom.cli import advise, convert, generate, pipeline, registry, serving, train, usecases
 from dreamloom.errors import DreamloomError
 
 
@@ -45,4 +45,5 @@ def _parser() -> argparse.ArgumentParser:
     advise.add_commands(commands)
     serving.add_commands(commands)
     pipeline.add_commands(commands)
+    usecases.add_commands(commands)
     return parser

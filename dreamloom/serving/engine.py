@@ -68,7 +68,8 @@ class Engine:
             except RequestError as exc:
                 results[index] = exc
                 continue
-            groups.setdefault(request.batch_key(), []).append(index)
+            key = ("solo", index) if request.solo else request.batch_key()
+            groups.setdefault(key, []).append(index)
         for indices in groups.values():
             for start in range(0, len(indices), self.config.max_batch):
                 chunk = indices[start : start + self.config.max_batch]
@@ -85,6 +86,8 @@ class Engine:
         first = batch[0]
         width, height = first.width or self.native_size, first.height or self.native_size
         pipe, extra, rewrite = self._pipeline_for(batch, width, height)
+        if first.dry_run:
+            return [np.zeros((8, 8, 3), np.uint8) for _ in batch]
         negative = [rewrite(r.negative_prompt) for r in batch] if any(r.negative_prompt for r in batch) else None
         output = pipe(
             prompt=[rewrite(r.prompt) for r in batch],

@@ -79,6 +79,10 @@ class ImageRequest:
     init_image: bytes = b""  # encoded PNG/JPEG/WebP
     mask: bytes = b""  # white = repaint
     control_image: bytes = b""
+    dry_run: bool = False  # check everything, load the adapters, generate nothing (a blank 8x8 image)
+    # Never batched with other requests: batching changes floating-point order, so only a request
+    # that runs alone gives exactly the same pixels every time (recipes ask for this).
+    solo: bool = False
 
     def check(self) -> None:
         """Refuse out-of-range values; image contents are checked when decoded."""
@@ -111,7 +115,7 @@ class ImageRequest:
     def batch_key(self) -> tuple:
         """Requests with equal keys run as one batch through the pipeline."""
         return (self.mode, self.adapter, self.adapter_scale, self.steps, self.guidance, self.width, self.height,
-                self.strength, self.control_scale)  # fmt: skip
+                self.strength, self.control_scale, self.dry_run)  # fmt: skip
 
 
 def _within(name: str, value, low, high) -> None:
@@ -161,6 +165,8 @@ TENSORS = {
     "init_image": ("INIT_IMAGE", "BYTES", np.object_),
     "mask": ("MASK", "BYTES", np.object_),
     "control_image": ("CONTROL_IMAGE", "BYTES", np.object_),
+    "dry_run": ("DRY_RUN", "BOOL", np.bool_),
+    "solo": ("SOLO", "BOOL", np.bool_),
 }
 _TEXT_FIELDS = {"prompt", "negative_prompt", "mode", "adapter"}
 

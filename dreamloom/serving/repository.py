@@ -24,7 +24,9 @@ from dreamloom.settings import work_dir
 
 DEFAULT_MODEL = "dreamloom"
 MODEL_PY = "from dreamloom.serving.triton_model import TritonPythonModel  # noqa: F401\n"
-_TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64"}
+_TRITON_TYPES = {
+    "BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL"
+}  # fmt: skip
 
 
 def default_store() -> Path:

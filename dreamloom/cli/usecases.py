@@ -1,0 +1,177 @@
+"""``dreamloom ad | tryon | design | edit``: the use cases, through the serving endpoint.
+
+Each plans a recipe from its flags (checking every input first), has the server check it, renders
+it and writes images, a contact sheet, an HTML index and the recipe. ``--recipe FILE`` renders a
+written recipe again instead of planning one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_commands(commands) -> None:
+    _add_ad(commands)
+    _add_tryon(commands)
+    _add_design(commands)
+    _add_edit(commands)
+
+
+def _common(command, kind: str) -> None:
+    command.add_argument("--url", required=True, help="the Triton endpoint, e.g. localhost:8000")
+    command.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    command.add_argument("--model", default="dreamloom", help="the Triton model (a DreamBooth model's own name)")
+    command.add_argument("--out", type=Path, required=True, help="folder for the results (must not exist)")
+    command.add_argument("--recipe", type=Path, help=f"render this {kind} recipe again (recipe.yaml or its folder)")
+    command.add_argument("--seed", type=int, default=0, help="seed of the first image; the next ones count up")
+    command.add_argument("--steps", type=int, default=25)
+    command.add_argument("--guidance", type=float, default=7.5)
+    command.add_argument("--negative-prompt", default="")
+    command.set_defaults(handler=_run, kind=kind)
+
+
+def _add_ad(commands) -> None:
+    command = commands.add_parser("ad", help="ad variants of a product concept, from a brief or prompts")
+    command.add_argument("--product", help="the product concept, e.g. shoe@champion")
+    command.add_argument("--product-weight", type=float, default=1.0)
+    command.add_argument("--brief", type=Path, help="YAML with subject, scenes, negative_prompt, style_words")
+    command.add_argument("--prompt-file", type=Path, help="one prompt per line")
+    command.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    command.add_argument("--variants", type=int, default=4, help="images per prompt, each with its own seed")
+    command.add_argument("--size", help="WIDTHxHEIGHT (multiples of 8); default: the model's")
+    command.add_argument("--style", help="a brand style adapter (LoRA or hypernetwork), e.g. brand@champion")
+    command.add_argument("--style-weight", type=float, default=0.6)
+    command.add_argument("--layout", type=Path, help="a sketch or reference picture the ads follow")
+    command.add_argument("--layout-adapter", help="the ControlNet that reads the layout, e.g. layout-canny@champion")
+    command.add_argument("--condition", choices=("canny", "scribble"), default="canny")
+    _common(command, "ad")
+
+
+def _add_tryon(commands) -> None:
+    command = commands.add_parser("tryon", help="a garment concept inpainted onto a person photo")
+    command.add_argument("--garment", help="the garment concept, e.g. jacket@champion")
+    command.add_argument("--person", type=Path, help="the person photo")
+    command.add_argument("--prompt", default="", help="e.g. 'a person wearing a sks jacket'")
+    command.add_argument("--mask", type=Path, help="white where the garment goes (the photo's size)")
+    command.add_argument("--region", choices=("upper", "lower", "full"), help="compute the mask for this region")
+    command.add_argument("--segmenter", help="hub id of a human-parsing segmentation model for --region")
+    command.add_argument("--variants", type=int, default=2)
+    command.add_argument("--strength", type=float, default=0.99)
+    _common(command, "tryon")
+
+
+def _add_design(commands) -> None:
+    command = commands.add_parser("design", help="product variants that follow a sketch")
+    command.add_argument("--sketch", type=Path, help="the sketch (or a reference picture)")
+    command.add_argument("--controlnet", help="the ControlNet that reads it, e.g. sketch-scribble@champion")
+    command.add_argument("--condition", choices=("canny", "scribble"), default="scribble")
+    command.add_argument("--prompt", default="", help="what the product is")
+    command.add_argument("--concept", help="a product or style concept to draw it in, e.g. brand@champion")
+    command.add_argument("--variants", type=int, default=4)
+    command.add_argument("--size", help="WIDTHxHEIGHT; default: the sketch's, to multiples of 8")
+    command.add_argument("--control-scale", type=float, default=1.0)
+    _common(command, "design")
+
+
+def _add_edit(commands) -> None:
+    command = commands.add_parser("edit", help="img2img edits or object removal over an image or frames")
+    command.add_argument("--source", type=Path, help="an image or a folder of frames")
+    command.add_argument("--prompt", default="", help="the edit, e.g. 'cinematic lighting, film grain'")
+    command.add_argument("--strength", type=float, default=0.5, help="0.01 (barely) to 1 (repaint)")
+    command.add_argument("--remove", type=Path, help="a mask (white) of what to remove, the frames' size")
+    command.add_argument("--adapter", default="", help="adapters to edit with, e.g. brand@champion*0.5")
+    _common(command, "edit")
+
+
+def _run(args) -> None:
+    from dreamloom.errors import DreamloomError
+    from dreamloom.serving.client import ServingClient
+    from dreamloom.usecases.jobs import load_recipe, render
+
+    if args.recipe:
+        recipe, source = load_recipe(args.recipe)
+        if recipe.kind != args.kind:
+            raise DreamloomError(f"{args.recipe} is a {recipe.kind} recipe; run dreamloom {recipe.kind} --recipe")
+        staged = None
+    else:
+        recipe, staged = PLANNERS[args.kind](args)
+        source = None
+    with ServingClient(args.url, args.protocol, args.model) as client:
+        out = render(recipe.model_copy(update={"model": args.model}), client, args.out, staged=staged, source=source)
+    if recipe.kind == "tryon":
+        _before_after(out)
+    print(f"open {out / 'index.html'} (contact sheet: {out / 'contact-sheet.png'})")
+
+
+def _plan_ad(args):
+    from dreamloom.usecases.ad import plan_ads, read_brief, read_prompt_file
+
+    negative = args.negative_prompt
+    if args.brief:
+        brief = read_brief(args.brief)
+        prompts, negative = brief.prompts(), negative or brief.negative_prompt
+    elif args.prompt_file:
+        prompts = read_prompt_file(args.prompt_file)
+    else:
+        prompts = args.prompt
+    return plan_ads(
+        args.product or "", prompts, args.variants, args.seed, _size(args.size), args.style, args.style_weight,
+        args.layout, args.layout_adapter, args.condition, negative, args.steps, args.guidance, args.product_weight,
+    )  # fmt: skip
+
+
+def _plan_tryon(args):
+    from dreamloom.errors import DreamloomError
+    from dreamloom.usecases.tryon import plan_tryon
+
+    if not args.person:
+        raise DreamloomError("try-on needs --person: the photo to dress")
+    return plan_tryon(
+        args.garment or "", args.person, args.prompt, args.mask, args.region, args.segmenter, args.variants,
+        args.seed, args.strength, args.steps, args.guidance, args.negative_prompt,
+    )  # fmt: skip
+
+
+def _plan_design(args):
+    from dreamloom.errors import DreamloomError
+    from dreamloom.usecases.design import plan_design
+
+    if not args.sketch:
+        raise DreamloomError("design needs --sketch: the drawing to follow")
+    return plan_design(
+        args.sketch, args.controlnet or "", args.prompt, args.condition, args.variants, args.seed, args.concept,
+        _size(args.size), args.control_scale, args.steps, args.guidance, args.negative_prompt,
+    )  # fmt: skip
+
+
+def _plan_edit(args):
+    from dreamloom.errors import DreamloomError
+    from dreamloom.usecases.edit import plan_edit
+
+    if not args.source:
+        raise DreamloomError("edit needs --source: an image or a folder of frames")
+    return plan_edit(
+        args.source, args.prompt, args.strength, args.remove, args.seed, args.adapter, args.steps, args.guidance,
+        args.negative_prompt,
+    )  # fmt: skip
+
+
+PLANNERS = {"ad": _plan_ad, "tryon": _plan_tryon, "design": _plan_design, "edit": _plan_edit}
+
+
+def _size(text: str | None) -> tuple[int, int]:
+    from dreamloom.cli.generate import _parse_size
+
+    width, height = _parse_size(text)
+    return (width or 0, height or 0)
+
+
+def _before_after(out: Path) -> None:
+    from PIL import Image
+
+    from dreamloom.usecases.tryon import before_after
+
+    person = Image.open(out / "inputs" / "person.png").convert("RGB")
+    results = [Image.open(path).convert("RGB") for path in sorted((out / "images").glob("*.png"))]
+    before_after(person, results).save(out / "before-after.png")
+    print(f"before/after: {out / 'before-after.png'}")
