@@ -30,7 +30,7 @@ from dreamloom.k8s.kuberay import train_on_kuberay
 from dreamloom.k8s.rayjob import RayJobSettings, job_name
 from dreamloom.k8s.schemas import validate_custom_resource
 from dreamloom.settings import tracking_uri
-from dreamloom.training.remote import train_on_ray
+from dreamloom.training.remote import submit_when_ready, train_on_ray
 from tests.helpers import draw_images, run_config
 
 pytestmark = pytest.mark.slow
@@ -182,8 +182,8 @@ class RayBackedKubeRay:
         env = dict(self._resolve(entry) for entry in container["env"])
         env.update(json.loads(spec["runtimeEnvYAML"])["env_vars"])
         env = {name: value for name, value in env.items() if value is not None}
-        self.jobs[document["metadata"]["name"]] = self.client.submit_job(
-            entrypoint=spec["entrypoint"], runtime_env={"env_vars": env}
+        self.jobs[document["metadata"]["name"]] = submit_when_ready(
+            self.client, entrypoint=spec["entrypoint"], runtime_env={"env_vars": env}
         )
 
     def _resolve(self, entry: dict) -> tuple[str, str | None]:

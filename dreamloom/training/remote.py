@@ -31,6 +31,7 @@ from dreamloom.training.launcher import TrainResult, check_output, prepare_class
 ENTRYPOINT = "python -m dreamloom.training.entrypoint"
 # The Ray Jobs API ships the working directory through the cluster's object store.
 MAX_UPLOAD_BYTES = 256 * 2**20
+AGENT_WAIT_S = 120.0
 INSTANCE_FOLDER, CLASS_FOLDER = "instance", "class"
 
 
@@ -171,8 +172,8 @@ def train_on_ray(
         job_config = remote_config(config, {field: path.relative_to(folder) for field, path in staged.items()}, job_id)
         env = {CONFIG_ENV: job_config.model_dump_json(), RESUME_ENV: "yes" if resume else "no",
                "MLFLOW_TRACKING_URI": tracking_uri()}  # fmt: skip
-        client.submit_job(
-            entrypoint=ENTRYPOINT, submission_id=job_id, runtime_env={"working_dir": folder, "env_vars": env},
+        submit_when_ready(
+            client, entrypoint=ENTRYPOINT, submission_id=job_id, runtime_env={"working_dir": folder, "env_vars": env},
             metadata={"dreamloom.run_name": config.effective_run_name, "dreamloom.method": config.method},
         )  # fmt: skip
     print(f"[dreamloom] submitted Ray job {job_id} to {address}", flush=True)
@@ -185,6 +186,25 @@ def train_on_ray(
             + (f"\n(Ray: {info.message})" if info.message else "")
         )
     return result_from_logs(config, logs)
+
+
+def submit_when_ready(client, wait_s: float = AGENT_WAIT_S, **job) -> str:
+    """Submit a job, waiting while a freshly started head has no job agent yet (Ray answers 500
+    "No available agent" for a while after the dashboard is up)."""
+    deadline, told = time.monotonic() + wait_s, False
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc):
+                raise DreamloomError(f"the Ray cluster refused the job: {exc}") from None
+            if time.monotonic() > deadline:
+                message = f"the Ray cluster has had no job agent for {wait_s:g} s; is its head healthy?"
+                raise DreamloomError(message) from None
+            if not told:
+                print("[dreamloom] waiting for the Ray cluster's job agent", flush=True)
+                told = True
+            time.sleep(1.0)
 
 
 def _wait_for_ray_job(client, job_id: str, poll_s: float, timeout_s: float | None):
