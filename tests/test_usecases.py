@@ -226,3 +226,57 @@ def test_frames_are_edited_with_one_seed_and_removal_keeps_the_rest(endpoint, tm
     inside = np.asarray(cover) >= 128
     for result, original in zip(removed, originals, strict=True):
         assert np.array_equal(result[~inside], original[~inside])
+
+
+# ----- augment -----
+
+
+def test_the_augmentation_experiment_runs_end_to_end_and_reports_both_numbers(endpoint, tmp_path, capsys):
+    import json
+
+    from dreamloom.settings import tracking_uri
+    from dreamloom.toy.augmentation import write_classes
+    from dreamloom.tracking import client
+
+    url, root = endpoint
+    train, held_out = write_classes(tmp_path / "train", tmp_path / "held-out", 3, 6, classes=("heart", "cross"))
+    out = tmp_path / "augmented"
+    small = ["per_class=4", "train_steps=30", "generation_steps=8", "classifier_steps=30", "registry_prefix=aug-test"]
+    command = ["augment", "--data", str(train), "--eval-data", str(held_out), "--url", url, "--serving-store",
+               str(root / "store"), "--out", str(out), "--preset", "toy", *(f"--set={i}" for i in small)]  # fmt: skip
+    assert main(command) == 0
+
+    manifest = json.loads((out / "dataset" / "manifest.json").read_text())
+    sources = [(item["class"], item["source"]) for item in manifest]
+    for name in ("heart", "cross"):
+        assert sources.count((name, "real")) == 3 and sources.count((name, "synthetic")) == 4
+        assert len(list((out / "dataset" / name).glob("*.png"))) == 7  # ImageFolder layout
+    synthetic = [item for item in manifest if item["source"] == "synthetic"]
+    assert {item["adapter"] for item in synthetic} == {"aug-test-heart@champion", "aug-test-cross@champion"}
+    report = json.loads((out / "report.json").read_text())
+    for variant in ("real_only", "augmented"):
+        assert set(report[variant]) == {"balanced_accuracy", "balanced_recall"}
+        assert all(0.0 <= value <= 1.0 for value in report[variant].values())
+    run = client(tracking_uri()).get_run(report_run_id(capsys.readouterr().out))
+    assert {"real_only_balanced_accuracy", "augmented_balanced_recall"} <= set(run.data.metrics)
+
+
+def report_run_id(printed: str) -> str:
+    import re
+
+    return re.search(r'"mlflow_run_id": "(\w+)"', printed)[1]
+
+
+def test_a_class_with_too_few_images_is_refused_before_anything_runs(endpoint, tmp_path, capsys):
+    from dreamloom.toy.augmentation import write_classes
+
+    url, _ = endpoint
+    train, held_out = write_classes(tmp_path / "train", tmp_path / "held-out", 3, 2, classes=("heart", "cross"))
+    for extra in list((train / "cross").iterdir())[1:]:
+        extra.unlink()
+    command = ["augment", "--data", str(train), "--eval-data", str(held_out), "--url", url, "--out",
+               str(tmp_path / "out"), "--preset", "toy"]  # fmt: skip
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "class 'cross' in" in error and "has 1 images; at least 3 are needed" in error
+    assert not (tmp_path / "out").exists()

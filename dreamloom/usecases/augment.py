@@ -37,9 +37,9 @@ MANIFEST = "manifest.json"
 class AugmentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str = "toy"
+    base_model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="the base the endpoint serves")
     method: str = "lora"
-    resolution: int = Field(64, ge=32, le=1024)
+    resolution: int = Field(512, ge=32, le=1024)
     instance_prompt: str = Field("a photo of sks {class_name}", description="{class_name} is the folder's name")
     subject: str = Field("sks {class_name}", description="how generation prompts name the class")
     prompts: list[str] = Field(
@@ -47,8 +47,9 @@ class AugmentSettings(BaseModel):
         min_length=1,
         description="generation prompts, {subject} replaced; cycled over the images of each class",
     )
-    train_steps: int = Field(150, ge=1)
-    learning_rate: float = 1e-3
+    train_steps: int = Field(500, ge=1)
+    train_batch: int = Field(2, ge=1)
+    learning_rate: float = 1e-4
     per_class: int = Field(16, ge=1, le=10_000, description="synthetic images per class")
     min_real: int = Field(3, ge=1, description="fewest real images a class may have")
     generation_steps: int = Field(20, ge=1, le=150)
@@ -135,9 +136,9 @@ def personalize(
             "data.instance_prompt": settings.instance_prompt.format(class_name=name), "data.trigger_token": "sks",
             "data.resolution": settings.resolution, "output": str(work / "adapters" / model_name),
             "run_name": f"{model_name}-{os.getpid()}-{index}", "experiment": "dreamloom-augment",
-            "training.steps": settings.train_steps, "training.batch_size": 2, "training.checkpoint_every": 0,
-            "training.seed": settings.seed + index, "optimizer.learning_rate": settings.learning_rate,
-            "validation.every": 0,
+            "training.steps": settings.train_steps, "training.batch_size": settings.train_batch,
+            "training.checkpoint_every": 0, "training.seed": settings.seed + index,
+            "optimizer.learning_rate": settings.learning_rate, "validation.every": 0,
         })  # fmt: skip
         result = launch(config, launcher)
         version = register(result.artifact, model_name)
