@@ -30,8 +30,9 @@ def pipeline_arguments(config_file: Path, model_name: str, **extra) -> dict:
     return {"config": document, "model_name": model_name, **{k: v for k, v in extra.items() if v is not None}}
 
 
-def run_local(arguments: dict, root: Path | None = None) -> Path:
-    """Run every step in subprocesses of this Python (offline); returns the folder of their outputs."""
+def run_local(arguments: dict, root: Path | None = None, pipeline=None) -> Path:
+    """Run every step of ``pipeline`` (default: personalize) in subprocesses of this Python
+    (offline); returns the folder of their outputs."""
     from kfp import local
 
     from dreamloom.settings import apply_quiet_defaults, tracking_uri, work_dir
@@ -42,7 +43,7 @@ def run_local(arguments: dict, root: Path | None = None) -> Path:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     # Every step (a subprocess) must see this process's work folder and MLflow store.
     with _environment(DREAMLOOM_HOME=str(work_dir()), MLFLOW_TRACKING_URI=tracking_uri()):
-        personalize(**arguments)
+        (pipeline or personalize)(**arguments)
     return root
 
 

@@ -35,7 +35,14 @@ def compiled(tmp_path_factory) -> dict:
     return {"text": path.read_text(), "documents": list(yaml.safe_load_all(path.read_text()))}
 
 
-def test_the_checked_in_pipeline_yaml_is_what_the_code_compiles(compiled):
+def test_the_checked_in_pipeline_yaml_is_what_the_code_compiles(compiled, tmp_path):
+    from pipelines import NAMES, compile_all
+
+    fresh = compile_all(tmp_path)
+    assert [path.name for path in fresh] == [f"{name}.yaml" for name in NAMES]
+    for path in fresh:
+        checked_in = Path("pipelines") / path.name
+        assert checked_in.read_text() == path.read_text(), f"{checked_in} is stale: run dreamloom pipeline compile"
     assert COMPILED.read_text() == compiled["text"], (
         "pipelines/personalize.yaml is stale: run dreamloom pipeline compile"
     )
@@ -231,3 +238,35 @@ def test_bad_pipeline_arguments_are_refused_before_anything_runs(tmp_path):
     config_file.write_text(yaml.safe_dump(_run_config(tmp_path)))
     with pytest.raises(DreamloomError, match="gate config"):
         pipeline_arguments(config_file, "x", gate_config={"tolerance": "lots"})
+
+
+def _documents(name: str) -> list[dict]:
+    from importlib import import_module
+
+    path = import_module(f"pipelines.{name}").COMPILED
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+def test_the_augment_pipeline_teaches_classes_in_parallel_then_compares():
+    spec, platform = _documents("augment")
+    assert spec["schemaVersion"] == "2.1.0"
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"check-classes", "for-loop-1", "synthesize-and-compare"}
+    assert root["for-loop-1"]["iteratorPolicy"] == {"parallelismLimit": 4}
+    assert root["synthesize-and-compare"]["dependentTasks"] == ["for-loop-1"]
+    loop = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert loop["teach-class"]["cachingOptions"] == {}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in executors["exec-teach-class"][
+        "tolerations"
+    ]
+    assert [m["mountPath"] for m in executors["exec-synthesize-and-compare"]["pvcMount"]] == ["/serving"]
+
+
+def test_the_batch_ads_pipeline_renders_each_product_in_parallel():
+    spec, platform = _documents("batch_ads")
+    (loop,) = spec["root"]["dag"]["tasks"].values()
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 4}
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--products"
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "secretAsEnv" in executors["exec-render-ads"]

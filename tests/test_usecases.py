@@ -280,3 +280,19 @@ def test_a_class_with_too_few_images_is_refused_before_anything_runs(endpoint, t
     error = capsys.readouterr().err
     assert "class 'cross' in" in error and "has 1 images; at least 3 are needed" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_the_batch_ads_pipeline_runs_locally_through_the_endpoint(endpoint, tmp_path):
+    from pipelines.batch_ads import batch_ads
+    from pipelines.runner import run_local
+
+    url, _ = endpoint
+    brief = {"subject": f"a {SUBJECT}", "scenes": ["on a gray background"]}
+    arguments = {"products": ["hex@champion", "zigzag-style@champion"], "brief": brief, "triton_url": url,
+                 "variants": 2, "steps": 4}  # fmt: skip
+    root = run_local(arguments, tmp_path / "kfp", pipeline=batch_ads)
+    pages = sorted(root.rglob("render-ads/page"))
+    recipes = sorted(root.rglob("render-ads/ads/recipe.yaml"))
+    assert len(pages) == len(recipes) == 2
+    assert all(page.read_text().count("data:image/png;base64,") == 2 for page in pages)  # viewable in the KFP UI
+    assert {load_recipe(path)[0].adapter for path in recipes} == {"hex@champion*1", "zigzag-style@champion*1"}

@@ -8,8 +8,8 @@ from pathlib import Path
 def add_commands(commands) -> None:
     command = commands.add_parser("pipeline", help="the personalize pipeline (Kubeflow Pipelines)")
     actions = command.add_subparsers(title="actions", metavar="ACTION")
-    compile_ = actions.add_parser("compile", help="write the pipeline YAML to upload to the KFP UI")
-    compile_.add_argument("--out", type=Path, help="default: pipelines/personalize.yaml")
+    compile_ = actions.add_parser("compile", help="write the pipelines' YAML to upload to the KFP UI")
+    compile_.add_argument("--out", type=Path, help="a folder; default: beside each pipeline in pipelines/")
     compile_.set_defaults(handler=_compile)
     upload = actions.add_parser("upload", help="upload the compiled pipeline to a KFP backend (new version)")
     upload.add_argument("--host", required=True, help="KFP API address, e.g. http://ml-pipeline.kubeflow:8888")
@@ -43,9 +43,10 @@ def add_commands(commands) -> None:
 
 
 def _compile(args) -> None:
-    from pipelines.personalize import COMPILED, compile_pipeline
+    from pipelines import compile_all
 
-    print(f"compiled {compile_pipeline(args.out or COMPILED)}")
+    for path in compile_all(args.out):
+        print(f"compiled {path}")
 
 
 def _upload(args) -> None:

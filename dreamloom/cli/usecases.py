@@ -200,20 +200,10 @@ def _augment(args) -> None:
     import json
 
     from dreamloom.config import parse_override
-    from dreamloom.errors import DreamloomError
     from dreamloom.serving.repository import ServingStore
-    from dreamloom.usecases.augment import AugmentSettings, run_experiment
+    from dreamloom.usecases.augment import augment_settings, run_experiment
 
-    overrides = dict(parse_override(item) for item in args.set)
-    try:
-        if args.preset == "toy":
-            from dreamloom.toy.augmentation import toy_settings
-
-            settings = toy_settings(**overrides)
-        else:
-            settings = AugmentSettings(**overrides)
-    except ValueError as exc:
-        raise DreamloomError(f"invalid augment settings: {exc}") from None
+    settings = augment_settings(args.preset, dict(parse_override(item) for item in args.set))
     store = ServingStore(args.serving_store) if args.serving_store else ServingStore()
     report = run_experiment(args.data, args.eval_data, args.out, args.url, store, settings, args.launcher)
     print(json.dumps(report.to_dict(), indent=1))

@@ -61,6 +61,20 @@ class AugmentSettings(BaseModel):
     registry_prefix: str = "augment"
 
 
+def augment_settings(preset: str = "default", overrides: dict | None = None) -> AugmentSettings:
+    """``default`` (a Stable Diffusion base) or ``toy`` (tuned for the toy world), with overrides."""
+    try:
+        if preset == "toy":
+            from dreamloom.toy.augmentation import toy_settings
+
+            return toy_settings(**(overrides or {}))
+        if preset != "default":
+            raise DreamloomError(f"unknown preset {preset!r}; choose default or toy")
+        return AugmentSettings(**(overrides or {}))
+    except ValueError as exc:
+        raise DreamloomError(f"invalid augment settings: {exc}") from None
+
+
 @dataclass
 class Scores:
     balanced_accuracy: float
@@ -113,38 +127,60 @@ def read_classes(folder: Path, min_images: int = 1, what: str = "training data")
 # ----- personalization and generation -----
 
 
-def personalize(
-    classes: dict[str, list[Path]], settings: AugmentSettings, url: str, store, work: Path,
-    launcher: str = "local",
-) -> dict[str, str]:  # fmt: skip
-    """One adapter per class, trained, registered, promoted and deployed: class -> NAME@champion."""
+def check_inputs(data: Path, eval_data: Path, settings: AugmentSettings):
+    """The training and held-out classes, every image read; refused before any compute."""
+    classes = read_classes(data, settings.min_real, "training data")
+    held_out = read_classes(eval_data, 1, "held-out data")
+    if set(held_out) != set(classes):
+        raise DreamloomError(f"held-out classes {sorted(held_out)} differ from the training classes {sorted(classes)}")
+    for name in classes:
+        adapter_name(settings, name)
+    return classes, held_out
+
+
+def adapter_name(settings: AugmentSettings, class_name: str) -> str:
+    return f"{settings.registry_prefix}-{_slug(class_name)}"
+
+
+def teach_class(
+    name: str, images: list[Path], settings: AugmentSettings, work: Path, index: int = 0, launcher: str = "local"
+) -> str:
+    """Train the class's adapter, register it and make it the champion; returns the model's name.
+    (Classes train independently: a pipeline runs them in parallel.)"""
     from dreamloom.config import load_run_config
     from dreamloom.registry import promote, register
-    from dreamloom.serving.deploy import deploy
     from dreamloom.training.launcher import launch
 
+    data = work / "real" / name
+    data.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        shutil.copy(image, data / image.name)
+    model_name = adapter_name(settings, name)
+    print(f"[dreamloom] augment: teaching class {name!r} ({len(images)} images) as {model_name}", flush=True)
+    config = load_run_config(None, {
+        "method": settings.method, "base_model": settings.base_model, "data.path": str(data),
+        "data.instance_prompt": settings.instance_prompt.format(class_name=name), "data.trigger_token": "sks",
+        "data.resolution": settings.resolution, "output": str(work / "adapters" / model_name),
+        "run_name": f"{model_name}-{os.getpid()}-{index}", "experiment": "dreamloom-augment",
+        "training.steps": settings.train_steps, "training.batch_size": settings.train_batch,
+        "training.checkpoint_every": 0, "training.seed": settings.seed + index,
+        "optimizer.learning_rate": settings.learning_rate, "validation.every": 0,
+    })  # fmt: skip
+    result = launch(config, launcher)
+    version = register(result.artifact, model_name)
+    promote(model_name, str(version.version), force=True, reason="dreamloom augment: one adapter per class")
+    return model_name
+
+
+def deploy_classes(names: list[str], settings: AugmentSettings, url: str, store) -> dict[str, str]:
+    """Deploy every class's champion, one after another (each deploy is a new Triton version)."""
+    from dreamloom.serving.deploy import deploy
+
     adapters = {}
-    for index, (name, images) in enumerate(classes.items()):
-        data = work / "real" / name
-        data.mkdir(parents=True, exist_ok=True)
-        for image in images:
-            shutil.copy(image, data / image.name)
-        model_name = f"{settings.registry_prefix}-{_slug(name)}"
-        print(f"[dreamloom] augment: teaching class {name!r} ({len(images)} images) as {model_name}", flush=True)
-        config = load_run_config(None, {
-            "method": settings.method, "base_model": settings.base_model, "data.path": str(data),
-            "data.instance_prompt": settings.instance_prompt.format(class_name=name), "data.trigger_token": "sks",
-            "data.resolution": settings.resolution, "output": str(work / "adapters" / model_name),
-            "run_name": f"{model_name}-{os.getpid()}-{index}", "experiment": "dreamloom-augment",
-            "training.steps": settings.train_steps, "training.batch_size": settings.train_batch,
-            "training.checkpoint_every": 0, "training.seed": settings.seed + index,
-            "optimizer.learning_rate": settings.learning_rate, "validation.every": 0,
-        })  # fmt: skip
-        result = launch(config, launcher)
-        version = register(result.artifact, model_name)
-        promote(model_name, str(version.version), force=True, reason="dreamloom augment: one adapter per class")
-        deploy(f"{model_name}@champion", url, store=store)
-        adapters[name] = f"{model_name}@champion"
+    for name in names:
+        reference = f"{adapter_name(settings, name)}@champion"
+        deploy(reference, url, store=store)
+        adapters[name] = reference
     return adapters
 
 
@@ -293,26 +329,39 @@ def run_experiment(
     data: Path, eval_data: Path, out: Path, url: str, store, settings: AugmentSettings | None = None,
     launcher: str = "local",
 ) -> AugmentReport:  # fmt: skip
-    """Everything above, in order; the output folder appears complete or not at all."""
+    """Everything above, in order."""
+    settings = settings or AugmentSettings()
+    if Path(out).exists():
+        raise DreamloomError(f"output folder {out} exists; choose another --out")
+    classes, _ = check_inputs(data, eval_data, settings)
+    with tempfile.TemporaryDirectory(prefix="dreamloom-augment-") as work:
+        for index, (name, images) in enumerate(classes.items()):
+            teach_class(name, images, settings, Path(work), index, launcher)
+    return synthesize_and_compare(data, eval_data, out, url, store, settings)
+
+
+def synthesize_and_compare(
+    data: Path, eval_data: Path, out: Path, url: str, store, settings: AugmentSettings
+) -> AugmentReport:
+    """Deploy the classes' adapters, generate, write the dataset, train and score both classifiers,
+    log to MLflow. The output folder appears complete or not at all."""
     from dreamloom.serving.client import ServingClient
 
-    settings, out = settings or AugmentSettings(), Path(out)
-    if out.exists():
-        raise DreamloomError(f"output folder {out} exists; choose another --out")
-    classes = read_classes(data, settings.min_real, "training data")
-    held_out = read_classes(eval_data, 1, "held-out data")
-    if set(held_out) != set(classes):
-        raise DreamloomError(f"held-out classes {sorted(held_out)} differ from the training classes {sorted(classes)}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DreamloomError(f"output folder {out} is not empty; choose another --out")
+    classes, held_out = check_inputs(data, eval_data, settings)
+    adapters = deploy_classes(list(classes), settings, url, store)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        adapters = personalize(classes, settings, url, store, staging / "work", launcher)
         with ServingClient(url) as client:
             synthetic = generate(client, adapters, settings)
         manifest = write_dataset(staging / "dataset", classes, synthetic)
         report = _compare(staging / "dataset", manifest, held_out, list(classes), settings, adapters)
-        shutil.rmtree(staging / "work")
         (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+        if out.exists():
+            out.rmdir()
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

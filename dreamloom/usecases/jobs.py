@@ -216,6 +216,18 @@ def _write_folder(recipe: Recipe, images: list[np.ndarray], inputs: Path, out: P
     return out
 
 
+def inline_html(out: Path) -> str:
+    """The folder's index.html with its images embedded (the KFP UI shows one file, not a folder)."""
+    import base64
+    import re
+
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode((out / match[1]).read_bytes()).decode()
+        return f"src='data:image/png;base64,{data}'"
+
+    return re.sub(r"src='(images/\d+\.png)'", embed, (out / "index.html").read_text())
+
+
 def contact_sheet(images: list[Image.Image], columns: int = 4, gap: int = 4) -> Image.Image:
     """The images in a grid, left to right, top to bottom, on white."""
     columns = min(columns, len(images))

@@ -1,0 +1,42 @@
+"""How pipeline steps are run, shared by every pipeline: service credentials from Kubernetes
+secrets, no caching for steps with side effects, retries for steps that talk to services, and
+GPU scheduling plus the shared volume for training steps."""
+
+from kfp import dsl, kubernetes
+
+from dreamloom.k8s.rayjob import SETTINGS_ENV, RayJobSettings
+from dreamloom.k8s.secrets import SECRET_ENV
+
+GPU_RESOURCE = "nvidia.com/gpu"
+DATA_CLAIM = RayJobSettings.data_claim
+TRAINING_SETTINGS = "dreamloom-training"  # the chart's ConfigMap
+SERVING_CLAIM, SERVING_MOUNT = "dreamloom-serving", "/serving"  # Triton's model repository and adapters
+
+
+def talks_to_services(task: dsl.PipelineTask, retries: int = 3) -> dsl.PipelineTask:
+    """No caching (side effects), retries with backoff, and the service credentials as env."""
+    task.set_caching_options(False)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
+    for secret, keys in SECRET_ENV.items():
+        kubernetes.use_secret_as_env(task, secret, keys, optional=True)
+    return task
+
+
+def trains(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
+    """A training step: ``gpus`` (a pipeline parameter; 0 when a Ray cluster, not this pod, trains),
+    GPU-node tolerations, the shared data volume and the chart's RayJob settings."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+    task.set_cpu_request("4").set_memory_request("32G")
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    # The kuberay launcher stages images here for the RayJob's pods, which mount the same claim,
+    # and renders RayJobs with the chart's settings (image, service account, worker group).
+    kubernetes.mount_pvc(task, pvc_name=DATA_CLAIM, mount_path=RayJobSettings.data_mount)
+    kubernetes.use_config_map_as_env(task, TRAINING_SETTINGS, {"rayjob-settings.json": SETTINGS_ENV}, optional=True)
+    return task
+
+
+def serves(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A step that deploys to Triton: the serving volume, where the model repository lives."""
+    kubernetes.mount_pvc(task, pvc_name=SERVING_CLAIM, mount_path=SERVING_MOUNT)
+    return task

@@ -1,0 +1,41 @@
+"""Dataset augmentation: check the classes, teach one adapter per class (a step per class, in
+parallel), then deploy them, generate, and compare a classifier trained on real images with one
+trained on real + synthetic images (metrics and a table in the KFP UI)."""
+
+from pathlib import Path
+
+from kfp import dsl
+
+from components.augment_steps import check_classes, synthesize_and_compare, teach_class
+from pipelines._tasks import serves, talks_to_services, trains
+
+COMPILED = Path(__file__).with_name("augment.yaml")
+
+
+@dsl.pipeline(name="dreamloom-augment", description="Per-class adapters, synthetic images, the measured gain.")
+def augment(
+    data: str,
+    eval_data: str,
+    triton_url: str,
+    serving_store: str = "",
+    preset: str = "default",
+    settings: dict = {},  # noqa: B006 (KFP parameters are literals)
+    launcher: str = "local",
+    train_gpus: str = "1",
+):
+    classes = check_classes(data=data, eval_data=eval_data, preset=preset, settings=settings)
+    with dsl.ParallelFor(classes.output, parallelism=4) as class_name:
+        taught = teach_class(data=data, class_name=class_name, preset=preset, settings=settings, launcher=launcher)
+        trains(talks_to_services(taught, retries=0), train_gpus)
+    compared = synthesize_and_compare(
+        data=data, eval_data=eval_data, triton_url=triton_url, serving_store=serving_store, preset=preset,
+        settings=settings,
+    ).after(taught)  # fmt: skip
+    serves(talks_to_services(compared, retries=0))
+
+
+def compile_pipeline(path: Path = COMPILED) -> Path:
+    from kfp import compiler
+
+    compiler.Compiler().compile(augment, str(path))
+    return path

@@ -1,0 +1,47 @@
+"""Batch ad generation: ad variants for many products from one brief, a step per product (in
+parallel), each rendered through the serving endpoint with its images, recipe and an HTML page
+for the KFP UI."""
+
+from pathlib import Path
+
+from kfp import dsl
+
+from components.render_ads import render_ads
+from pipelines._tasks import talks_to_services
+
+COMPILED = Path(__file__).with_name("batch_ads.yaml")
+
+
+@dsl.pipeline(name="dreamloom-batch-ads", description="Ad variants for many product concepts from one brief.")
+def batch_ads(
+    products: list,
+    brief: dict,
+    triton_url: str,
+    variants: int = 4,
+    seed: int = 0,
+    style: str = "",
+    style_weight: float = 0.6,
+    size: str = "",
+    steps: int = 25,
+):
+    with dsl.ParallelFor(products, parallelism=4) as product:
+        talks_to_services(
+            render_ads(
+                product=product,
+                brief=brief,
+                triton_url=triton_url,
+                variants=variants,
+                seed=seed,
+                style=style,
+                style_weight=style_weight,
+                size=size,
+                steps=steps,
+            )
+        )
+
+
+def compile_pipeline(path: Path = COMPILED) -> Path:
+    from kfp import compiler
+
+    compiler.Compiler().compile(batch_ads, str(path))
+    return path
