@@ -311,7 +311,10 @@ def _jitter(batch: torch.Tensor, rng: random.Random) -> torch.Tensor:
 @torch.no_grad()
 def score(model: torch.nn.Module, items: list[tuple[Path, int]], classes: int, size: int) -> Scores:
     predicted = model(_tensors([path for path, _ in items], size)).argmax(1).numpy()
-    actual = np.array([label for _, label in items])
+    return balanced_scores(predicted, np.array([label for _, label in items]), classes)
+
+
+def balanced_scores(predicted: np.ndarray, actual: np.ndarray, classes: int) -> Scores:
     recalls, balanced = [], []
     for c in range(classes):
         positive, negative = actual == c, actual != c
