@@ -13,14 +13,13 @@ def render_ads(
     contact sheet and recipe as an artifact, the index as an HTML page for the KFP UI."""
     from pathlib import Path
 
-    from dreamloom.cli.usecases import _size
     from dreamloom.serving.client import ServingClient
     from dreamloom.usecases.ad import Brief, plan_ads
-    from dreamloom.usecases.jobs import inline_html, render
+    from dreamloom.usecases.jobs import inline_html, parse_size, render
 
     plan = Brief.model_validate(brief)
     recipe, staged = plan_ads(
-        product, plan.prompts(), variants, seed, _size(size), style or None, style_weight,
+        product, plan.prompts(), variants, seed, parse_size(size), style or None, style_weight,
         negative_prompt=plan.negative_prompt, steps=steps, guidance=guidance,
     )  # fmt: skip
     with ServingClient(triton_url) as client:

@@ -73,13 +73,10 @@ def _control(args, manifest) -> dict:
 
 
 def _parse_size(text: str | None) -> tuple[int | None, int | None]:
-    if not text:
-        return None, None
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise DreamloomError(f"--size expects WIDTHxHEIGHT such as 512x512, got {text!r}") from None
-    return width, height
+    from dreamloom.usecases.jobs import parse_size
+
+    width, height = parse_size(text)
+    return width or None, height or None
 
 
 def add_commands(commands) -> None:

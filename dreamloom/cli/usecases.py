@@ -106,6 +106,7 @@ def _run(args) -> None:
 
 def _plan_ad(args):
     from dreamloom.usecases.ad import plan_ads, read_brief, read_prompt_file
+    from dreamloom.usecases.jobs import parse_size
 
     negative = args.negative_prompt
     if args.brief:
@@ -116,7 +117,7 @@ def _plan_ad(args):
     else:
         prompts = args.prompt
     return plan_ads(
-        args.product or "", prompts, args.variants, args.seed, _size(args.size), args.style, args.style_weight,
+        args.product or "", prompts, args.variants, args.seed, parse_size(args.size), args.style, args.style_weight,
         args.layout, args.layout_adapter, args.condition, negative, args.steps, args.guidance, args.product_weight,
     )  # fmt: skip
 
@@ -136,12 +137,13 @@ def _plan_tryon(args):
 def _plan_design(args):
     from dreamloom.errors import DreamloomError
     from dreamloom.usecases.design import plan_design
+    from dreamloom.usecases.jobs import parse_size
 
     if not args.sketch:
         raise DreamloomError("design needs --sketch: the drawing to follow")
     return plan_design(
         args.sketch, args.controlnet or "", args.prompt, args.condition, args.variants, args.seed, args.concept,
-        _size(args.size), args.control_scale, args.steps, args.guidance, args.negative_prompt,
+        parse_size(args.size), args.control_scale, args.steps, args.guidance, args.negative_prompt,
     )  # fmt: skip
 
 
@@ -158,13 +160,6 @@ def _plan_edit(args):
 
 
 PLANNERS = {"ad": _plan_ad, "tryon": _plan_tryon, "design": _plan_design, "edit": _plan_edit}
-
-
-def _size(text: str | None) -> tuple[int, int]:
-    from dreamloom.cli.generate import _parse_size
-
-    width, height = _parse_size(text)
-    return (width or 0, height or 0)
 
 
 def _before_after(out: Path) -> None:

@@ -260,6 +260,17 @@ def index_html(recipe: Recipe, names: list[str]) -> str:
     )
 
 
+def parse_size(text: str | None) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` as (width, height); empty means (0, 0): the model's or the picture's size."""
+    if not text:
+        return 0, 0
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise DreamloomError(f"--size expects WIDTHxHEIGHT such as 512x512, got {text!r}") from None
+    return width, height
+
+
 def seeds(first: int, count: int) -> list[int]:
     return [first + index for index in range(count)]
 
