@@ -146,15 +146,11 @@ def _run(args, scratch: Path) -> dict:
 
 def _write_data(concept: str, scratch: Path) -> None:
     from dreamloom.toy.concepts import write_concept
-    from dreamloom.toy.measure import layout_scenes
+    from dreamloom.toy.measure import write_layout_scenes
 
     write_concept(concept, scratch / "concept")
     write_concept(concept, scratch / "concept-placeholder", subject=PLACEHOLDER)
-    scenes = scratch / "scenes"
-    scenes.mkdir()
-    for index, (caption, picture) in enumerate(layout_scenes(CONTROLNET_SCENES, seed=99)):
-        picture.save(scenes / f"scene_{index}.png")
-        (scenes / f"scene_{index}.txt").write_text(caption)
+    write_layout_scenes(scratch / "scenes", CONTROLNET_SCENES, seed=99)
 
 
 def _references(folder: Path):

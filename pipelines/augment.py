@@ -32,10 +32,3 @@ def augment(
         settings=settings,
     ).after(taught)  # fmt: skip
     serves(talks_to_services(compared, retries=0))
-
-
-def compile_pipeline(path: Path = COMPILED) -> Path:
-    from kfp import compiler
-
-    compiler.Compiler().compile(augment, str(path))
-    return path

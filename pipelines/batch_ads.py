@@ -38,10 +38,3 @@ def batch_ads(
                 steps=steps,
             )
         )
-
-
-def compile_pipeline(path: Path = COMPILED) -> Path:
-    from kfp import compiler
-
-    compiler.Compiler().compile(batch_ads, str(path))
-    return path

@@ -53,10 +53,3 @@ def personalize(
         promoted = talks_to_services(promote(name=model_name, version=registered.output, gate_config=gate_config))
         with dsl.If(triton_url != "", name="serving-configured"):
             serves(talks_to_services(deploy(reference=promoted.output, triton_url=triton_url, store=serving_store)))
-
-
-def compile_pipeline(path: Path = COMPILED) -> Path:
-    from kfp import compiler
-
-    compiler.Compiler().compile(personalize, str(path))
-    return path

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,12 @@ from dreamloom.errors import DreamloomError
 from dreamloom.k8s.kuberay import train_on_kuberay
 from dreamloom.k8s.rayjob import RayJobSettings, job_name
 from dreamloom.k8s.schemas import validate_custom_resource
+from dreamloom.serving.server import free_port
 from dreamloom.settings import tracking_uri
 from dreamloom.training.remote import submit_when_ready, train_on_ray
 from tests.helpers import draw_images, run_config
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def ray_cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-cluster")
     # Ray's socket paths live under --temp-dir and must stay short (the Unix limit is 107 bytes).
     ray_temp = Path(tempfile.mkdtemp(prefix="dl-ray-"))
-    dashboard = _free_port()
+    dashboard = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")},
         "DREAMLOOM_HOME": str(root / "home"),
@@ -56,8 +50,8 @@ def ray_cluster(tmp_path_factory):
     }
     command = [
         Path(sys.executable).with_name("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-        "--port", str(_free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--ray-client-server-port", str(_free_port()), "--num-cpus", "2", "--temp-dir", str(ray_temp),
+        "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--ray-client-server-port", str(free_port()), "--num-cpus", "2", "--temp-dir", str(ray_temp),
         "--include-dashboard", "true", "--disable-usage-stats",
     ]  # fmt: skip
     log = (root / "ray-start.log").open("w")

@@ -13,7 +13,8 @@ from kfp.dsl import Dataset
 
 from components import gate, prepare_data
 from dreamloom.errors import DreamloomError
-from pipelines.personalize import COMPILED, compile_pipeline
+from pipelines import compile_pipeline
+from pipelines.personalize import COMPILED
 from tests.helpers import draw_images
 
 SIDE_EFFECT_TASKS = ("train", "evaluate", "register", "gate", "promote", "deploy")
@@ -31,7 +32,7 @@ def _run_config(photos: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict:
-    path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "personalize.yaml")
+    path = compile_pipeline("personalize", tmp_path_factory.mktemp("compiled") / "personalize.yaml")
     return {"text": path.read_text(), "documents": list(yaml.safe_load_all(path.read_text()))}
 
 

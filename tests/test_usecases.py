@@ -18,7 +18,7 @@ from dreamloom.serving.repository import ServingStore
 from dreamloom.serving.server import TritonServer, free_port
 from dreamloom.toy import world
 from dreamloom.toy.concepts import SUBJECT, write_concept
-from dreamloom.toy.measure import edge_f1, layout_scenes
+from dreamloom.toy.measure import edge_f1, layout_scenes, write_layout_scenes
 from dreamloom.usecases.design import plan_design
 from dreamloom.usecases.edit import plan_edit
 from dreamloom.usecases.jobs import load_recipe, render
@@ -34,11 +34,7 @@ DESIGN_EDGE_F1 = 0.55
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("usecases")
-    scenes = root / "scenes"
-    scenes.mkdir()
-    for index, (caption, picture) in enumerate(layout_scenes(64, seed=99)):
-        picture.save(scenes / f"scene_{index}.png")
-        (scenes / f"scene_{index}.txt").write_text(caption)
+    scenes = write_layout_scenes(root / "scenes", 64, seed=99)
     artifacts = {
         "hex": train_toy("lora", write_concept("hexagon", root / "hexagon"), root / "hex", **{
             "training.steps": 120, "optimizer.learning_rate": 1e-3, "lora.rank": 8}),

@@ -110,14 +110,10 @@ def run(scratch: Path, out: Path) -> None:
 def _train_adapters(scratch: Path) -> dict[str, Path]:
     from dreamloom.config import load_run_config
     from dreamloom.toy.concepts import INSTANCE_PROMPT, write_concept
-    from dreamloom.toy.measure import layout_scenes
+    from dreamloom.toy.measure import write_layout_scenes
     from dreamloom.training.launcher import train_in_process
 
-    scenes = scratch / "scenes"
-    scenes.mkdir()
-    for index, (caption, picture) in enumerate(layout_scenes(64, seed=99)):
-        picture.save(scenes / f"scene_{index}.png")
-        (scenes / f"scene_{index}.txt").write_text(caption)
+    scenes = write_layout_scenes(scratch / "scenes", 64, seed=99)
     plans = {
         "hexagon": ("lora", write_concept("hexagon", scratch / "hexagon"), {"lora.rank": 8}),
         "zigzag": ("lora", write_concept("zigzag", scratch / "zigzag"), {"lora.rank": 8}),

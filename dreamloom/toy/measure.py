@@ -7,6 +7,7 @@ import dataclasses
 import random
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,6 +93,15 @@ def layout_scenes(count: int = 8, seed: int = 4242) -> list[tuple[str, Image.Ima
         layout = (rng.uniform(18, 46), rng.uniform(18, 46), rng.uniform(9, 16))
         layouts.append((scene.caption(), world.render(scene, seed + index, layout)))
     return layouts
+
+
+def write_layout_scenes(folder: Path, count: int = 64, seed: int = 99) -> Path:
+    """Layout scenes with their captions as a ControlNet training folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (caption, picture) in enumerate(layout_scenes(count, seed)):
+        picture.save(folder / f"scene_{index}.png")
+        (folder / f"scene_{index}.txt").write_text(caption)
+    return folder
 
 
 @torch.no_grad()
