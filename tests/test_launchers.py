@@ -51,7 +51,9 @@ def ray_cluster(tmp_path_factory):
     command = [
         Path(sys.executable).with_name("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
         "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--ray-client-server-port", str(free_port()), "--num-cpus", "2", "--temp-dir", str(ray_temp),
+        "--ray-client-server-port", str(free_port()),
+        # Not the default 52365: the test process's own Ray (other tests) already listens there.
+        "--dashboard-agent-listen-port", str(free_port()), "--num-cpus", "2", "--temp-dir", str(ray_temp),
         "--include-dashboard", "true", "--disable-usage-stats",
     ]  # fmt: skip
     log = (root / "ray-start.log").open("w")
@@ -59,6 +61,7 @@ def ray_cluster(tmp_path_factory):
     address = f"http://127.0.0.1:{dashboard}"
     try:
         _wait_for(f"{address}/api/version", head)
+        _wait_for_job_agent(address)
         yield address, root / "home"
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -79,6 +82,18 @@ def _wait_for(url: str, process: subprocess.Popen, timeout_s: float = 90) -> Non
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"the Ray dashboard at {url} did not come up in {timeout_s} s")
+
+
+def _wait_for_job_agent(address: str) -> None:
+    """A no-op job must run: the head answers HTTP before its job agent is up (or if it cannot start)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    job = submit_when_ready(client, wait_s=60, entrypoint="python -c pass")
+    deadline = time.monotonic() + 60
+    while not (status := client.get_job_status(job)).is_terminal() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)
 
 
 @pytest.fixture
