@@ -97,6 +97,11 @@ def test_an_ad_job_writes_its_pictures_and_a_recipe_that_renders_them_again(endp
         assert np.array_equal(first, second)
     assert "index.html" in capsys.readouterr().out
 
+    elsewhere = yaml.safe_load((out / "recipe.yaml").read_text()) | {"model": "shoe-dreambooth"}
+    (out / "recipe.yaml").write_text(yaml.safe_dump(elsewhere))  # a recipe names the model it was made with
+    assert main(["ad", "--url", url, "--recipe", str(out), "--out", str(tmp_path / "third")]) == 2
+    assert "shoe-dreambooth" in capsys.readouterr().err and not (tmp_path / "third").exists()
+
 
 def test_an_ad_in_a_style_differs_from_the_plain_product(endpoint, tmp_path):
     url, _ = endpoint

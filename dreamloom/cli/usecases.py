@@ -21,7 +21,9 @@ def add_commands(commands) -> None:
 def _common(command, kind: str) -> None:
     command.add_argument("--url", required=True, help="the Triton endpoint, e.g. localhost:8000")
     command.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    command.add_argument("--model", default="dreamloom", help="the Triton model (a DreamBooth model's own name)")
+    command.add_argument(
+        "--model", help="the Triton model (default dreamloom; a DreamBooth model's own name; a recipe's own)"
+    )
     command.add_argument("--out", type=Path, required=True, help="folder for the results (must not exist)")
     command.add_argument("--recipe", type=Path, help=f"render this {kind} recipe again (recipe.yaml or its folder)")
     command.add_argument("--seed", type=int, default=0, help="seed of the first image; the next ones count up")
@@ -97,8 +99,9 @@ def _run(args) -> None:
     else:
         recipe, staged = PLANNERS[args.kind](args)
         source = None
-    with ServingClient(args.url, args.protocol, args.model) as client:
-        out = render(recipe.model_copy(update={"model": args.model}), client, args.out, staged=staged, source=source)
+    recipe = recipe.model_copy(update={"model": args.model or recipe.model})
+    with ServingClient(args.url, args.protocol, recipe.model) as client:
+        out = render(recipe, client, args.out, staged=staged, source=source)
     if recipe.kind == "tryon":
         _before_after(out)
     print(f"open {out / 'index.html'} (contact sheet: {out / 'contact-sheet.png'})")
