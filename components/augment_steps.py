@@ -23,14 +23,18 @@ def check_classes(data: str, eval_data: str, preset: str = "default", settings: 
 @dsl.component(**COMPONENT)
 def teach_class(
     data: str, class_name: str, preset: str = "default", settings: dict = {}, launcher: str = "local",  # noqa: B006
+    gpus: str = "0",
 ) -> str:  # fmt: skip
-    """Train, register and promote the class's adapter; returns its registered model's name."""
+    """Train, register and promote the class's adapter; returns its registered model's name.
+    ``gpus``: this pod's GPUs, which the local launcher trains on."""
     import tempfile
     from pathlib import Path
 
     from dreamloom.usecases.augment import augment_settings, read_classes, teach_class
 
     options = augment_settings(preset, settings)
+    if launcher == "local" and float(gpus):
+        options = options.model_copy(update={"gpus_per_worker": float(gpus)})
     classes = read_classes(Path(data), options.min_real)
     index = sorted(classes).index(class_name)
     with tempfile.TemporaryDirectory() as work:

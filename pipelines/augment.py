@@ -25,7 +25,11 @@ def augment(
 ):
     classes = check_classes(data=data, eval_data=eval_data, preset=preset, settings=settings)
     with dsl.ParallelFor(classes.output, parallelism=4) as class_name:
-        taught = teach_class(data=data, class_name=class_name, preset=preset, settings=settings, launcher=launcher)
+        # gpus is passed as an argument too: KFP (2.17) does not carry a parameter that only sets a
+        # resource into a loop, and the local launcher trains on the pod's GPUs anyway.
+        taught = teach_class(
+            data=data, class_name=class_name, preset=preset, settings=settings, launcher=launcher, gpus=train_gpus
+        )
         trains(talks_to_services(taught, retries=0), train_gpus)
     compared = synthesize_and_compare(
         data=data, eval_data=eval_data, triton_url=triton_url, serving_store=serving_store, preset=preset,

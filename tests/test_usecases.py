@@ -297,3 +297,31 @@ def test_the_batch_ads_pipeline_runs_locally_through_the_endpoint(endpoint, tmp_
     assert len(pages) == len(recipes) == 2
     assert all(page.read_text().count("data:image/png;base64,") == 2 for page in pages)  # viewable in the KFP UI
     assert {load_recipe(path)[0].adapter for path in recipes} == {"hex@champion*1", "zigzag-style@champion*1"}
+
+
+def test_the_augment_pipeline_runs_locally_a_step_per_class(endpoint, tmp_path):
+    import json
+
+    from dreamloom.toy.augmentation import write_classes
+    from pipelines.augment import augment
+    from pipelines.runner import run_local
+
+    url, root = endpoint
+    train, held_out = write_classes(tmp_path / "train", tmp_path / "held-out", 3, 4, classes=("heart", "cross"))
+    settings = {"per_class": 2, "train_steps": 10, "generation_steps": 4, "classifier_steps": 10,
+                "registry_prefix": "aug-pipe"}  # fmt: skip
+    arguments = {"data": str(train), "eval_data": str(held_out), "triton_url": url,
+                 "serving_store": str(root / "store"), "preset": "toy", "settings": settings,
+                 "train_gpus": "0"}  # fmt: skip
+    outputs = run_local(arguments, tmp_path / "kfp", pipeline=augment)
+
+    taught = [json.loads(path.read_text()) for path in outputs.rglob("teach-class/executor_output.json")]
+    assert sorted(t["parameterValues"]["Output"] for t in taught) == ["aug-pipe-cross", "aug-pipe-heart"]  # a step each
+    (manifest,) = outputs.rglob("synthesize-and-compare/dataset/dataset/manifest.json")
+    assert sum(item["source"] == "synthetic" for item in json.loads(manifest.read_text())) == 4
+    (compared,) = outputs.rglob("synthesize-and-compare/executor_output.json")
+    (metrics,) = json.loads(compared.read_text())["artifacts"]["metrics"]["artifacts"]
+    assert set(metrics["metadata"]) == {f"{variant}_balanced_{name}" for variant in ("real_only", "real_plus_synthetic")
+                                        for name in ("accuracy", "recall")}  # fmt: skip
+    (page,) = outputs.rglob("synthesize-and-compare/page")
+    assert "balanced accuracy" in page.read_text()

@@ -49,6 +49,7 @@ class AugmentSettings(BaseModel):
     )
     train_steps: int = Field(500, ge=1)
     train_batch: int = Field(2, ge=1)
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs of each Ray Train worker teaching a class")
     learning_rate: float = 1e-4
     per_class: int = Field(16, ge=1, le=10_000, description="synthetic images per class")
     min_real: int = Field(3, ge=1, description="fewest real images a class may have")
@@ -164,6 +165,7 @@ def teach_class(
         "run_name": f"{model_name}-{os.getpid()}-{index}", "experiment": "dreamloom-augment",
         "training.steps": settings.train_steps, "training.batch_size": settings.train_batch,
         "training.checkpoint_every": 0, "training.seed": settings.seed + index,
+        "scaling.gpus_per_worker": settings.gpus_per_worker,
         "optimizer.learning_rate": settings.learning_rate, "validation.every": 0,
     })  # fmt: skip
     result = launch(config, launcher)
