@@ -103,6 +103,10 @@ def test_classes_with_too_few_images_and_unreadable_ones_are_named(tmp_path):
     (tmp_path / "dogs" / "1.png").write_bytes(b"not a png")
     with pytest.raises(DreamloomError, match=r"1\.png cannot be used"):
         read_classes(tmp_path, 2)
+    (tmp_path / "dogs" / "1.png").unlink()
+    (tmp_path / "dogs" / "scan.tiff").write_bytes(b"II*\0")
+    with pytest.raises(DreamloomError, match=r"scan\.tiff are in formats that are not supported; convert them to PNG"):
+        read_classes(tmp_path, 1)
 
 
 def test_a_hub_classifier_loads_from_a_folder_and_trains(tmp_path):
@@ -122,3 +126,31 @@ def test_a_hub_classifier_loads_from_a_folder_and_trains(tmp_path):
     model = train_classifier(items, 2, settings, 32)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)  # the head was replaced for two classes
     assert score(model, items, 2, 32).balanced_recall == 1.0
+
+
+def test_a_hub_segmenter_loads_from_safetensors_and_never_from_pickles(tmp_path):
+    """The try-on segmenter path, offline: a tiny SegFormer whose head always says upper clothes."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from dreamloom.usecases.pictures import segmentation_mask
+
+    labels = {0: "Background", 1: "Upper-clothes"}
+    config = SegformerConfig(
+        num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], num_attention_heads=[1], patch_sizes=[3],
+        strides=[2], mlp_ratios=[1], decoder_hidden_size=8, id2label=labels, label2id={v: k for k, v in labels.items()},
+    )  # fmt: skip
+    model = SegformerForSemanticSegmentation(config)
+    model.decode_head.classifier.bias.data = torch.tensor([0.0, 10.0])
+    pickled, safe = tmp_path / "pickled", tmp_path / "safe"
+    for folder in (pickled, safe):
+        config.save_pretrained(folder)
+        SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    model.save_pretrained(safe)
+    person = Image.new("RGB", (48, 40), "gray")
+    with pytest.raises(DreamloomError, match="needs safetensors weights"):
+        segmentation_mask(person, str(pickled), ["Upper-clothes"])
+    mask = segmentation_mask(person, str(safe), ["Upper-clothes"])
+    assert mask.size == (48, 40) and np.asarray(mask).min() == 255
+    with pytest.raises(DreamloomError, match="found no Pants; it knows: Upper-clothes"):
+        segmentation_mask(person, str(safe), ["Pants"])

@@ -23,6 +23,21 @@ UNSUPPORTED_IMAGE_SUFFIXES = {".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif",
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The pictures in ``folder``, sorted; a picture in a format we recognise but do not accept
+    is an error naming it, never silently skipped."""
+    from dreamloom.errors import DreamloomError
+
+    files = sorted(path for path in Path(folder).iterdir() if path.is_file())
+    refused = [path.name for path in files if path.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES]
+    if refused:
+        raise DreamloomError(
+            f"{folder}: {', '.join(refused[:5])}{' ...' if len(refused) > 5 else ''} are in formats that are "
+            "not supported; convert them to PNG, JPEG or WebP"
+        )
+    return [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
+
+
 class ImageProblem(Exception):
     """Why one file cannot be used, phrased for the person who supplied it."""
 

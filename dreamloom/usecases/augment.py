@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from dreamloom.data.images import IMAGE_SUFFIXES
+from dreamloom.data.images import image_files
 from dreamloom.errors import DreamloomError
 from dreamloom.usecases.pictures import picture
 
@@ -112,7 +112,7 @@ def read_classes(folder: Path, min_images: int = 1, what: str = "training data")
         raise DreamloomError(f"{what} {folder} is not a folder of class subfolders")
     classes = {}
     for sub in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")):
-        images = sorted(path for path in sub.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+        images = image_files(sub)
         if len(images) < min_images:
             raise DreamloomError(
                 f"class {sub.name!r} in {folder} has {len(images)} images; at least {min_images} are needed"
@@ -292,7 +292,8 @@ def train_classifier(
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=settings.classifier_steps)
     model.train()
-    for _ in range(settings.classifier_steps):
+    report_every = max(1, settings.classifier_steps // 5)
+    for step in range(1, settings.classifier_steps + 1):
         batch = [rng.choice(by_class[i % classes]) for i in range(settings.classifier_batch)]
         inputs = _jitter(pixels[batch], rng)
         loss = torch.nn.functional.cross_entropy(model(inputs), labels[batch])
@@ -300,6 +301,8 @@ def train_classifier(
         loss.backward()
         optimizer.step()
         schedule.step()
+        if step % report_every == 0 or step == settings.classifier_steps:
+            print(f"[dreamloom] classifier step {step}/{settings.classifier_steps} loss {loss.item():.4f}", flush=True)
     return model.eval()
 
 
@@ -338,11 +341,11 @@ def run_experiment(
     settings = settings or AugmentSettings()
     if Path(out).exists():
         raise DreamloomError(f"output folder {out} exists; choose another --out")
-    classes, _ = check_inputs(data, eval_data, settings)
+    classes, held_out = check_inputs(data, eval_data, settings)
     with tempfile.TemporaryDirectory(prefix="dreamloom-augment-") as work:
         for index, (name, images) in enumerate(classes.items()):
             teach_class(name, images, settings, Path(work), index, launcher)
-    return synthesize_and_compare(data, eval_data, out, url, store, settings)
+    return _synthesize_and_compare(classes, held_out, Path(out), url, store, settings)
 
 
 def synthesize_and_compare(
@@ -350,12 +353,19 @@ def synthesize_and_compare(
 ) -> AugmentReport:
     """Deploy the classes' adapters, generate, write the dataset, train and score both classifiers,
     log to MLflow. The output folder appears complete or not at all."""
-    from dreamloom.serving.client import ServingClient
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DreamloomError(f"output folder {out} is not empty; choose another --out")
     classes, held_out = check_inputs(data, eval_data, settings)
+    return _synthesize_and_compare(classes, held_out, out, url, store, settings)
+
+
+def _synthesize_and_compare(
+    classes: dict[str, list[Path]], held_out: dict[str, list[Path]], out: Path, url: str, store,
+    settings: AugmentSettings,
+) -> AugmentReport:  # fmt: skip
+    from dreamloom.serving.client import ServingClient
+
     adapters = deploy_classes(list(classes), settings, url, store)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dreamloom.data.images import IMAGE_SUFFIXES
+from dreamloom.data.images import image_files
 from dreamloom.errors import DreamloomError
 from dreamloom.usecases.jobs import Recipe, Render, Staged, multiple_of_eight
 from dreamloom.usecases.pictures import mask_from_file, picture
@@ -21,7 +21,7 @@ def frames_of(source: Path) -> list[Path]:
         return [source]
     if not source.is_dir():
         raise DreamloomError(f"{source} is neither an image nor a folder of frames")
-    frames = sorted(path for path in source.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    frames = image_files(source)
     if not frames:
         raise DreamloomError(f"{source} has no frames (.png, .jpg, .webp)")
     if len(frames) > MAX_FRAMES:

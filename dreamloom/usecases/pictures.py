@@ -74,10 +74,13 @@ def segmentation_mask(person: Image.Image, model: str, labels: list[str]) -> Ima
     from transformers import pipeline
 
     try:
-        segmenter = pipeline("image-segmentation", model=model)
-    except OSError as exc:
+        # safetensors only: a hub model's pickled weights are never loaded
+        segmenter = pipeline("image-segmentation", model=model, model_kwargs={"use_safetensors": True})
+    except (OSError, ValueError) as exc:  # not found, no weights, or only pickled weights
+        reason = str(exc).splitlines()[0]
         raise DreamloomError(
-            f"segmentation model {model} is not available here ({exc}); use --region or --mask"
+            f"segmentation model {model} cannot be loaded here ({reason}); it needs safetensors weights. "
+            "Use --region or --mask instead"
         ) from None
     found = {segment["label"]: segment["mask"] for segment in segmenter(person)}
     missing = [label for label in labels if label not in found]
