@@ -161,7 +161,7 @@ class ExampleStyleBaseline:
         from dreamloom.models.base import load_base_model
 
         job = _job(args, data, method, workdir)
-        self.model = load_base_model(job.base_ref, args.device)
+        self.model = load_base_model(job.base_model, args.device)
         self.device = torch.device(args.device)
         unet = self.model.unet
         if method == "lora":

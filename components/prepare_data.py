@@ -14,7 +14,7 @@ def prepare_data(config: dict, dataset: Output[Dataset]) -> str:
     from dreamloom.data.prepare import prepare_training_data
 
     run = pipeline_run_config(config, output=dataset.path)
-    prepared = prepare_training_data(run.data, run.controlnet if run.method == "controlnet" else None)
+    prepared = prepare_training_data(run.data, run.method_type.condition(run))
     dataset.metadata.update({"images": len(prepared.items), "hash": prepared.dataset_hash})
     with open(dataset.path, "w") as handle:
         json.dump({"root": str(prepared.root), "hash": prepared.dataset_hash, "images": len(prepared.items)}, handle)

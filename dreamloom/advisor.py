@@ -1,6 +1,9 @@
 """Which way to teach a concept: a recommendation with its reasons, sized for the chosen base.
 
-The trade-offs behind the rules:
+Each method says when it suits a set of needs (``TrainingMethod.suitability``: a priority and
+its reasons) and which method is the nearest one when it is over a budget (``fallback``); the
+advisor picks the most suitable, sizes every method on the architecture, and walks the fallbacks
+until the choice fits the storage and GPU budgets. The trade-offs behind the methods' rules:
 - DreamBooth reaches the highest fidelity on concepts the base has never seen, but it is a full
   UNet per concept (GBs) and needs the most GPU memory.
 - Textual Inversion makes a few-KB artifact but can only steer toward what the base almost knows.
@@ -15,10 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dreamloom.config import load_run_config
+from dreamloom.methods import METHODS
 from dreamloom.sizing import Architecture, Estimate, estimate
-
-ALL_METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork", "controlnet")
-MANY_CONCEPTS = 3
 
 
 @dataclass(frozen=True)
@@ -45,53 +46,14 @@ class Recommendation:
 
 
 def recommend(needs: Needs, arch: Architecture) -> Recommendation:
-    estimates = {method: estimate(arch, _config(method)) for method in ALL_METHODS}
-    method, reasons = _first_choice(needs)
-    notes = []
-    method, reasons = _fit_budgets(method, reasons, needs, estimates, notes)
-    if needs.spatial_control and (needs.new_to_base or needs.fine_detail):
-        notes.append("combine the ControlNet with a LoRA (or pivotal tuning) that carries the concept itself")
+    estimates = {name: estimate(arch, _config(name)) for name in METHODS}
+    suited = [(fit, name) for name, method in METHODS.items() if (fit := method.suitability(needs)) is not None]
+    if not suited:
+        raise ValueError("no method suits these needs")  # LoRA suits every need; a registry without it is a bug
+    fit, method = max(suited, key=lambda pair: pair[0].priority)
+    notes = list(fit.notes)
+    method, reasons = _fit_budgets(method, list(fit.reasons), needs, estimates, notes)
     return Recommendation(method, reasons, estimates, notes)
-
-
-def _first_choice(needs: Needs) -> tuple[str, list[str]]:
-    if needs.spatial_control:
-        return "controlnet", ["layout, pose or edges must be followed: only a ControlNet conditions on an image"]
-    if needs.style and not needs.fine_detail:
-        return "hypernetwork", [
-            "a style applies everywhere: a hypernetwork transforms every cross-attention",
-            "its strength is adjustable when generating; a LoRA is the alternative for sharper styles",
-        ]
-    if needs.new_to_base and needs.fine_detail:
-        if needs.concepts == 1:
-            return "dreambooth", [
-                "a concept new to the base that needs fine detail: DreamBooth's full UNet gives the highest fidelity",
-                "prior preservation keeps the base's idea of the class",
-            ]
-        return "pivotal", [
-            f"{needs.concepts} new concepts needing detail: a full UNet each would not scale",
-            "pivotal tuning gives each concept a new token (reach) and a LoRA (detail) at LoRA sizes",
-        ]
-    if not needs.new_to_base and not needs.fine_detail:
-        return "textual-inversion", [
-            "the base almost knows the concept: a learned token embedding is enough to steer it",
-            "artifacts of a few KB, and the model itself is untouched",
-        ]
-    if needs.concepts >= MANY_CONCEPTS:
-        return "lora", [f"{needs.concepts} concepts: LoRAs are small, hot-swappable and combinable on one base"]
-    return "lora", ["a LoRA learns the concept quickly in a small artifact and combines with others"]
-
-
-# When a budget rules a method out, the next one down keeps most of its strengths.
-FALLBACK = {
-    "dreambooth": "dreambooth-lora",
-    "dreambooth-lora": "pivotal",
-    "pivotal": "textual-inversion",
-    "lora": "textual-inversion",
-    "hypernetwork": "lora",
-    "controlnet": None,
-    "textual-inversion": None,
-}
 
 
 def _fit_budgets(method, reasons, needs: Needs, estimates: dict[str, Estimate], notes: list[str]):
@@ -99,7 +61,7 @@ def _fit_budgets(method, reasons, needs: Needs, estimates: dict[str, Estimate], 
         problem = _over_budget(estimates[method], needs)
         if problem is None:
             return method, reasons
-        fallback = FALLBACK[method]
+        fallback = METHODS[method].fallback
         if fallback is None:
             notes.append(f"{method} {problem}; no smaller method does its job, so it stays the choice")
             return method, reasons

@@ -1,8 +1,9 @@
 """Artifact folders: a method's weights plus the manifest ``dreamloom.json`` that describes them.
 
 The manifest says what the weights are (method, base model and revision, trigger token,
-resolution), where they came from (dataset hash, run config, MLflow run) and which files belong
-to the artifact (with their sha256), so that anything loading an artifact can check it first.
+resolution), where they came from (dataset hash and the run config of the training run, or the
+file an imported artifact was converted from; the MLflow run) and which files belong to the
+artifact (with their sha256), so that anything loading an artifact can check it first.
 """
 
 from __future__ import annotations
@@ -15,13 +16,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dreamloom import __version__
+from dreamloom.config import RunConfig
 from dreamloom.errors import ArtifactError
+from dreamloom.methods import METHODS, TrainingMethod, get_method
+from dreamloom.models.base import BaseModelRef
 
 MANIFEST_FILE = "dreamloom.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+class ImportRecord(BaseModel):
+    """Where an imported artifact came from (it has no training run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str  # the file's path when it was imported
+    format: str  # "kohya", "a1111", ...
+    sha256: str = ""
 
 
 class ArtifactManifest(BaseModel):
@@ -30,18 +44,46 @@ class ArtifactManifest(BaseModel):
     format: int = FORMAT_VERSION
     method: str
     artifact_kind: str
-    base_model: dict[str, Any]
+    base_model: BaseModelRef
     trigger_token: str | None = None
     instance_prompt: str
     resolution: int
     dataset_hash: str
-    config: dict[str, Any]
+    config: RunConfig | None = None  # the run that trained it
+    imported_from: ImportRecord | None = None  # or the file it was converted from
     run_name: str | None = None
     mlflow_run_id: str | None = None
     steps: int
     dreamloom_version: str = __version__
     created_at: str = ""
     files: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_format_1(cls, document: Any) -> Any:
+        """Format 1 kept the config as a plain dict, with ``imported_from`` inside it for imports."""
+        if not isinstance(document, dict) or document.get("format") != 1:
+            return document
+        document = {**document, "format": FORMAT_VERSION}
+        config = document.get("config") or {}
+        if "imported_from" in config:
+            document["config"] = None
+            document["imported_from"] = {"source": str(config["imported_from"]), "format": "unknown"}
+        return document
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> ArtifactManifest:
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is not one this dreamloom knows ({', '.join(METHODS)})")
+        if (self.config is None) == (self.imported_from is None):
+            raise ValueError("a manifest records the run config that trained it or the file it was imported from")
+        if self.config is not None and self.config.method != self.method:
+            raise ValueError(f"its config trains {self.config.method}, but it says it holds a {self.method} artifact")
+        return self
+
+    @property
+    def method_type(self) -> type[TrainingMethod]:
+        return get_method(self.method)
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -73,7 +115,9 @@ def read_manifest(folder: Path, verify: bool = True) -> ArtifactManifest:
     try:
         manifest = ArtifactManifest.model_validate_json(path.read_text())
     except ValidationError as exc:
-        raise ArtifactError(f"{path} is not a valid manifest: {exc.errors()[0]['msg']}") from None
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ArtifactError(f"{path} is not a valid manifest: {where + ': ' if where else ''}{first['msg']}") from None
     if verify:
         actual = file_digests(folder)
         damaged = sorted(name for name, digest in manifest.files.items() if actual.get(name) != digest)

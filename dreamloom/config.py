@@ -1,7 +1,10 @@
 """The run configuration: one YAML document that the CLI, the pipeline and a RayJob all accept.
 
-It is validated once, at the edge, before any data is read or any model is loaded. Every
-other module receives a ``RunConfig`` (or one of its sections), never a raw dict.
+It holds the sections every method shares (data, training, optimizer, prior, validation,
+scaling; documented here) and each method's own sections (``lora``, ``textual_inversion``, ...;
+documented in that method's module), assembled from the method registry. It is validated once,
+at the edge, before any data is read or any model is loaded; every other module receives a
+``RunConfig`` (or one of its sections), never a raw dict.
 """
 
 from __future__ import annotations
@@ -10,22 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from dreamloom.errors import ConfigError
+from dreamloom.methods import METHODS, TrainingMethod, config_sections, get_method
+from dreamloom.schema import Section
 
-# Methods that use prior preservation unless the config turns it off.
-PRIOR_BY_DEFAULT = ("dreambooth", "dreambooth-lora")
-MethodName = Literal[
-    "lora", "dreambooth", "dreambooth-lora", "textual-inversion", "hypernetwork", "controlnet", "pivotal"
-]
-# Methods that learn new token embeddings (they need a placeholder token in their prompts).
-EMBEDDING_METHODS = ("textual-inversion", "pivotal")
+MethodName = Literal[tuple(METHODS)]
 LR_SCHEDULERS = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataSettings(Section):
@@ -50,77 +45,6 @@ class DataSettings(Section):
         if resolution % 8:
             raise ValueError("must be a multiple of 8 (the VAE works on 8-pixel blocks)")
         return resolution
-
-
-class LoraSettings(Section):
-    rank: int = Field(4, ge=1, le=1024, description="LoRA rank r")
-    alpha: float | None = Field(None, gt=0, description="LoRA alpha (default: equal to rank)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        min_length=1,
-        description="UNet module names that get LoRA layers",
-    )
-    train_text_encoder: bool = Field(False, description="Also train LoRA on the text encoder(s)")
-    text_encoder_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"], min_length=1
-    )
-    text_encoder_learning_rate: float | None = Field(None, gt=0, le=1)
-
-    @property
-    def effective_alpha(self) -> float:
-        return float(self.alpha if self.alpha is not None else self.rank)
-
-
-class TextualInversionSettings(Section):
-    placeholder_token: str = Field(
-        "<concept>", pattern=r"^\S+$", description="The new token, e.g. <sks-shoe>; write it in your prompts"
-    )
-    num_vectors: int = Field(1, ge=1, le=75, description="Embedding vectors behind the token")
-    initializer_token: str = Field("object", min_length=1, description="An existing single token to start from")
-    learnable_property: Literal["object", "style"] = Field(
-        "object", description="Prompt templates for uncaptioned images: objects or styles"
-    )
-    use_templates: bool = Field(
-        True, description="Uncaptioned images cycle through templates instead of data.instance_prompt"
-    )
-    learning_rate: float | None = Field(None, gt=0, le=1, description="Default: optimizer.learning_rate")
-    train_fraction: float = Field(
-        1.0, gt=0, le=1, description="Pivotal tuning: share of the steps the embedding trains (then LoRA alone)"
-    )
-
-    @property
-    def tokens(self) -> list[str]:
-        """The placeholder and its extra vectors, named the way diffusers names them."""
-        return [self.placeholder_token] + [f"{self.placeholder_token}_{i}" for i in range(1, self.num_vectors)]
-
-
-class HypernetworkSettings(Section):
-    layer_structure: list[float] = Field(
-        default_factory=lambda: [1.0, 2.0, 1.0],
-        min_length=2,
-        description="Widths of the residual MLP as multiples of the context width (A1111's 1, 2, 1)",
-    )
-    activation: Literal["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "gelu", "mish"] = "linear"
-    layer_norm: bool = False
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after hidden layers (A1111's use_dropout)")
-    strength: float = Field(1.0, ge=0, le=2, description="Multiplier of the MLP output when generating")
-
-    @field_validator("layer_structure")
-    @classmethod
-    def _ends_at_one(cls, structure: list[float]) -> list[float]:
-        if structure[0] != 1 or structure[-1] != 1 or any(width <= 0 for width in structure):
-            raise ValueError("must start and end with 1 and hold positive widths, e.g. [1, 2, 1]")
-        return structure
-
-
-class ControlNetSettings(Section):
-    condition: Literal["canny", "scribble", "mask", "user"] = Field(
-        "canny", description="canny/scribble: extracted from each image; mask: name.mask.png; user: name.cond.png"
-    )
-    canny_low: int = Field(100, ge=0, le=255)
-    canny_high: int = Field(200, ge=0, le=255)
-    conditioning_scale: float = Field(1.0, ge=0, le=2, description="Strength of the control when generating")
 
 
 class PriorSettings(Section):
@@ -188,8 +112,10 @@ class ScalingSettings(Section):
     )
 
 
-class RunConfig(Section):
-    method: MethodName = Field(description="How the concept is taught")
+class _SharedSections(Section):
+    """The run config without the method sections (RunConfig below adds them from the registry)."""
+
+    method: str = Field(description="How the concept is taught")
     base_model: str = Field("tiny", min_length=1, description="Hub id, local diffusers folder, 'tiny' or 'tiny-sdxl'")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
     data: DataSettings
@@ -200,41 +126,35 @@ class RunConfig(Section):
     experiment: str = Field("dreamloom", min_length=1, description="MLflow experiment")
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    textual_inversion: TextualInversionSettings = Field(default_factory=TextualInversionSettings)
-    hypernetwork: HypernetworkSettings = Field(default_factory=HypernetworkSettings)
-    controlnet: ControlNetSettings = Field(default_factory=ControlNetSettings)
     prior: PriorSettings = Field(default_factory=PriorSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
 
     @model_validator(mode="after")
-    def _prior_needs_a_class(self) -> RunConfig:
+    def _prior_needs_a_class(self):
         if self.prior_enabled and not (self.prior.class_prompt or self.prior.class_data):
             raise ValueError(
                 f"method {self.method!r} uses prior preservation, which needs prior.class_prompt "
                 "(e.g. --class-prompt 'a photo of a shoe') or prior.class_data; "
                 "or set prior.enabled=false"
             )
-        if self.prior_enabled and self.method == "controlnet":
-            raise ValueError("controlnet trains on (image, condition) pairs and has no prior preservation")
         return self
 
     @model_validator(mode="after")
-    def _embedding_methods_name_their_token(self) -> RunConfig:
-        token = self.textual_inversion.placeholder_token
-        if self.method in EMBEDDING_METHODS and token not in self.data.instance_prompt:
-            raise ValueError(
-                f"method {self.method!r} learns the token {token!r}: put it in data.instance_prompt "
-                f"(e.g. 'a photo of {token}') or choose it with --placeholder-token"
-            )
+    def _the_method_accepts_its_settings(self):
+        self.method_type.check_config(self)
         return self
+
+    @property
+    def method_type(self) -> type[TrainingMethod]:
+        """The method plug-in this run trains with (``dreamloom.methods``)."""
+        return get_method(self.method)
 
     @property
     def prior_enabled(self) -> bool:
         if self.prior.enabled is not None:
             return self.prior.enabled
-        return self.method in PRIOR_BY_DEFAULT
+        return self.method_type.prior_by_default
 
     @property
     def effective_run_name(self) -> str:
@@ -245,7 +165,20 @@ class RunConfig(Section):
         return self.validation.prompts or [self.data.instance_prompt]
 
 
-# CLI flags that are shortcuts for config fields.
+RunConfig = create_model(
+    "RunConfig",
+    __base__=_SharedSections,
+    __module__=__name__,
+    __doc__="A training run: the shared sections above plus every method's own section.",
+    method=(MethodName, Field(description="How the concept is taught: " + ", ".join(METHODS))),
+    **{
+        name: (model, Field(default_factory=model, description=(model.__doc__ or "").strip() or None))
+        for name, model in config_sections().items()
+    },
+)
+
+
+# CLI flags that are shortcuts for config fields (each method adds its own).
 FLAG_FIELDS = {
     "method": "method",
     "base_model": "base_model",
@@ -260,10 +193,7 @@ FLAG_FIELDS = {
     "gpus_per_worker": "scaling.gpus_per_worker",
     "output": "output",
     "run_name": "run_name",
-    "placeholder_token": "textual_inversion.placeholder_token",
-    "num_vectors": "textual_inversion.num_vectors",
-    "initializer_token": "textual_inversion.initializer_token",
-    "condition": "controlnet.condition",
+    **{flag: spec.field for method in METHODS.values() for flag, spec in method.flags.items()},
 }
 
 

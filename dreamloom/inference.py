@@ -12,7 +12,6 @@ from PIL import Image
 
 from dreamloom.artifacts import ArtifactManifest, read_manifest
 from dreamloom.errors import ArtifactError, DreamloomError
-from dreamloom.methods import get_method
 from dreamloom.models.base import BaseModelRef, load_base_model, pipeline_from_components, resolve_base_model
 
 
@@ -47,7 +46,7 @@ class GenerationRequest:
 
 def artifact_base(manifest: ArtifactManifest) -> BaseModelRef:
     """The base an artifact was trained on, found again on this machine and checked."""
-    recorded = BaseModelRef.from_dict(manifest.base_model)
+    recorded = manifest.base_model
     on_this_machine = Path(recorded.location).is_dir()
     spec = recorded.location if on_this_machine else recorded.spec
     current = resolve_base_model(spec, None if on_this_machine else recorded.revision)
@@ -63,17 +62,15 @@ def load_artifact_pipeline(artifact: Path, strength: float | None = None, device
     """The base pipeline with the artifact applied (at ``strength``, where the method has one),
     and the artifact's manifest."""
     manifest = read_manifest(artifact)
-    method = get_method(manifest.method)
+    method = manifest.method_type
     if strength is not None and strength != 1.0 and not method.has_strength:
         raise DreamloomError(f"a {manifest.method} artifact has no strength to set; leave --scale out")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = load_base_model(artifact_base(manifest), device, dtype)
     if strength is None:
-        strength = (
-            manifest.config.get("hypernetwork", {}).get("strength", 1.0) if method.name == "hypernetwork" else 1.0
-        )
-    pipe = method.load_into(pipeline_from_components(model), Path(artifact), manifest, strength)
+        strength = method.default_strength(manifest.config)
+    pipe = method.load_into(pipeline_from_components(model), Path(artifact), manifest.config, strength)
     return pipe, manifest
 
 

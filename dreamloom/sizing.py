@@ -3,8 +3,9 @@ memory a training run needs for weights, gradients and optimizer state.
 
 The modules are built on the meta device (no memory, no weights) from the base's own configs:
 the published configs of SD 1.5, SD 2.1 and SDXL ship with the package; any other base is read
-from its diffusers folder. Counting what the real classes build (peft's own LoRA injection,
-``ControlNetModel.from_unet``) keeps these numbers honest when the libraries change.
+from its diffusers folder. Each method counts what the real classes build on them (peft's own
+adapter injection, ``ControlNetModel.from_unet``), which keeps these numbers honest when the
+libraries change.
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ class Architecture:
         return self.unet_params + sum(self.text_encoder_params) + self.vae_params
 
     @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+
+    @property
     def text_hidden_sizes(self) -> list[int]:
         return [config["hidden_size"] for config in self.text_configs]
 
@@ -128,76 +133,14 @@ class Estimate:
 
 def estimate(arch: Architecture, config: RunConfig) -> Estimate:
     """Artifact size and training-state memory of ``config.method`` on ``arch`` (bf16 frozen weights)."""
-    trainable = trainable_params(arch, config)
+    method = config.method_type
+    trainable = method.trainable_params(arch, config)
     artifact = trainable * BYTES_FP32
-    frozen = max(0, arch.total_params - trainable)
-    if config.method == "controlnet":
-        frozen = arch.total_params  # the ControlNet is new; the whole base stays frozen
+    # A method that trains the base's own weights (DreamBooth) freezes the rest; the others add
+    # their parameters beside a base that stays frozen whole.
+    frozen = arch.total_params - trainable if method.trains_base_weights else arch.total_params
     state = frozen * BYTES_HALF + trainable * BYTES_PER_TRAINABLE
     return Estimate(config.method, trainable, artifact, state)
-
-
-def trainable_params(arch: Architecture, config: RunConfig) -> int:
-    method = config.method
-    if method == "dreambooth":
-        return arch.unet_params
-    if method in ("lora", "dreambooth-lora"):
-        return _lora_params(arch, config)
-    if method == "textual-inversion":
-        return _embedding_params(arch, config)
-    if method == "pivotal":
-        return _lora_params(arch, config) + _embedding_params(arch, config)
-    if method == "hypernetwork":
-        return _hypernetwork_params(arch, config)
-    if method == "controlnet":
-        return _controlnet_params(arch)
-    raise DreamloomError(f"no size model for method {method!r}")
-
-
-def _lora_params(arch: Architecture, config: RunConfig) -> int:
-    from peft import LoraConfig
-
-    settings = config.lora
-    unet = arch.unet()
-    unet.requires_grad_(False)
-    with init_empty_weights():
-        unet.add_adapter(
-            LoraConfig(r=settings.rank, lora_alpha=settings.effective_alpha, target_modules=settings.target_modules)
-        )
-    total = count(unet, trainable_only=True)
-    if settings.train_text_encoder:
-        for encoder in arch.text_encoders():
-            encoder.requires_grad_(False)
-            with init_empty_weights():
-                encoder.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.effective_alpha,
-                                               target_modules=settings.text_encoder_target_modules))  # fmt: skip
-            total += count(encoder, trainable_only=True)
-    return total
-
-
-def _embedding_params(arch: Architecture, config: RunConfig) -> int:
-    return config.textual_inversion.num_vectors * sum(arch.text_hidden_sizes)
-
-
-def _hypernetwork_params(arch: Architecture, config: RunConfig) -> int:
-    from dreamloom.methods.hypernetwork import Hypernetwork, cross_attention_widths, structure_from_settings
-
-    with init_empty_weights():
-        hypernetwork = Hypernetwork(cross_attention_widths(arch.unet()), **structure_from_settings(config.hypernetwork))
-    return count(hypernetwork)
-
-
-def _controlnet_params(arch: Architecture) -> int:
-    from diffusers import ControlNetModel
-
-    from dreamloom.methods.controlnet import condition_channels
-
-    scale = 2 ** (len(arch.vae_config["block_out_channels"]) - 1)
-    with init_empty_weights():
-        controlnet = ControlNetModel.from_unet(
-            arch.unet(), conditioning_embedding_out_channels=condition_channels(scale), load_weights_from_unet=False
-        )
-    return count(controlnet)
 
 
 def human_bytes(size: float) -> str:

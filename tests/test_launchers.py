@@ -127,7 +127,7 @@ def test_the_train_step_with_the_ray_launcher_trains_on_the_cluster(ray_cluster,
     manifest = read_manifest(Path(model.path))  # verifies every file against its digest
     assert trained.steps == manifest.steps == 4 and manifest.mlflow_run_id == trained.mlflow_run_id
     assert manifest.run_name == "shoe-lora" and model.metadata["method"] == "lora"
-    assert manifest.config["data"]["path"] == "instance"  # the job read the images it was sent
+    assert str(manifest.config.data.path) == "instance"  # the job read the images it was sent
     assert (cluster_home / "runs" / "shoe-lora").is_dir()  # checkpoints live on the cluster's storage
     assert len(list((cluster_home / "artifacts").iterdir())) == 1  # and the job's copy of the artifact
     from dreamloom.tracking import client
@@ -227,7 +227,7 @@ def test_the_kuberay_launcher_runs_the_rendered_rayjob_and_collects_the_artifact
     assert document["metadata"] == {**document["metadata"], "name": job_name(config), "namespace": "team-a"}
     manifest = read_manifest(result.artifact)
     assert manifest.steps == 4 and manifest.run_name == "kuberay-lora"
-    assert manifest.config["data"]["path"] == str(volume / "dreamloom" / "jobs" / job_name(config) / "instance")
+    assert str(manifest.config.data.path) == str(volume / "dreamloom" / "jobs" / job_name(config) / "instance")
     assert (volume / "dreamloom" / "runs" / "kuberay-lora").is_dir()  # checkpoints on the shared volume
     assert not (volume / "dreamloom" / "jobs" / job_name(config)).exists()  # staged images cleaned up
 

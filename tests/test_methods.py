@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from dreamloom.errors import DreamloomError
 from dreamloom.inference import GenerationRequest, generate, load_artifact_pipeline
+from dreamloom.interop import import_a1111_hypernetwork as import_a1111
 from dreamloom.methods import METHODS
-from dreamloom.methods.hypernetwork import import_a1111
 from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
 from dreamloom.training.checkpoint import load_training_state, save_training_state
 from dreamloom.training.launcher import plan_job, train_in_process

@@ -9,7 +9,7 @@ from dreamloom.artifacts import read_manifest
 from dreamloom.data import dataset_hash
 from dreamloom.errors import ArtifactError, DreamloomError
 from dreamloom.inference import GenerationRequest, generate, load_artifact_pipeline
-from dreamloom.methods.kohya import export_kohya, import_kohya
+from dreamloom.interop import export_kohya, import_kohya
 from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
 from dreamloom.settings import tracking_uri
 from dreamloom.tracking import client
@@ -75,7 +75,7 @@ def test_manifest_records_lineage_and_guards_the_files(lora_run, tmp_path):
     result, _, photos = lora_run
     manifest = read_manifest(result.artifact)
     assert manifest.method == "lora" and manifest.artifact_kind == "lora"
-    assert manifest.base_model["revision"] == resolve_base_model("tiny").revision
+    assert manifest.base_model.revision == resolve_base_model("tiny").revision
     assert manifest.dataset_hash == dataset_hash(photos)
     assert manifest.trigger_token == "sks" and manifest.resolution == 64 and manifest.steps == 10
     assert manifest.mlflow_run_id == result.mlflow_run_id

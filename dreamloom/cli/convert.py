@@ -1,4 +1,4 @@
-"""Format conversions: kohya/A1111 LoRA files, A1111 hypernetworks."""
+"""Format conversions: kohya/A1111 adapter files (LoRA, DoRA, LoHa, LoKr), A1111 hypernetworks."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ from pathlib import Path
 
 
 def _add_lora(commands) -> None:
-    lora = commands.add_parser("lora", help="LoRA format conversions (kohya / A1111)")
+    lora = commands.add_parser("lora", help="LoRA-family format conversions (kohya / A1111 / ComfyUI)")
     actions = lora.add_subparsers(title="actions", metavar="ACTION")
-    export = actions.add_parser("export-kohya", help="write a LoRA artifact as a kohya/A1111 safetensors file")
+    export = actions.add_parser(
+        "export-kohya", help="write a LoRA, DoRA, LoHa or LoKr artifact as a kohya/A1111 safetensors file"
+    )
     export.add_argument("artifact", type=Path)
     export.add_argument("--out", type=Path, required=True, help="target .safetensors file")
     export.set_defaults(handler=_export_kohya)
-    imported = actions.add_parser("import-kohya", help="make a dreamloom LoRA artifact from a kohya-format file")
+    imported = actions.add_parser(
+        "import-kohya", help="make a dreamloom artifact from a kohya-format LoRA, DoRA, LoHa or LoKr file"
+    )
     imported.add_argument("file", type=Path)
     imported.add_argument("--base-model", required=True)
     imported.add_argument("--output", type=Path, required=True)
@@ -21,14 +25,14 @@ def _add_lora(commands) -> None:
 
 
 def _export_kohya(args) -> None:
-    from dreamloom.methods.kohya import export_kohya
+    from dreamloom.interop import export_kohya
 
     print(f"wrote {export_kohya(args.artifact, args.out)}")
 
 
 def _import_kohya(args) -> None:
+    from dreamloom.interop import import_kohya
     from dreamloom.logs import quiet_library_logging
-    from dreamloom.methods.kohya import import_kohya
 
     quiet_library_logging()
     import_kohya(args.file, args.base_model, args.output, args.trigger_token)
@@ -48,9 +52,9 @@ def _add_hypernetwork(commands) -> None:
 
 
 def _import_a1111(args) -> None:
-    from dreamloom.methods.hypernetwork import import_a1111
+    from dreamloom.interop import import_a1111_hypernetwork
 
-    import_a1111(args.file, args.base_model, args.output)
+    import_a1111_hypernetwork(args.file, args.base_model, args.output)
     print(f"imported {args.file} as {args.output}")
 
 

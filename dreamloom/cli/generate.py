@@ -55,20 +55,16 @@ def _generate_local(args) -> None:
 def _control(args, manifest) -> dict:
     if args.control_image is None:
         return {}
-    from dreamloom.data import conditions
     from dreamloom.data.images import ImageProblem, open_rgb
 
     try:
         image = open_rgb(args.control_image, 50_000_000)
     except ImageProblem as exc:
         raise DreamloomError(f"--control-image {args.control_image}: {exc}") from None
-    settings = manifest.config.get("controlnet", {})
+    method = manifest.method_type
     if args.control_from_photo:
-        kind = settings.get("condition")
-        if kind not in conditions.EXTRACTED:
-            raise DreamloomError(f"--control-from-photo extracts canny or scribble; this ControlNet follows {kind!r}")
-        image = conditions.extract(image, kind, settings.get("canny_low", 100), settings.get("canny_high", 200))
-    scale = args.control_scale if args.control_scale is not None else settings.get("conditioning_scale", 1.0)
+        image = method.condition_from_photo(manifest.config, image)
+    scale = args.control_scale if args.control_scale is not None else method.default_control_scale(manifest.config)
     return {"control_image": image, "control_scale": scale}
 
 

@@ -6,15 +6,15 @@ from pathlib import Path
 
 
 def _add_train(commands) -> None:
+    from dreamloom.methods import METHODS
+
     command = commands.add_parser(
         "train",
         help="train an adapter or model on a folder of images",
         description="Train with one of the methods. Flags override the --config file; --set reaches any field.",
     )
     command.add_argument("--config", type=Path, help="run config YAML")
-    command.add_argument(
-        "--method", help="lora | dreambooth | dreambooth-lora | textual-inversion | hypernetwork | controlnet | pivotal"
-    )
+    command.add_argument("--method", help=" | ".join(METHODS))
     command.add_argument("--base-model", help="hub id, local diffusers folder, tiny or tiny-sdxl")
     command.add_argument("--revision", help="hub revision of the base model")
     command.add_argument("--data", help="folder of instance images (captions as name.txt)")
@@ -26,12 +26,8 @@ def _add_train(commands) -> None:
     command.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
     command.add_argument("--gpus-per-worker", type=float)
     command.add_argument("--output", help="folder for the final artifact")
-    command.add_argument("--placeholder-token", help="textual-inversion/pivotal: the new token, e.g. <sks-shoe>")
-    command.add_argument("--num-vectors", type=int, help="textual-inversion/pivotal: vectors behind the token")
-    command.add_argument("--initializer-token", help="textual-inversion/pivotal: an existing word to start from")
-    command.add_argument(
-        "--condition", help="controlnet: canny | scribble | mask (name.mask.png) | user (name.cond.png)"
-    )
+    for flag, (spec, users) in _method_flags(METHODS).items():
+        command.add_argument(f"--{flag.replace('_', '-')}", type=spec.type, help=f"{'/'.join(users)}: {spec.help}")
     command.add_argument("--run-name", help="names the run for resuming (default: the output folder's name)")
     command.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     command.add_argument(
@@ -46,6 +42,15 @@ def _add_train(commands) -> None:
     )
     command.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     command.set_defaults(handler=_train)
+
+
+def _method_flags(methods) -> dict:
+    """Each method's flag once, with the methods that read it."""
+    flags: dict = {}
+    for name, method in methods.items():
+        for flag, spec in method.flags.items():
+            flags.setdefault(flag, (spec, []))[1].append(name)
+    return flags
 
 
 def _train(args) -> None:

@@ -33,15 +33,12 @@ def subject_of(manifest: ArtifactManifest) -> str:
 
 def settings_for(manifest: ArtifactManifest, **overrides) -> EvalSettings:
     """Evaluation settings from the manifest (subject, prompt kind, encoders), then ``overrides``."""
-    clip, dino = default_encoders(manifest.base_model.get("spec", ""))
-    embedding_style = manifest.method in ("textual-inversion", "pivotal") and (
-        manifest.config.get("textual_inversion", {}).get("learnable_property") == "style"
-    )
-    style = manifest.method == "hypernetwork" or embedding_style
+    clip, dino = default_encoders(manifest.base_model.spec)
+    kind = manifest.method_type.evaluation_kind(manifest.config)
     settings = EvalSettings(
         subject=subject_of(manifest) if not overrides.get("subject") else overrides["subject"],
-        kind="style" if style else "object",
-        prompts=_default_prompts(manifest.base_model.get("spec", "")),
+        kind="style" if kind == "style" else "object",  # a layout is judged on object prompts
+        prompts=_default_prompts(manifest.base_model.spec),
         clip_encoder=clip,
         dino_encoder=dino,
     )
@@ -63,25 +60,13 @@ def evaluate_artifact(artifact: Path, references: Path | None = None, **override
 
     manifest = read_manifest(artifact)
     settings = settings_for(manifest, **overrides)
-    folder = references or manifest.config.get("data", {}).get("path")
+    folder = references or (manifest.config.data.path if manifest.config else None)
     if folder is None:
         raise DreamloomError("the artifact does not record its training images; pass --references DIR")
     refs = reference_images(Path(folder))
     pipe, _ = load_artifact_pipeline(artifact)
-    control = _control_for(manifest, refs[0]) if manifest.method == "controlnet" else None
-    return evaluate(pipe, refs, settings, control, manifest.resolution or None), settings
-
-
-def _control_for(manifest: ArtifactManifest, reference):
-    from dreamloom.data import conditions
-
-    settings = manifest.config.get("controlnet", {})
-    kind = settings.get("condition")
-    if kind not in conditions.EXTRACTED:
-        raise DreamloomError(
-            f"evaluating a {kind!r} ControlNet needs its condition images; only canny/scribble are derived"
-        )
-    return conditions.extract(reference, kind, settings.get("canny_low", 100), settings.get("canny_high", 200))
+    inputs = manifest.method_type.evaluation_inputs(manifest.config, refs[0])
+    return evaluate(pipe, refs, settings, resolution=manifest.resolution or None, **inputs), settings
 
 
 def log_evaluation(result: EvalResult, settings: EvalSettings, subject_of_run: dict[str, str]) -> str:

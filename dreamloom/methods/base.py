@@ -1,45 +1,205 @@
-"""What a method is: a plug-in to the one training loop.
+"""What a method is: a plug-in to the one training loop, and the one place that knows its method.
 
-A method says what to make trainable, which module predicts the noise (the "denoiser": the UNet,
-or the UNet with a ControlNet or a hypernetwork around it), which captions an example trains
-with, and how its artifact is saved and put into a pipeline. The loop owns everything else
-(data, Ray, checkpoints, precision, logging, progress, sample grids).
+A method declares everything the platform asks of it, in four groups:
+
+- **what it is**: its name and summary, the config sections it owns (pydantic models with help
+  texts), whether prior preservation is on by default, the tokens it learns, whether it trains
+  the text encoders, the data it needs (a condition image per example), its artifact files;
+- **training**: what to make trainable, which module predicts the noise (the "denoiser": the
+  UNet, or the UNet with a ControlNet or a hypernetwork around it), which captions an example
+  trains with, how its artifact is saved;
+- **using an artifact**: how it loads into a pipeline (inference, evaluation, the registry's
+  pyfunc), how it attaches to and detaches from a *served* pipeline shared with other adapters
+  (``serve``), how it converts to and from the files other tools read (kohya/A1111);
+- **planning**: its trainable-parameter count on an architecture (sizing, the advisor), which
+  evaluation fits it, when the advisor should recommend it.
+
+The loop owns everything else (data, Ray, checkpoints, precision, logging, progress, sample
+grids). Nothing outside ``dreamloom.methods`` branches on a method's name: it asks the method.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from dreamloom.config import RunConfig
+from dreamloom.errors import ArtifactError, DreamloomError
 from dreamloom.models.base import BaseModelRef, LoadedBaseModel, pipeline_from_components
+from dreamloom.schema import Section
 
-if TYPE_CHECKING:
-    from dreamloom.artifacts import ArtifactManifest
+if TYPE_CHECKING:  # the run config and the layers above are only types here
+    from dreamloom.config import RunConfig
     from dreamloom.data.prepare import PreparedDataset
     from dreamloom.training.examples import Batch, ExampleSet
 
+EvaluationKind = Literal["object", "style", "layout"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A ``dreamloom train`` shortcut for one of the method's config fields."""
+
+    field: str  # dotted config field, e.g. "textual_inversion.placeholder_token"
+    help: str
+    type: type = str
+
+
+@dataclass(frozen=True)
+class Suitability:
+    """How strongly the advisor should recommend a method for a set of needs, and why.
+    The highest ``priority`` wins; a method that does not fit returns None instead."""
+
+    priority: int
+    reasons: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+class AttentionPatch(ABC):
+    """Something installed into the UNet's attention processors while it acts (a hypernetwork);
+    a request can have one at a time."""
+
+    @abstractmethod
+    def install(self, unet, strength: float) -> None: ...
+
+    @abstractmethod
+    def remove(self, unet) -> None: ...
+
+
+@dataclass
+class ServedAdapter:
+    """What one adapter put on a served pipeline that other adapters share.
+
+    The serving cache activates adapters by these parts, whatever their method: peft adapters
+    (on the UNet and text encoders) are mixed by weight with every other adapter's, private
+    tokens rewrite the prompts that name the placeholder, an attention patch is installed at
+    its weight, a ControlNet is handed to the ControlNet pipeline.
+    """
+
+    key: str  # "name/version"
+    method: str
+    peft_adapters: list[str] = field(default_factory=list)
+    placeholder: str | None = None  # what prompts write, e.g. <sks-mug>
+    tokens: list[str] = field(default_factory=list)  # its private tokens in the shared tokenizer
+    attention_patch: AttentionPatch | None = None
+    controlnet: torch.nn.Module | None = None
+
+    def rewrite(self, prompt: str) -> str:
+        """The prompt with the placeholder replaced by this adapter's private token."""
+        if not self.placeholder or not self.tokens:
+            return prompt
+        return prompt.replace(self.placeholder, self.tokens[0])
+
+    def detach(self, pipe) -> None:
+        """Take everything this adapter added off the shared pipeline."""
+        from dreamloom.methods.peft_adapters import remove_peft_adapters
+
+        remove_peft_adapters(pipe, self.peft_adapters)
+        if self.tokens:
+            pipe.unload_textual_inversion(self.tokens)
+        if self.attention_patch is not None:
+            self.attention_patch.remove(pipe.unet)
+
+
+def adapter_name(key: str) -> str:
+    """A peft adapter name for ``name/version`` (letters, digits and underscores only)."""
+    return "a_" + key.replace("/", "_").replace(".", "_").replace("-", "_")
+
 
 class TrainingMethod(ABC):
+    # ----- what it is -----
     name: ClassVar[str]
+    summary: ClassVar[str]  # one line: what trains (CLI help, docs)
     # What the artifact folder holds, recorded in its manifest: "lora", "unet", "embedding", ...
     artifact_kind: ClassVar[str]
+    artifact_files: ClassVar[tuple[str, ...]]  # what save_artifact writes (a trailing / marks a folder)
+    # Config sections the method reads: {section name: settings model}. Two methods may share a
+    # section (dreambooth-lora reads lora's); the run config holds each once.
+    sections: ClassVar[dict[str, type[Section]]] = {}
+    flags: ClassVar[dict[str, Flag]] = {}  # dreamloom train --FLAG shortcuts into its sections
+    prior_by_default: ClassVar[bool] = False
+    supports_prior: ClassVar[bool] = True
     # Whether its artifact takes a strength when it is applied (LoRA scale, hypernetwork strength).
     has_strength: ClassVar[bool] = False
+    # Sizing: its trainable parameters are the base's own (DreamBooth), not added beside them.
+    trains_base_weights: ClassVar[bool] = False
+    # Serving: its artifact replaces the whole UNet, so it is served as its own model, not an adapter.
+    serves_as_model: ClassVar[bool] = False
+    # Serving: the generation mode a request through it uses (a ControlNet needs "controlnet").
+    serving_mode: ClassVar[str] = "txt2img"
+    # Advisor: the nearest method to recommend instead when this one is over a budget.
+    fallback: ClassVar[str | None] = None
 
     def __init__(self, config: RunConfig):
         self.config = config
+
+    # ----- the run config, before any compute -----
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Refuse settings that cannot work together (raise ValueError naming the fix)."""
+        if config.prior_enabled and not cls.supports_prior:
+            raise ValueError(f"{cls.name} has no prior preservation; set prior.enabled=false")
+        token = cls.placeholder(config)
+        if token is not None and token not in config.data.instance_prompt:
+            raise ValueError(
+                f"method {cls.name!r} learns the token {token!r}: put it in data.instance_prompt "
+                f"(e.g. 'a photo of {token}') or choose it with --placeholder-token"
+            )
+
+    @classmethod
+    def placeholder(cls, config: RunConfig) -> str | None:
+        """The new token the method learns (prompts must name it), if it learns one."""
+        return None
+
+    @classmethod
+    def trigger_token(cls, config: RunConfig) -> str | None:
+        """The word that calls up the concept, recorded in the manifest."""
+        return config.data.trigger_token or cls.placeholder(config)
+
+    @classmethod
+    def trains_text_encoders(cls, config: RunConfig) -> bool:
+        return False
+
+    @classmethod
+    def condition(cls, config: RunConfig):
+        """The condition settings when every example needs a condition image (ControlNet), else None."""
+        return None
 
     @classmethod  # noqa: B027 (an optional hook)
     def check(cls, config: RunConfig, base: BaseModelRef, dataset: PreparedDataset) -> None:
         """Refuse what cannot work with this base or data before any compute (may read tokenizers)."""
 
+    # ----- planning -----
+
+    @classmethod
+    @abstractmethod
+    def trainable_params(cls, arch, config: RunConfig) -> int:
+        """Trainable parameters on ``arch`` (a ``dreamloom.sizing.Architecture``, modules on the meta device)."""
+
+    @classmethod
+    def evaluation_kind(cls, config: RunConfig | None) -> EvaluationKind:
+        """object/style: subject fidelity over prompt templates; layout: following a condition."""
+        return "object"
+
+    @classmethod
+    def evaluation_inputs(cls, config: RunConfig | None, reference) -> dict:
+        """Extra generation inputs an evaluation needs, derived from a reference image."""
+        return {}
+
+    @classmethod
+    def suitability(cls, needs) -> Suitability | None:
+        """When the advisor should recommend this method (``needs``: ``dreamloom.advisor.Needs``)."""
+        return None
+
+    # ----- training -----
+
     @property
     def trains_text_encoder(self) -> bool:
-        return False
+        return self.trains_text_encoders(self.config)
 
     def captions_for(self, caption: str | None) -> list[str]:
         """The captions an example trains with (one is drawn per step); its own caption by default."""
@@ -103,7 +263,58 @@ class TrainingMethod(ABC):
     def save_artifact(self, model: LoadedBaseModel, folder: Path) -> None:
         """Write the method's weights (safetensors) into ``folder``."""
 
+    # ----- using an artifact -----
+
+    @classmethod
+    def default_strength(cls, config: RunConfig | None) -> float:
+        """The strength an artifact is applied at when the caller names none."""
+        return 1.0
+
+    @classmethod
+    def default_control_scale(cls, config: RunConfig | None) -> float:
+        """The conditioning scale when the caller names none (methods that follow a condition)."""
+        return 1.0
+
+    @classmethod
+    def condition_from_photo(cls, config: RunConfig | None, photo):
+        """The condition image this method follows, derived from a photo (edges, strokes)."""
+        raise DreamloomError(f"a {cls.name} artifact follows no condition image")
+
     @classmethod
     @abstractmethod
-    def load_into(cls, pipe, folder: Path, manifest: ArtifactManifest, strength: float = 1.0):
-        """Put a saved artifact into a pipeline of the same base; returns the pipeline to call."""
+    def load_into(cls, pipe, folder: Path, config: RunConfig | None, strength: float = 1.0):
+        """Put a saved artifact into a pipeline of the same base; returns the pipeline to call.
+        ``config`` is the run config that trained it (None for an imported artifact)."""
+
+    @classmethod
+    def serve(cls, pipe, folder: Path, config: RunConfig | None, key: str) -> ServedAdapter:
+        """Attach the artifact to a served pipeline that other adapters share, under ``key``."""
+        raise DreamloomError(
+            f"adapter {key} is a {cls.name} model, which replaces the whole UNet: it is served as its "
+            "own model; call that model instead of passing ADAPTER"
+        )
+
+    # ----- the files other tools read (kohya, A1111, ComfyUI) -----
+
+    @classmethod
+    def export_kohya(
+        cls, folder: Path, config: RunConfig | None, sdxl: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The artifact's tensors in the kohya/A1111 key layout, and the file's metadata."""
+        raise ArtifactError(f"a {cls.name} artifact has no kohya/A1111 export")
+
+    @classmethod
+    def reads_kohya(cls, keys: set[str]) -> bool:
+        """Whether a kohya-format file with these tensor names holds this method's weights."""
+        return False
+
+    @classmethod
+    def import_kohya(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str], model: LoadedBaseModel,
+                     staging: Path) -> None:  # fmt: skip
+        """Write this method's artifact files into ``staging`` from a kohya-format file's tensors."""
+        raise ArtifactError(f"{cls.name} cannot import kohya files")
+
+
+def section(config: RunConfig | None, name: str, model: type[Section]) -> Any:
+    """A method's settings from the run config that trained it, or their defaults (imported artifacts)."""
+    return getattr(config, name) if config is not None else model()

@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from dreamloom.errors import DreamloomError
-from dreamloom.methods.base import TrainingMethod
+from dreamloom.errors import ArtifactError, DreamloomError
+from dreamloom.methods.base import Flag, ServedAdapter, Suitability, TrainingMethod, section
 from dreamloom.models.base import LoadedBaseModel, pipeline_from_components
+from dreamloom.schema import Section
 
 CONTROLNET_FOLDER = "controlnet"
 # The condition encoder's channels in real Stable Diffusion; it needs one stride-2 step per VAE halving.
 CONDITION_CHANNELS = (16, 32, 96, 256)
+
+
+class ControlNetSettings(Section):
+    condition: Literal["canny", "scribble", "mask", "user"] = Field(
+        "canny", description="canny/scribble: extracted from each image; mask: name.mask.png; user: name.cond.png"
+    )
+    canny_low: int = Field(100, ge=0, le=255, description="Lower hysteresis threshold of the edge detector")
+    canny_high: int = Field(200, ge=0, le=255, description="Upper hysteresis threshold of the edge detector")
+    conditioning_scale: float = Field(1.0, ge=0, le=2, description="Strength of the control when generating")
 
 
 class ControlledUNet(torch.nn.Module):
@@ -56,11 +68,71 @@ def condition_channels(vae_scale_factor: int) -> tuple[int, ...]:
 
 class ControlNetMethod(TrainingMethod):
     name = "controlnet"
+    summary = "a ControlNet copied from the UNet, on --condition canny|scribble|mask|user"
     artifact_kind = "controlnet"
+    artifact_files = (f"{CONTROLNET_FOLDER}/",)
+    sections = {"controlnet": ControlNetSettings}
+    flags = {
+        "condition": Flag("controlnet.condition", "canny | scribble | mask (name.mask.png) | user (name.cond.png)")
+    }
+    supports_prior = False
+    serving_mode = "controlnet"
 
     def __init__(self, config):
         super().__init__(config)
         self.controlnet = None
+
+    @classmethod
+    def condition(cls, config) -> ControlNetSettings:
+        return config.controlnet
+
+    @classmethod
+    def trainable_params(cls, arch, config) -> int:
+        from accelerate import init_empty_weights
+        from diffusers import ControlNetModel
+
+        with init_empty_weights():
+            controlnet = ControlNetModel.from_unet(
+                arch.unet(),
+                conditioning_embedding_out_channels=condition_channels(arch.vae_scale_factor),
+                load_weights_from_unet=False,
+            )
+        return sum(p.numel() for p in controlnet.parameters())
+
+    @classmethod
+    def evaluation_kind(cls, config):
+        return "layout"
+
+    @classmethod
+    def evaluation_inputs(cls, config, reference) -> dict:
+        """The evaluated images follow the condition of a reference image."""
+        return {"control_image": cls.condition_from_photo(config, reference)}
+
+    @classmethod
+    def condition_from_photo(cls, config, photo):
+        from dreamloom.data import conditions
+
+        settings = section(config, "controlnet", ControlNetSettings)
+        if settings.condition not in conditions.EXTRACTED:
+            raise DreamloomError(
+                f"only canny and scribble conditions are derived from a photo; this ControlNet follows "
+                f"{settings.condition!r} images: pass them as they are"
+            )
+        return conditions.extract(photo, settings.condition, settings.canny_low, settings.canny_high)
+
+    @classmethod
+    def default_control_scale(cls, config) -> float:
+        return section(config, "controlnet", ControlNetSettings).conditioning_scale
+
+    @classmethod
+    def suitability(cls, needs) -> Suitability | None:
+        if not needs.spatial_control:
+            return None
+        notes = []
+        if needs.new_to_base or needs.fine_detail:
+            notes.append("combine the ControlNet with a LoRA (or pivotal tuning) that carries the concept itself")
+        return Suitability(100, ["layout, pose or edges must be followed: only a ControlNet conditions on an image"],
+                           notes)  # fmt: skip
 
     def attach(self, model: LoadedBaseModel) -> None:
         from diffusers import ControlNetModel
@@ -95,13 +167,23 @@ class ControlNetMethod(TrainingMethod):
         self.controlnet.save_pretrained(folder / CONTROLNET_FOLDER, safe_serialization=True)
 
     @classmethod
-    def load_into(cls, pipe, folder: Path, manifest=None, strength: float = 1.0):
+    def load_into(cls, pipe, folder: Path, config=None, strength: float = 1.0):
+        return controlnet_pipeline(pipe, cls._loaded(pipe, Path(folder)))
+
+    @classmethod
+    def serve(cls, pipe, folder: Path, config, key: str) -> ServedAdapter:
+        return ServedAdapter(key, cls.name, controlnet=cls._loaded(pipe, Path(folder)))
+
+    @classmethod
+    def _loaded(cls, pipe, folder: Path):
         from diffusers import ControlNetModel
 
+        if not (folder / CONTROLNET_FOLDER).is_dir():
+            raise ArtifactError(f"{folder} lacks {CONTROLNET_FOLDER}/: it is not a complete artifact")
         controlnet = ControlNetModel.from_pretrained(
-            Path(folder) / CONTROLNET_FOLDER, torch_dtype=pipe.unet.dtype, use_safetensors=True
+            folder / CONTROLNET_FOLDER, torch_dtype=pipe.unet.dtype, use_safetensors=True
         )
-        return controlnet_pipeline(pipe, controlnet.to(pipe.device))
+        return controlnet.to(pipe.device)
 
 
 def controlnet_pipeline(pipe, controlnet):

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator
 from safetensors.torch import load_file, save_file
 
-from dreamloom.errors import DreamloomError
-from dreamloom.methods.base import TrainingMethod
+from dreamloom.errors import ArtifactError, DreamloomError
+from dreamloom.methods.base import AttentionPatch, ServedAdapter, Suitability, TrainingMethod, section
 from dreamloom.models.base import LoadedBaseModel
+from dreamloom.schema import Section
 
 WEIGHTS_FILE = "hypernetwork.safetensors"
 # A1111's activation names; note that its "swish" is torch's Hardswish.
@@ -36,6 +39,27 @@ ACTIVATIONS = {
     "gelu": torch.nn.GELU,
     "mish": torch.nn.Mish,
 }
+
+
+class HypernetworkSettings(Section):
+    layer_structure: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0, 1.0],
+        min_length=2,
+        description="Widths of the residual MLP as multiples of the context width (A1111's 1, 2, 1)",
+    )
+    activation: Literal["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "gelu", "mish"] = Field(
+        "linear", description="Activation between the MLP's layers (A1111's names)"
+    )
+    layer_norm: bool = Field(False, description="A LayerNorm after each layer (A1111's is_layer_norm)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after hidden layers (A1111's use_dropout)")
+    strength: float = Field(1.0, ge=0, le=2, description="Multiplier of the MLP output when generating")
+
+    @field_validator("layer_structure")
+    @classmethod
+    def _ends_at_one(cls, structure: list[float]) -> list[float]:
+        if structure[0] != 1 or structure[-1] != 1 or any(width <= 0 for width in structure):
+            raise ValueError("must start and end with 1 and hold positive widths, e.g. [1, 2, 1]")
+        return structure
 
 
 class HypernetworkMLP(torch.nn.Module):
@@ -77,7 +101,7 @@ class HypernetworkMLP(torch.nn.Module):
         return context + self.linear(context) * strength
 
 
-class Hypernetwork(torch.nn.Module):
+class Hypernetwork(torch.nn.Module, AttentionPatch):
     """A (key, value) pair of MLPs for each context width."""
 
     def __init__(self, widths: list[int], **structure):
@@ -104,6 +128,13 @@ class Hypernetwork(torch.nn.Module):
     @property
     def widths(self) -> list[int]:
         return [int(w) for w in self.pairs]
+
+    def install(self, unet, strength: float) -> None:
+        self.set_strength(strength)
+        install(unet, self)
+
+    def remove(self, unet) -> None:
+        uninstall(unet)
 
 
 class _ContextProjections:
@@ -164,12 +195,43 @@ class HypernetworkedUNet(torch.nn.Module):
 
 class HypernetworkMethod(TrainingMethod):
     name = "hypernetwork"
+    summary = "A1111's residual MLPs on the cross-attention context (hypernetwork.*)"
     artifact_kind = "hypernetwork"
+    artifact_files = (WEIGHTS_FILE,)
+    sections = {"hypernetwork": HypernetworkSettings}
     has_strength = True
+    fallback = "lora"
 
     def __init__(self, config):
         super().__init__(config)
         self.hypernetwork: Hypernetwork | None = None
+
+    @classmethod
+    def trainable_params(cls, arch, config) -> int:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            hypernetwork = Hypernetwork(
+                cross_attention_widths(arch.unet()), **structure_from_settings(config.hypernetwork)
+            )
+        return sum(p.numel() for p in hypernetwork.parameters())
+
+    @classmethod
+    def evaluation_kind(cls, config):
+        return "style"
+
+    @classmethod
+    def default_strength(cls, config) -> float:
+        return section(config, "hypernetwork", HypernetworkSettings).strength
+
+    @classmethod
+    def suitability(cls, needs) -> Suitability | None:
+        if needs.style and not needs.fine_detail:
+            return Suitability(90, [
+                "a style applies everywhere: a hypernetwork transforms every cross-attention",
+                "its strength is adjustable when generating; a LoRA is the alternative for sharper styles",
+            ])  # fmt: skip
+        return None
 
     def attach(self, model: LoadedBaseModel) -> None:
         self.hypernetwork = Hypernetwork(
@@ -191,19 +253,26 @@ class HypernetworkMethod(TrainingMethod):
         save_hypernetwork(self.hypernetwork, folder)
 
     @classmethod
-    def load_into(cls, pipe, folder: Path, manifest=None, strength: float = 1.0):
-        hypernetwork = load_hypernetwork(Path(folder)).to(pipe.device, pipe.unet.dtype)
+    def load_into(cls, pipe, folder: Path, config=None, strength: float = 1.0):
+        hypernetwork = cls._loaded(pipe, Path(folder))
+        hypernetwork.install(pipe.unet, strength)
+        pipe.hypernetwork = hypernetwork  # keeps a handle for changing the strength later
+        return pipe
+
+    @classmethod
+    def serve(cls, pipe, folder: Path, config, key: str) -> ServedAdapter:
+        return ServedAdapter(key, cls.name, attention_patch=cls._loaded(pipe, Path(folder)))
+
+    @classmethod
+    def _loaded(cls, pipe, folder: Path) -> Hypernetwork:
+        hypernetwork = load_hypernetwork(folder).to(pipe.device, pipe.unet.dtype)
         widths = cross_attention_widths(pipe.unet)
         if not set(hypernetwork.widths) & set(widths):
             raise DreamloomError(
                 f"this hypernetwork transforms contexts of width {hypernetwork.widths}, but the base model's "
                 f"cross-attention uses {widths}: it was made for another base"
             )
-        hypernetwork.eval()
-        hypernetwork.set_strength(strength)
-        install(pipe.unet, hypernetwork)
-        pipe.hypernetwork = hypernetwork  # keeps a handle for changing the strength later
-        return pipe
+        return hypernetwork.eval()
 
 
 def structure_from_settings(settings) -> dict:
@@ -229,6 +298,8 @@ def load_hypernetwork(folder: Path) -> Hypernetwork:
     from safetensors import safe_open
 
     path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{folder} lacks {WEIGHTS_FILE}: it is not a complete artifact")
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata() or {}
     hypernetwork = Hypernetwork(json.loads(metadata["widths"]), **json.loads(metadata["structure"]))
@@ -236,14 +307,9 @@ def load_hypernetwork(folder: Path) -> Hypernetwork:
     return hypernetwork
 
 
-def import_a1111(source: Path, base_model: str, output: Path):
-    """An A1111 ``.pt`` hypernetwork, read with ``torch.load(weights_only=True)`` (no code can run),
-    written as a dreamloom hypernetwork artifact in safetensors."""
-    import tempfile
-
-    from dreamloom.artifacts import ArtifactManifest, publish
-    from dreamloom.models.base import resolve_base_model
-
+def read_a1111(source: Path) -> tuple[Hypernetwork, int]:
+    """An A1111 ``.pt`` hypernetwork and its step count, read with ``torch.load(weights_only=True)``
+    (no code can run)."""
     try:
         saved = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refusals come in several types
@@ -274,20 +340,7 @@ def import_a1111(source: Path, base_model: str, output: Path):
         hypernetwork.load_state_dict(state)
     except RuntimeError as exc:
         raise DreamloomError(f"{source} does not match its own layer description: {str(exc).splitlines()[0]}") from None
-    base = resolve_base_model(base_model)
-    manifest = ArtifactManifest(
-        method="hypernetwork",
-        artifact_kind="hypernetwork",
-        base_model=base.to_dict(),
-        instance_prompt="",
-        resolution=0,
-        dataset_hash="unknown (imported from A1111)",
-        config={"imported_from": str(Path(source).absolute()), "hypernetwork": {"strength": 1.0}},
-        steps=int(saved.get("step", 0) or 0),
-    )
-    with tempfile.TemporaryDirectory() as staging:
-        save_hypernetwork(hypernetwork, Path(staging))
-        return publish(Path(staging), output, manifest)
+    return hypernetwork, int(saved.get("step", 0) or 0)
 
 
 def uninstall(unet) -> None:

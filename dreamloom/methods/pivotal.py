@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dreamloom.methods.base import TrainingMethod
+from dreamloom.methods.base import ServedAdapter, Suitability, TrainingMethod
 from dreamloom.methods.lora import LoraMethod
 from dreamloom.methods.textual_inversion import TextualInversionMethod
 from dreamloom.models.base import LoadedBaseModel
@@ -20,8 +20,13 @@ from dreamloom.models.base import LoadedBaseModel
 
 class PivotalMethod(TrainingMethod):
     name = "pivotal"
+    summary = "a new token embedding and a LoRA together (textual_inversion.train_fraction)"
     artifact_kind = "lora+embedding"
+    artifact_files = LoraMethod.artifact_files + TextualInversionMethod.artifact_files
+    sections = {**LoraMethod.sections, **TextualInversionMethod.sections}
+    flags = TextualInversionMethod.flags
     has_strength = True  # the LoRA's scale
+    fallback = "textual-inversion"
 
     def __init__(self, config):
         super().__init__(config)
@@ -29,12 +34,33 @@ class PivotalMethod(TrainingMethod):
         self.lora = LoraMethod(config)
 
     @classmethod
+    def placeholder(cls, config) -> str:
+        return TextualInversionMethod.placeholder(config)
+
+    @classmethod
     def check(cls, config, base, dataset) -> None:
         TextualInversionMethod.check(config, base, dataset)
 
-    @property
-    def trains_text_encoder(self) -> bool:
+    @classmethod
+    def trains_text_encoders(cls, config) -> bool:
         return True
+
+    @classmethod
+    def trainable_params(cls, arch, config) -> int:
+        return LoraMethod.trainable_params(arch, config) + TextualInversionMethod.trainable_params(arch, config)
+
+    @classmethod
+    def evaluation_kind(cls, config):
+        return TextualInversionMethod.evaluation_kind(config)
+
+    @classmethod
+    def suitability(cls, needs) -> Suitability | None:
+        if needs.new_to_base and needs.fine_detail and needs.concepts > 1:
+            return Suitability(80, [
+                f"{needs.concepts} new concepts needing detail: a full UNet each would not scale",
+                "pivotal tuning gives each concept a new token (reach) and a LoRA (detail) at LoRA sizes",
+            ])  # fmt: skip
+        return None
 
     def captions_for(self, caption: str | None) -> list[str]:
         return self.embedding.captions_for(caption)
@@ -60,6 +86,14 @@ class PivotalMethod(TrainingMethod):
         self.embedding.save_artifact(model, folder)
 
     @classmethod
-    def load_into(cls, pipe, folder: Path, manifest, strength: float = 1.0):
-        pipe = TextualInversionMethod.load_into(pipe, folder, manifest)
-        return LoraMethod.load_into(pipe, folder, manifest, strength)
+    def load_into(cls, pipe, folder: Path, config=None, strength: float = 1.0):
+        pipe = TextualInversionMethod.load_into(pipe, folder, config)
+        return LoraMethod.load_into(pipe, folder, config, strength)
+
+    @classmethod
+    def serve(cls, pipe, folder: Path, config, key: str) -> ServedAdapter:
+        lora = LoraMethod.serve(pipe, folder, config, key)
+        embedding = TextualInversionMethod.serve(pipe, folder, config, key)
+        return ServedAdapter(
+            key, cls.name, peft_adapters=lora.peft_adapters, placeholder=embedding.placeholder, tokens=embedding.tokens
+        )

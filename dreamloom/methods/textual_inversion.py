@@ -9,13 +9,17 @@ the only trainable parameter. The artifact is a few-KB safetensors file in A1111
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dreamloom.errors import DreamloomError
-from dreamloom.methods.base import TrainingMethod
+from dreamloom.errors import ArtifactError, DreamloomError
+from dreamloom.methods.base import Flag, ServedAdapter, Suitability, TrainingMethod
 from dreamloom.models.base import BaseModelRef, LoadedBaseModel
+from dreamloom.schema import Section
 
 EMBEDDING_FILE = "learned_embeds.safetensors"
 SDXL_KEYS = ("clip_l", "clip_g")
@@ -45,6 +49,36 @@ STYLE_TEMPLATES = [
 ]
 
 
+class TextualInversionSettings(Section):
+    placeholder_token: str = Field(
+        "<concept>", pattern=r"^\S+$", description="The new token, e.g. <sks-shoe>; write it in your prompts"
+    )
+    num_vectors: int = Field(1, ge=1, le=75, description="Embedding vectors behind the token")
+    initializer_token: str = Field("object", min_length=1, description="An existing single token to start from")
+    learnable_property: Literal["object", "style"] = Field(
+        "object", description="Prompt templates for uncaptioned images: objects or styles"
+    )
+    use_templates: bool = Field(
+        True, description="Uncaptioned images cycle through templates instead of data.instance_prompt"
+    )
+    learning_rate: float | None = Field(None, gt=0, le=1, description="Default: optimizer.learning_rate")
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="Pivotal tuning: share of the steps the embedding trains (then LoRA alone)"
+    )
+
+    @property
+    def tokens(self) -> list[str]:
+        """The placeholder and its extra vectors, named the way diffusers names them."""
+        return [self.placeholder_token] + [f"{self.placeholder_token}_{i}" for i in range(1, self.num_vectors)]
+
+
+FLAGS = {
+    "placeholder_token": Flag("textual_inversion.placeholder_token", "the new token, e.g. <sks-shoe>"),
+    "num_vectors": Flag("textual_inversion.num_vectors", "vectors behind the token", int),
+    "initializer_token": Flag("textual_inversion.initializer_token", "an existing word to start from"),
+}
+
+
 class ExtendedTokenEmbedding(torch.nn.Module):
     """A frozen token embedding plus trainable rows for tokens added after it."""
 
@@ -72,15 +106,41 @@ def token_embeddings(encoder) -> torch.nn.Module:
 
 class TextualInversionMethod(TrainingMethod):
     name = "textual-inversion"
+    summary = "new rows of the token embedding for a placeholder token; the model stays frozen"
     artifact_kind = "embedding"
+    artifact_files = (EMBEDDING_FILE,)
+    sections = {"textual_inversion": TextualInversionSettings}
+    flags = FLAGS
 
     @property
-    def settings(self):
+    def settings(self) -> TextualInversionSettings:
         return self.config.textual_inversion
 
-    @property
-    def trains_text_encoder(self) -> bool:
+    @classmethod
+    def placeholder(cls, config) -> str:
+        return config.textual_inversion.placeholder_token
+
+    @classmethod
+    def trains_text_encoders(cls, config) -> bool:
         return True  # its embedding rows live inside the text encoders
+
+    @classmethod
+    def trainable_params(cls, arch, config) -> int:
+        return config.textual_inversion.num_vectors * sum(arch.text_hidden_sizes)
+
+    @classmethod
+    def evaluation_kind(cls, config):
+        style = config is not None and config.textual_inversion.learnable_property == "style"
+        return "style" if style else "object"
+
+    @classmethod
+    def suitability(cls, needs) -> Suitability | None:
+        if needs.new_to_base or needs.fine_detail:
+            return None
+        return Suitability(70, [
+            "the base almost knows the concept: a learned token embedding is enough to steer it",
+            "artifacts of a few KB, and the model itself is untouched",
+        ])  # fmt: skip
 
     @classmethod
     def check(cls, config, base: BaseModelRef, dataset) -> None:
@@ -157,14 +217,46 @@ class TextualInversionMethod(TrainingMethod):
         )
 
     @classmethod
-    def load_into(cls, pipe, folder: Path, manifest, strength: float = 1.0):
-        token = manifest.config["textual_inversion"]["placeholder_token"]
-        tensors = load_file(str(Path(folder) / EMBEDDING_FILE))
-        if "emb_params" in tensors:
-            pipe.load_textual_inversion(tensors["emb_params"], token=token)
-            return pipe
-        for key, encoder, tokenizer in zip(
-            SDXL_KEYS, (pipe.text_encoder, pipe.text_encoder_2), (pipe.tokenizer, pipe.tokenizer_2), strict=True
-        ):
-            pipe.load_textual_inversion(tensors[key], token=token, text_encoder=encoder, tokenizer=tokenizer)
+    def load_into(cls, pipe, folder: Path, config=None, strength: float = 1.0):
+        token, tensors = read_embedding(Path(folder), config)
+        for tokenizer, encoder, rows in _per_text_encoder(pipe, tensors):
+            pipe.load_textual_inversion(rows, token=token, text_encoder=encoder, tokenizer=tokenizer)
         return pipe
+
+    @classmethod
+    def serve(cls, pipe, folder: Path, config, key: str) -> ServedAdapter:
+        """A private token per adapter: a cached embedding acts only on requests that name its
+        adapter, and two versions of one concept can be cached side by side."""
+        placeholder, tensors = read_embedding(Path(folder), config)
+        private = f"{placeholder}@{key}"
+        before = set(pipe.tokenizer.get_vocab())
+        for tokenizer, encoder, rows in _per_text_encoder(pipe, tensors):
+            pipe.load_textual_inversion(rows, token=private, text_encoder=encoder, tokenizer=tokenizer)
+        tokens = [private, *sorted(set(pipe.tokenizer.get_vocab()) - before - {private})]
+        return ServedAdapter(key, cls.name, placeholder=placeholder, tokens=tokens)
+
+
+def read_embedding(folder: Path, config) -> tuple[str, dict[str, torch.Tensor]]:
+    """The placeholder token and the embedding rows of a textual-inversion file."""
+    path = folder / EMBEDDING_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{folder} lacks {EMBEDDING_FILE}: it is not a complete artifact")
+    with safe_open(str(path), "pt") as handle:
+        token = (handle.metadata() or {}).get("placeholder_token")
+    if token is None and config is not None:
+        token = config.textual_inversion.placeholder_token
+    if not token:
+        raise ArtifactError(f"{path} does not say which token it learned (no placeholder_token in its metadata)")
+    return token, load_file(str(path))
+
+
+def _per_text_encoder(pipe, tensors: dict[str, torch.Tensor]):
+    """(tokenizer, text encoder, rows) for each text encoder: A1111's ``emb_params``, or SDXL's
+    ``clip_l`` and ``clip_g``."""
+    if "emb_params" in tensors:
+        return [(pipe.tokenizer, pipe.text_encoder, tensors["emb_params"])]
+    missing = [key for key in SDXL_KEYS if key not in tensors]
+    if missing or getattr(pipe, "text_encoder_2", None) is None:
+        raise ArtifactError(f"the embedding holds {sorted(tensors)}, which does not fit this base's text encoders")
+    return list(zip((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2),
+                    (tensors[key] for key in SDXL_KEYS), strict=True))  # fmt: skip

@@ -67,7 +67,7 @@ def check_registrable(artifact: Path, name: str, mlflow) -> ArtifactManifest:
     existing = _registered_model(mlflow, name)
     if existing is not None:
         wanted = (existing.tags.get("dreamloom.base_model"), existing.tags.get("dreamloom.base_model_revision"))
-        spec, revision = manifest.base_model.get("spec"), str(manifest.base_model.get("revision"))
+        spec, revision = manifest.base_model.spec, str(manifest.base_model.revision)
         if wanted != (spec, revision):
             raise ArtifactError(
                 f"model {name!r} holds versions for base {wanted[0]} (revision {wanted[1]}); this artifact "
@@ -129,8 +129,8 @@ def _lineage(manifest: ArtifactManifest) -> dict[str, str]:
     tags = {
         "dreamloom.method": manifest.method,
         "dreamloom.artifact_kind": manifest.artifact_kind,
-        "dreamloom.base_model": str(base.get("spec")),
-        "dreamloom.base_model_revision": str(base.get("revision")),
+        "dreamloom.base_model": str(base.spec),
+        "dreamloom.base_model_revision": str(base.revision),
         "dreamloom.dataset_hash": manifest.dataset_hash,
         "dreamloom.trigger_token": manifest.trigger_token or "",
         "dreamloom.resolution": str(manifest.resolution),
@@ -159,7 +159,7 @@ def _metrics(evaluation: Evaluation):
 
 
 def _describe(manifest: ArtifactManifest, registry) -> str:
-    lines = [f"{manifest.method} artifact on {manifest.base_model.get('spec')}, trigger `{manifest.trigger_token}`."]
+    lines = [f"{manifest.method} artifact on {manifest.base_model.spec}, trigger `{manifest.trigger_token}`."]
     if manifest.mlflow_run_id:
         try:
             run = registry.get_run(manifest.mlflow_run_id)
@@ -194,8 +194,8 @@ def _ensure_registered_model(mlflow, name: str, manifest: ArtifactManifest) -> N
     if _registered_model(mlflow, name) is not None:
         return
     tags = {
-        "dreamloom.base_model": str(manifest.base_model.get("spec")),
-        "dreamloom.base_model_revision": str(manifest.base_model.get("revision")),
+        "dreamloom.base_model": str(manifest.base_model.spec),
+        "dreamloom.base_model_revision": str(manifest.base_model.revision),
     }
     try:
         mlflow.create_registered_model(name, tags=tags, description=f"dreamloom concept {name!r}")

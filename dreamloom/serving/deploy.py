@@ -63,9 +63,9 @@ def _deploy(registered, client, store: ServingStore, model: str, progress: bool)
     artifact = download_artifact(registered)
     manifest = read_manifest(artifact)
     started = time.monotonic()
-    if manifest.method == "dreambooth":
+    if manifest.method_type.serves_as_model:
         folder = store.add_artifact(name, number, artifact)
-        triton_model, routes, adapter = name, Routes(manifest.base_model["spec"], dreambooth=str(folder)), ""
+        triton_model, routes, adapter = name, Routes(manifest.base_model.spec, dreambooth=str(folder)), ""
         store.write_config(name)
     else:
         served = store.latest_routes(model)
@@ -81,20 +81,20 @@ def _deploy(registered, client, store: ServingStore, model: str, progress: bool)
         store.remove_version(triton_model, triton_version)
         raise
     ready = time.monotonic() - started
-    client.generate(_first_request(manifest.method, adapter), model=triton_model)
+    client.generate(_first_request(manifest.method_type.serving_mode, adapter), model=triton_model)
     return DeployResult(name, number, triton_model, triton_version, adapter, ready, time.monotonic() - started)
 
 
-def _first_request(method: str, adapter: str) -> ImageRequest:
-    """The request that proves the new version answers (a ControlNet needs something to follow)."""
-    if method != "controlnet":
-        return ImageRequest("a test image", adapter=adapter, steps=2)
+def _first_request(mode: str, adapter: str) -> ImageRequest:
+    """The request that proves the new version answers, in the mode its method serves (a mode
+    with image inputs gets blank ones: a ControlNet needs something to follow)."""
     from PIL import Image
 
-    from dreamloom.serving.protocol import encode_image
+    from dreamloom.serving.protocol import IMAGE_INPUTS, encode_image
 
-    control = encode_image(Image.new("RGB", (64, 64), "black"))
-    return ImageRequest("a test image", adapter=adapter, steps=2, mode="controlnet", control_image=control)
+    blank = encode_image(Image.new("RGB", (64, 64), "black"))
+    images = {name: blank for name in IMAGE_INPUTS.get(mode, ())}
+    return ImageRequest("a test image", adapter=adapter, steps=2, mode=mode, **images)
 
 
 def _registry_aliases(name: str) -> dict[str, str]:
@@ -108,13 +108,13 @@ def _check_same_base(served: Routes, manifest, name: str, model: str) -> None:
 
     served_base = resolve_base_model(served.base_model)
     trained_on = manifest.base_model
-    if served_base.revision and trained_on.get("revision"):
-        same = served_base.revision == trained_on["revision"]
+    if served_base.revision and trained_on.revision:
+        same = served_base.revision == trained_on.revision
     else:
-        same = served_base.spec == trained_on.get("spec")
+        same = served_base.spec == trained_on.spec
     if not same:
         raise DreamloomError(
-            f"{name} was trained on {trained_on.get('spec')} but Triton model {model!r} serves "
+            f"{name} was trained on {trained_on.spec} but Triton model {model!r} serves "
             f"{served.base_model}; serve that base (dreamloom serve --base-model ...) or deploy to its model"
         )
 

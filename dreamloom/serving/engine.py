@@ -37,7 +37,6 @@ class Engine:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
         from dreamloom.artifacts import read_manifest
-        from dreamloom.methods import get_method
         from dreamloom.models.base import load_base_model, pipeline_from_components, resolve_base_model
 
         self.config = config
@@ -49,9 +48,8 @@ class Engine:
         self.txt2img = pipeline_from_components(load_base_model(self.base, device, dtype))
         if config.dreambooth:
             folder = Path(config.dreambooth)
-            get_method("dreambooth").load_into(self.txt2img, folder, read_manifest(folder))
-        for pipe in [self.txt2img]:
-            pipe.set_progress_bar_config(disable=True)
+            manifest = read_manifest(folder)
+            manifest.method_type.load_into(self.txt2img, folder, manifest.config)
         self.img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.txt2img)
         self.inpaint = StableDiffusionInpaintPipeline.from_pipe(self.txt2img)
         for pipe in (self.img2img, self.inpaint):

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamloom import artifacts
-from dreamloom.config import EMBEDDING_METHODS, RunConfig, dump_run_config
+from dreamloom.config import RunConfig, dump_run_config
 from dreamloom.data.prepare import PreparedDataset, PrepareOptions, prepare_dataset, prepare_training_data
 from dreamloom.errors import DreamloomError
-from dreamloom.methods import get_method
 from dreamloom.models.base import BaseModelRef, resolve_base_model
 from dreamloom.settings import apply_quiet_defaults, ray_temp_dir, tracking_uri, work_dir
 from dreamloom.training.prior import class_images_folder
@@ -67,7 +66,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     _check_run_state(Path(storage) / run_name, run_name, resume)
     _check_devices(config)
     job = plan_job(config)
-    base, dataset = job.base_ref, PreparedDataset.load(Path(job.dataset_root))
+    base, dataset = job.base_model, PreparedDataset.load(Path(job.dataset_root))
     mlflow = _tracking_client()
     run_id = _open_tracking_run(mlflow, config, base, dataset, resume)
     job.mlflow_run_id = run_id
@@ -114,19 +113,19 @@ def train_in_process(config: RunConfig, progress: bool = False) -> Path:
     with tempfile.TemporaryDirectory() as staging:
         trainer.save_artifact(Path(staging))
         dataset = PreparedDataset.load(Path(job.dataset_root))
-        publish(Path(staging), config.output, manifest_for(config, job.base_ref, dataset, config.training.steps))
+        publish(Path(staging), config.output, manifest_for(config, job.base_model, dataset, config.training.steps))
     return config.output
 
 
 def plan_job(config: RunConfig) -> TrainJob:
     """Validate and prepare the data, find the base model: everything a worker needs, no compute."""
-    dataset = prepare_training_data(config.data, config.controlnet if config.method == "controlnet" else None)
+    dataset = prepare_training_data(config.data, config.method_type.condition(config))
     class_dataset = prepare_class_data(config)
     base = resolve_base_model(config.base_model, config.revision)
-    get_method(config.method).check(config, base, dataset)
+    config.method_type.check(config, base, dataset)
     return TrainJob(
         config=config,
-        base_model=base.to_dict(),
+        base_model=base,
         dataset_root=str(dataset.root),
         class_images=_class_folder(config, base, class_dataset),
         class_dataset_root=str(class_dataset.root) if class_dataset else None,
@@ -311,18 +310,16 @@ def manifest_for(
     config: RunConfig, base: BaseModelRef, dataset: PreparedDataset, steps: int, run_id: str | None = None
 ) -> artifacts.ArtifactManifest:
     """What the artifact of this run is and where it came from."""
-    trigger = config.data.trigger_token
-    if config.method in EMBEDDING_METHODS:
-        trigger = trigger or config.textual_inversion.placeholder_token
+    method = config.method_type
     return artifacts.ArtifactManifest(
         method=config.method,
-        artifact_kind=get_method(config.method).artifact_kind,
-        base_model=base.to_dict(),
-        trigger_token=trigger,
+        artifact_kind=method.artifact_kind,
+        base_model=base,
+        trigger_token=method.trigger_token(config),
         instance_prompt=config.data.instance_prompt,
         resolution=config.data.resolution,
         dataset_hash=dataset.dataset_hash,
-        config=config.model_dump(mode="json"),
+        config=config,
         run_name=config.effective_run_name,
         mlflow_run_id=run_id,
         steps=steps,

@@ -43,7 +43,7 @@ def check_before_submitting(config: RunConfig) -> None:
     from dreamloom.data.prepare import prepare_training_data
 
     check_output(config.output)
-    prepare_training_data(config.data, config.controlnet if config.method == "controlnet" else None)
+    prepare_training_data(config.data, config.method_type.condition(config))
     prepare_class_data(config)
 
 

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict
 
 from dreamloom.config import RunConfig
 from dreamloom.data.prepare import PreparedDataset
-from dreamloom.methods import get_method
 from dreamloom.models.base import (
     BaseModelRef,
     LoadedBaseModel,
@@ -42,16 +41,12 @@ class TrainJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config: RunConfig
-    base_model: dict
+    base_model: BaseModelRef
     dataset_root: str
     class_images: str | None = None  # generated-class-image cache folder
     class_dataset_root: str | None = None  # the user's own class images, prepared
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
-
-    @property
-    def base_ref(self) -> BaseModelRef:
-        return BaseModelRef.from_dict(self.base_model)
 
 
 def _identity(module: torch.nn.Module) -> torch.nn.Module:
@@ -73,11 +68,11 @@ class Trainer:
         self.device, self.rank, self.world = torch.device(device), rank, world
         settings = self.config.training
         self.precision = resolve_precision(settings.mixed_precision, self.device)
-        self.model: LoadedBaseModel = load_base_model(job.base_ref, self.device)
+        self.model: LoadedBaseModel = load_base_model(job.base_model, self.device)
         self.class_examples = None
         if self.config.prior_enabled:
             class_images, class_captions = self._class_images(barrier, show_progress)
-        self.method = get_method(self.config.method)(self.config)
+        self.method = self.config.method_type(self.config)
         torch.manual_seed(settings.seed)  # new weights (e.g. LoRA matrices) start the same on every run
         self.method.attach(self.model)
         self._place_frozen_weights()
