@@ -23,6 +23,7 @@ from dreamloom.config import RunConfig
 from dreamloom.errors import ArtifactError
 from dreamloom.methods import METHODS, TrainingMethod, get_method
 from dreamloom.models.base import BaseModelRef
+from dreamloom.tracking import Lineage
 
 MANIFEST_FILE = "dreamloom.json"
 FORMAT_VERSION = 2
@@ -84,6 +85,18 @@ class ArtifactManifest(BaseModel):
     @property
     def method_type(self) -> type[TrainingMethod]:
         return get_method(self.method)
+
+    def lineage(self) -> Lineage:
+        return Lineage(
+            method=self.method,
+            artifact_kind=self.artifact_kind,
+            base_model=self.base_model.spec,
+            base_model_revision=str(self.base_model.revision),
+            dataset_hash=self.dataset_hash,
+            trigger_token=self.trigger_token or "",
+            resolution=self.resolution,
+            training_run_id=self.mlflow_run_id,
+        )
 
 
 def file_digests(folder: Path) -> dict[str, str]:

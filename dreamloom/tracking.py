@@ -1,20 +1,92 @@
-"""MLflow tracking: one MLflow run per training run, written by the driver and by rank 0.
+"""MLflow tracking: one MLflow run per training run, written by the driver and by rank 0, and the
+one home of the tag keys dreamloom writes on runs and model versions.
 
 The driver creates (or, on resume, reopens) the run and records the config, lineage tags and
 the final artifact; the rank-0 worker logs loss, learning rate, throughput, memory and the
-sample grids while training.
+sample grids while training. ``Lineage`` is what a registered version says about where it came
+from, as typed data and as the tags MLflow keeps.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from enum import StrEnum
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from dreamloom import __version__
 from dreamloom.settings import local_artifact_root, tracking_uri
 
-RUN_NAME_TAG = "dreamloom.run_name"
+
+class Tag(StrEnum):
+    """Every MLflow tag key dreamloom writes (runs, registered models, model versions)."""
+
+    RUN_NAME = "dreamloom.run_name"
+    VERSION = "dreamloom.version"
+    METHOD = "dreamloom.method"
+    ARTIFACT_KIND = "dreamloom.artifact_kind"
+    BASE_MODEL = "dreamloom.base_model"
+    BASE_MODEL_LOCATION = "dreamloom.base_model_location"
+    BASE_MODEL_REVISION = "dreamloom.base_model_revision"
+    DATASET_HASH = "dreamloom.dataset_hash"
+    TRIGGER_TOKEN = "dreamloom.trigger_token"
+    RESOLUTION = "dreamloom.resolution"
+    TRAINING_RUN_ID = "dreamloom.training_run_id"
+    EVAL_CLIP_ENCODER = "dreamloom.eval.clip_encoder"
+    EVAL_DINO_ENCODER = "dreamloom.eval.dino_encoder"
+    EVAL_RUN_ID = "dreamloom.eval_run_id"
+    METRIC_PREFIX = "dreamloom.metric."  # + metric name: a version's evaluation, for the gate
+    PROMOTED_AT = "dreamloom.promoted_at"
+    PREVIOUS_CHAMPION = "dreamloom.previous_champion"
+    FORCED_REASON = "dreamloom.forced_reason"
+    ROLLED_BACK_AT = "dreamloom.rolled_back_at"
+    CHAMPION_STACK = "dreamloom.champion_stack"  # champions in promotion order; rollback pops
+
+
+class Lineage(BaseModel):
+    """Where a registered version came from: what trained it, on which base and data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    artifact_kind: str
+    base_model: str
+    base_model_revision: str
+    dataset_hash: str
+    trigger_token: str = ""
+    resolution: int = 0
+    dreamloom_version: str = __version__
+    training_run_id: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            Tag.METHOD: self.method,
+            Tag.ARTIFACT_KIND: self.artifact_kind,
+            Tag.BASE_MODEL: self.base_model,
+            Tag.BASE_MODEL_REVISION: self.base_model_revision,
+            Tag.DATASET_HASH: self.dataset_hash,
+            Tag.TRIGGER_TOKEN: self.trigger_token,
+            Tag.RESOLUTION: str(self.resolution),
+            Tag.VERSION: self.dreamloom_version,
+        }
+        if self.training_run_id:
+            tags[Tag.TRAINING_RUN_ID] = self.training_run_id
+        return plain(tags)
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Lineage:
+        return cls(
+            method=tags.get(Tag.METHOD, "?"),
+            artifact_kind=tags.get(Tag.ARTIFACT_KIND, "?"),
+            base_model=tags.get(Tag.BASE_MODEL, "?"),
+            base_model_revision=tags.get(Tag.BASE_MODEL_REVISION, "?"),
+            dataset_hash=tags.get(Tag.DATASET_HASH, "?"),
+            trigger_token=tags.get(Tag.TRIGGER_TOKEN, ""),
+            resolution=int(tags.get(Tag.RESOLUTION, "0") or 0),
+            dreamloom_version=tags.get(Tag.VERSION, "?"),
+            training_run_id=tags.get(Tag.TRAINING_RUN_ID),
+        )
 
 
 def client(uri: str | None = None):
@@ -39,7 +111,7 @@ def open_run(mlflow_client, experiment: str, run_name: str, resume: bool, tags: 
     if resume:
         previous = mlflow_client.search_runs(
             [experiment_key],
-            filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+            filter_string=f"tags.`{Tag.RUN_NAME}` = '{run_name}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -48,9 +120,14 @@ def open_run(mlflow_client, experiment: str, run_name: str, resume: bool, tags: 
             mlflow_client.update_run(run_id, status="RUNNING")
             return run_id
     run = mlflow_client.create_run(
-        experiment_key, run_name=run_name, tags={RUN_NAME_TAG: run_name, "dreamloom.version": __version__, **tags}
+        experiment_key, run_name=run_name, tags=plain({Tag.RUN_NAME: run_name, Tag.VERSION: __version__, **tags})
     )
     return run.info.run_id
+
+
+def plain(tags: dict) -> dict[str, str]:
+    """Tags with plain ``str`` keys and values, as MLflow's clients expect."""
+    return {str(key): str(value) for key, value in tags.items()}
 
 
 def flatten(document: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -91,6 +168,3 @@ class MetricsLogger:
     def image(self, image, step: int, name: str = "samples") -> None:
         self._client.log_image(self.run_id, image, key=name, step=step)
         self._client.log_image(self.run_id, image, artifact_file=f"{name}/step_{step:06d}.png")
-
-    def artifact(self, path: Path, folder: str | None = None) -> None:
-        self._client.log_artifact(self.run_id, str(path), folder)

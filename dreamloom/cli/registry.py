@@ -156,11 +156,11 @@ def _list(args) -> None:
         return
     print(f"{'name':<20} {'ver':>4} {'method':<18} {'clip_t':>7} {'clip_i':>7} {'dino':>7} {'aliases':<22} age")
     for row in rows:
-        metrics = row["metrics"]
+        metrics = row.metrics
         values = " ".join(f"{metrics[m]:7.3f}" if m in metrics else f"{'-':>7}" for m in ("clip_t", "clip_i", "dino"))
-        age = _age(time.time() - row["created"] / 1000)
-        aliases = ",".join(row["aliases"]) or "-"
-        print(f"{row['name']:<20} {row['version']:>4} {row['method']:<18} {values} {aliases:<22} {age}")
+        age = _age(time.time() - row.created / 1000)
+        aliases = ",".join(row.aliases) or "-"
+        print(f"{row.name:<20} {row.version:>4} {row.method:<18} {values} {aliases:<22} {age}")
 
 
 def _age(seconds: float) -> str:

@@ -73,13 +73,11 @@ def log_evaluation(result: EvalResult, settings: EvalSettings, subject_of_run: d
     """An MLflow run holding the metrics, the per-prompt table and a grid per prompt; returns its id."""
     from mlflow.entities import Metric, Param
 
-    from dreamloom.tracking import client, experiment_id
+    from dreamloom.tracking import Tag, client, experiment_id, plain
 
     mlflow = client()
     tags = {f"dreamloom.{key}": value for key, value in subject_of_run.items()}
-    tags.update(
-        {"dreamloom.eval.clip_encoder": result.encoders["clip"], "dreamloom.eval.dino_encoder": result.encoders["dino"]}
-    )
+    tags.update(plain({Tag.EVAL_CLIP_ENCODER: result.encoders["clip"], Tag.EVAL_DINO_ENCODER: result.encoders["dino"]}))
     run = mlflow.create_run(
         experiment_id(mlflow, EXPERIMENT), run_name=f"eval-{subject_of_run.get('evaluated', 'artifact')}", tags=tags
     )

@@ -18,16 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dreamloom import __version__
 from dreamloom.artifacts import ArtifactManifest, read_manifest
 from dreamloom.errors import ArtifactError, DreamloomError
 from dreamloom.registry.gate import Check, Evaluated, GateConfig, gate
 from dreamloom.settings import tracking_uri
+from dreamloom.tracking import Lineage, Tag, plain
 
 EXPERIMENT = "dreamloom-registry"
 CHAMPION, CHALLENGER = "champion", "challenger"
-METRIC_TAG = "dreamloom.metric."
-STACK_TAG = "dreamloom.champion_stack"  # champions in promotion order; rollback pops
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _STACK_LIMIT = 50
@@ -66,7 +64,7 @@ def check_registrable(artifact: Path, name: str, mlflow) -> ArtifactManifest:
     artifact_base(manifest)  # the base must be findable here, at the recorded revision
     existing = _registered_model(mlflow, name)
     if existing is not None:
-        wanted = (existing.tags.get("dreamloom.base_model"), existing.tags.get("dreamloom.base_model_revision"))
+        wanted = (existing.tags.get(Tag.BASE_MODEL), existing.tags.get(Tag.BASE_MODEL_REVISION))
         spec, revision = manifest.base_model.spec, str(manifest.base_model.revision)
         if wanted != (spec, revision):
             raise ArtifactError(
@@ -94,7 +92,9 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
     registry = client()
     manifest = check_registrable(artifact, name, registry)
     mlflow.set_tracking_uri(registry.tracking_uri)
-    run = registry.create_run(experiment_id(registry, EXPERIMENT), run_name=f"register-{name}", tags=_lineage(manifest))
+    run = registry.create_run(
+        experiment_id(registry, EXPERIMENT), run_name=f"register-{name}", tags=manifest.lineage().tags()
+    )
     run_id = run.info.run_id
     try:
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
@@ -112,7 +112,7 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
             for index, (_, grid) in enumerate(evaluation.grids):
                 registry.log_image(run_id, grid, artifact_file=f"samples/prompt_{index:02d}.png")
         _ensure_registered_model(registry, name, manifest)
-        tags = {**_lineage(manifest), **_evaluation_tags(evaluation)}
+        tags = {**manifest.lineage().tags(), **_evaluation_tags(evaluation)}
         version = registry.create_model_version(
             name, source=info.model_uri, run_id=run_id, tags=tags, description=_describe(manifest, registry),
             model_id=info.model_id,
@@ -124,31 +124,14 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
     return version
 
 
-def _lineage(manifest: ArtifactManifest) -> dict[str, str]:
-    base = manifest.base_model
-    tags = {
-        "dreamloom.method": manifest.method,
-        "dreamloom.artifact_kind": manifest.artifact_kind,
-        "dreamloom.base_model": str(base.spec),
-        "dreamloom.base_model_revision": str(base.revision),
-        "dreamloom.dataset_hash": manifest.dataset_hash,
-        "dreamloom.trigger_token": manifest.trigger_token or "",
-        "dreamloom.resolution": str(manifest.resolution),
-        "dreamloom.version": __version__,
-    }
-    if manifest.mlflow_run_id:
-        tags["dreamloom.training_run_id"] = manifest.mlflow_run_id
-    return tags
-
-
 def _evaluation_tags(evaluation: Evaluation | None) -> dict[str, str]:
     if evaluation is None:
         return {}
-    tags = {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in evaluation.metrics.items()}
-    tags["dreamloom.eval.clip_encoder"], tags["dreamloom.eval.dino_encoder"] = evaluation.encoders
+    tags = {f"{Tag.METRIC_PREFIX}{k}": repr(float(v)) for k, v in evaluation.metrics.items()}
+    tags[Tag.EVAL_CLIP_ENCODER], tags[Tag.EVAL_DINO_ENCODER] = evaluation.encoders
     if evaluation.run_id:
-        tags["dreamloom.eval_run_id"] = evaluation.run_id
-    return tags
+        tags[Tag.EVAL_RUN_ID] = evaluation.run_id
+    return plain(tags)
 
 
 def _metrics(evaluation: Evaluation):
@@ -193,10 +176,7 @@ def _ensure_registered_model(mlflow, name: str, manifest: ArtifactManifest) -> N
 
     if _registered_model(mlflow, name) is not None:
         return
-    tags = {
-        "dreamloom.base_model": str(manifest.base_model.spec),
-        "dreamloom.base_model_revision": str(manifest.base_model.revision),
-    }
+    tags = plain({Tag.BASE_MODEL: manifest.base_model.spec, Tag.BASE_MODEL_REVISION: manifest.base_model.revision})
     try:
         mlflow.create_registered_model(name, tags=tags, description=f"dreamloom concept {name!r}")
     except MlflowException as exc:
@@ -229,8 +209,8 @@ def resolve(reference: str, version: str | None = None):
 
 def evaluated(version) -> Evaluated:
     tags = version.tags
-    metrics = {k[len(METRIC_TAG) :]: float(v) for k, v in tags.items() if k.startswith(METRIC_TAG)}
-    encoders = (tags.get("dreamloom.eval.clip_encoder", ""), tags.get("dreamloom.eval.dino_encoder", ""))
+    metrics = {k[len(Tag.METRIC_PREFIX) :]: float(v) for k, v in tags.items() if k.startswith(Tag.METRIC_PREFIX)}
+    encoders = (tags.get(Tag.EVAL_CLIP_ENCODER, ""), tags.get(Tag.EVAL_DINO_ENCODER, ""))
     return Evaluated(str(version.version), metrics, encoders)
 
 
@@ -261,8 +241,8 @@ def evaluation_of_run(run_id: str) -> Evaluation:
     if not metrics:
         raise DreamloomError(f"run {run_id} holds no evaluation metrics")
     encoders = (
-        run.data.tags.get("dreamloom.eval.clip_encoder", ""),
-        run.data.tags.get("dreamloom.eval.dino_encoder", ""),
+        run.data.tags.get(Tag.EVAL_CLIP_ENCODER, ""),
+        run.data.tags.get(Tag.EVAL_DINO_ENCODER, ""),
     )
     return Evaluation(metrics, encoders, run_id)
 
@@ -273,7 +253,23 @@ def attach_evaluation(version, evaluation: Evaluation) -> None:
         registry.set_model_version_tag(version.name, str(version.version), key, value)
 
 
-def list_versions(name: str | None = None) -> list[dict]:
+@dataclass(frozen=True)
+class VersionRow:
+    """One registered version, as ``dreamloom registry list`` shows it."""
+
+    name: str
+    version: int
+    lineage: Lineage
+    metrics: dict[str, float]
+    aliases: list[str]
+    created: int  # milliseconds since the epoch, as MLflow keeps it
+
+    @property
+    def method(self) -> str:
+        return self.lineage.method
+
+
+def list_versions(name: str | None = None) -> list[VersionRow]:
     registry = client()
     names = [name] if name else [model.name for model in registry.search_registered_models()]
     rows = []
@@ -286,16 +282,16 @@ def list_versions(name: str | None = None) -> list[dict]:
             aliases.setdefault(str(number), []).append(alias)
         for version in registry.search_model_versions(f"name = '{model_name}'"):
             rows.append(
-                {
-                    "name": model_name,
-                    "version": int(version.version),
-                    "method": version.tags.get("dreamloom.method", "?"),
-                    "metrics": evaluated(version).metrics,
-                    "aliases": sorted(aliases.get(str(version.version), [])),
-                    "created": version.creation_timestamp,
-                }
+                VersionRow(
+                    name=model_name,
+                    version=int(version.version),
+                    lineage=Lineage.from_tags(version.tags),
+                    metrics=evaluated(version).metrics,
+                    aliases=sorted(aliases.get(str(version.version), [])),
+                    created=version.creation_timestamp,
+                )
             )
-    return sorted(rows, key=lambda row: (row["name"], -row["version"]))
+    return sorted(rows, key=lambda row: (row.name, -row.version))
 
 
 # ----- promoting -----
@@ -341,13 +337,11 @@ def promote(
     challenger, champion = resolve(name, result.version), _alias(registry, name, CHAMPION)
     _set_champion(registry, name, str(challenger.version), champion)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    registry.set_model_version_tag(name, str(challenger.version), "dreamloom.promoted_at", stamp)
+    registry.set_model_version_tag(name, str(challenger.version), str(Tag.PROMOTED_AT), stamp)
     if champion is not None:
-        registry.set_model_version_tag(
-            name, str(challenger.version), "dreamloom.previous_champion", str(champion.version)
-        )
+        registry.set_model_version_tag(name, str(challenger.version), str(Tag.PREVIOUS_CHAMPION), str(champion.version))
     if not result.passed:
-        registry.set_model_version_tag(name, str(challenger.version), "dreamloom.forced_reason", reason.strip())
+        registry.set_model_version_tag(name, str(challenger.version), str(Tag.FORCED_REASON), reason.strip())
         result.forced = True
     result.moved = True
     return result
@@ -359,7 +353,7 @@ def _set_champion(registry, name: str, version: str, previous) -> None:
         stack.append(str(previous.version))  # a champion set outside dreamloom still rolls back
     stack.append(version)
     registry.set_registered_model_alias(name, CHAMPION, version)
-    registry.set_registered_model_tag(name, STACK_TAG, json.dumps(stack[-_STACK_LIMIT:]))
+    registry.set_registered_model_tag(name, str(Tag.CHAMPION_STACK), json.dumps(stack[-_STACK_LIMIT:]))
 
 
 def rollback(name: str) -> tuple[str, str]:
@@ -375,11 +369,11 @@ def rollback(name: str) -> tuple[str, str]:
         raise DreamloomError(f"model {name!r} has no earlier champion than version {champion.version}")
     previous = stack[-1]
     registry.set_registered_model_alias(name, CHAMPION, previous)
-    registry.set_registered_model_tag(name, STACK_TAG, json.dumps(stack))
+    registry.set_registered_model_tag(name, str(Tag.CHAMPION_STACK), json.dumps(stack))
     registry.set_model_version_tag(
         name,
         str(champion.version),
-        "dreamloom.rolled_back_at",
+        str(Tag.ROLLED_BACK_AT),
         datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return str(champion.version), previous
@@ -398,4 +392,4 @@ def _stack(registry, name: str) -> list[str]:
     model = _registered_model(registry, name)
     if model is None:
         raise DreamloomError(f"no registered model {name!r}")
-    return json.loads(model.tags.get(STACK_TAG, "[]"))
+    return json.loads(model.tags.get(Tag.CHAMPION_STACK, "[]"))
