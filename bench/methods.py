@@ -191,7 +191,7 @@ def _train_in_subprocess(args, method: str, scratch: Path) -> dict:
 
 
 def _train_one(args, method: str, scratch: str) -> dict:
-    from dreamloom.training.launcher import train_in_process
+    from dreamloom.training.local import train_in_process
     from dreamloom.training.precision import peak_rss_bytes
 
     config = run_config(method, Path(scratch), args.steps, args.batch_size)

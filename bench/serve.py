@@ -218,7 +218,7 @@ def _deploy_time(server, store, version: str) -> dict:
 
 def _train_lora(base: str, home: Path, name: str, seed: int) -> Path:
     from dreamloom.config import load_run_config
-    from dreamloom.training.launcher import train_in_process
+    from dreamloom.training.local import train_in_process
 
     data = home / "data"
     if not data.is_dir():

@@ -111,7 +111,7 @@ def _parse() -> argparse.Namespace:
 
 def _job(args, data: Path, method: str, workdir: Path, compile_unet: bool = False):
     from dreamloom.config import load_run_config
-    from dreamloom.training.launcher import plan_job
+    from dreamloom.training.preflight import plan_job
 
     config = load_run_config(
         None,

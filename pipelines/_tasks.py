@@ -4,11 +4,10 @@ GPU scheduling plus the shared volume for training steps."""
 
 from kfp import dsl, kubernetes
 
-from dreamloom.k8s.rayjob import SETTINGS_ENV, RayJobSettings
+from dreamloom.k8s.rayjob import DATA_CLAIM, DATA_MOUNT, SETTINGS_ENV
 from dreamloom.k8s.secrets import SECRET_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
-DATA_CLAIM = RayJobSettings.data_claim
 TRAINING_SETTINGS = "dreamloom-training"  # the chart's ConfigMap
 SERVING_CLAIM, SERVING_MOUNT = "dreamloom-serving", "/serving"  # Triton's model repository and adapters
 
@@ -31,7 +30,7 @@ def trains(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     # The kuberay launcher stages images here for the RayJob's pods, which mount the same claim,
     # and renders RayJobs with the chart's settings (image, service account, worker group).
-    kubernetes.mount_pvc(task, pvc_name=DATA_CLAIM, mount_path=RayJobSettings.data_mount)
+    kubernetes.mount_pvc(task, pvc_name=DATA_CLAIM, mount_path=DATA_MOUNT)
     kubernetes.use_config_map_as_env(task, TRAINING_SETTINGS, {"rayjob-settings.json": SETTINGS_ENV}, optional=True)
     return task
 

@@ -38,7 +38,7 @@ def tiny_base():
 @pytest.fixture(scope="session")
 def lora_run(tmp_path_factory):
     """One real LoRA run (two Ray workers, 10 steps) shared by the tests that need an artifact."""
-    from dreamloom.training.launcher import train
+    from dreamloom.training.local import train
     from tests.helpers import draw_images, run_config
 
     root = tmp_path_factory.mktemp("lora-run")

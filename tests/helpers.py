@@ -84,7 +84,7 @@ def method_config(method: str, data: Path, output: Path, **overrides) -> RunConf
 def train_toy(method: str, data: Path, output: Path, **overrides) -> Path:
     """A method trained in process (no Ray, no MLflow run) on the toy base; ``overrides`` use dotted keys."""
     from dreamloom.toy.concepts import INSTANCE_PROMPT
-    from dreamloom.training.launcher import train_in_process
+    from dreamloom.training.local import train_in_process
 
     document = {
         "method": method,

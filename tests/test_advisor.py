@@ -7,7 +7,7 @@ from dreamloom.advisor import Needs, recommend
 from dreamloom.cli import main
 from dreamloom.config import load_run_config
 from dreamloom.sizing import Architecture, estimate
-from dreamloom.training.launcher import train_in_process
+from dreamloom.training.local import train_in_process
 from tests.helpers import draw_images, method_config
 
 # Parameter counts of the published models (diffusers/transformers classes on their configs).

@@ -10,7 +10,8 @@ import pytest
 
 from dreamloom.errors import DreamloomError
 from dreamloom.k8s.manifests import load_documents, validate_documents
-from dreamloom.k8s.rayjob import RayJobSettings, render_rayjob
+from dreamloom.k8s.rayjob import RayJobSettings
+from dreamloom.training.kuberay import rayjob_for
 from tests.helpers import run_config
 from tools.chart_lint import CHART, ci_values, helm, render, value_sets
 
@@ -208,7 +209,7 @@ def test_the_launchers_rayjob_matches_the_charts_raycluster(values, tmp_path):
     chart_worker = cluster["workerGroupSpecs"][0]
     gpus = int(chart_worker["template"]["spec"]["containers"][0]["resources"]["limits"].get(GPU, 0))
     config = run_config(tmp_path, tmp_path / "shoe", scaling__workers=2, scaling__gpus_per_worker=gpus)
-    job = render_rayjob(config, settings)["spec"]
+    job = rayjob_for(config, settings)["spec"]
     job_worker = job["rayClusterSpec"]["workerGroupSpecs"][0]
 
     assert job["rayClusterSpec"]["rayVersion"] == cluster["rayVersion"]

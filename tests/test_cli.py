@@ -6,7 +6,7 @@ from PIL import Image
 
 from dreamloom import __version__
 from dreamloom.cli import main
-from dreamloom.training.launcher import train_in_process
+from dreamloom.training.local import train_in_process
 from tests.helpers import draw_images, method_config
 
 TRAIN = ["train", "--method", "lora", "--instance-prompt", "a photo of sks ball", "--resolution", "64"]

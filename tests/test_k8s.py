@@ -12,10 +12,11 @@ import pytest
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
-from dreamloom.k8s.rayjob import GPU, SETTINGS_ENV, RayJobSettings, job_name, render_rayjob, settings_from_environment
+from dreamloom.k8s.rayjob import GPU, SETTINGS_ENV, RayJobSettings, settings_from_environment
 from dreamloom.k8s.schemas import validate_custom_resource
 from dreamloom.k8s.secrets import SECRET_ENV
-from dreamloom.training.entrypoint import CONFIG_ENV, RESUME_ENV
+from dreamloom.training.job import CONFIG_ENV, RESUME_ENV
+from dreamloom.training.kuberay import job_name, rayjob_for
 from tests.helpers import run_config
 
 
@@ -26,7 +27,7 @@ def gpu_config(tmp_path) -> RunConfig:
 
 
 def test_the_rayjob_has_a_gpu_worker_group_sized_from_the_run_config(gpu_config):
-    job = render_rayjob(gpu_config)
+    job = rayjob_for(gpu_config)
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert len(workers) == 1 and workers[0]["groupName"] == "gpu-workers"
     assert workers[0]["replicas"] == workers[0]["minReplicas"] == workers[0]["maxReplicas"] == 2
@@ -38,7 +39,7 @@ def test_the_rayjob_has_a_gpu_worker_group_sized_from_the_run_config(gpu_config)
 
 
 def test_the_rayjob_shuts_down_retries_and_has_deadlines(gpu_config):
-    spec = render_rayjob(gpu_config, RayJobSettings(backoff_limit=4, active_deadline_seconds=7200))["spec"]
+    spec = rayjob_for(gpu_config, RayJobSettings(backoff_limit=4, active_deadline_seconds=7200))["spec"]
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
     assert spec["backoffLimit"] == 4 and spec["activeDeadlineSeconds"] == 7200
     env = json.loads(spec["runtimeEnvYAML"])["env_vars"]
@@ -46,7 +47,7 @@ def test_the_rayjob_shuts_down_retries_and_has_deadlines(gpu_config):
 
 
 def test_every_container_runs_hardened_with_the_service_account_and_secret_references(gpu_config):
-    job = render_rayjob(gpu_config, RayJobSettings(service_account="trainer", image="registry.example/dl:1"))
+    job = rayjob_for(gpu_config, RayJobSettings(service_account="trainer", image="registry.example/dl:1"))
     cluster = job["spec"]["rayClusterSpec"]
     pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
     for pod in pods:
@@ -62,13 +63,13 @@ def test_every_container_runs_hardened_with_the_service_account_and_secret_refer
 
 
 def test_a_cpu_run_renders_without_gpus(tmp_path):
-    job = render_rayjob(run_config(tmp_path, tmp_path / "cpu-run", scaling__workers=1))
+    job = rayjob_for(run_config(tmp_path, tmp_path / "cpu-run", scaling__workers=1))
     (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert group["groupName"] == "cpu-workers" and GPU not in json.dumps(group)
 
 
 def test_invalid_or_unknown_fields_are_refused_with_their_path(gpu_config):
-    job = render_rayjob(gpu_config)
+    job = rayjob_for(gpu_config)
     broken = copy.deepcopy(job)
     broken["spec"]["backoffLimit"] = "twice"
     broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replcas"] = 3
@@ -86,7 +87,7 @@ def test_job_names_are_dns_labels_and_fractional_gpus_are_refused(tmp_path):
     assert name.startswith("dl-shoe-lora-v2-final") and len(name) <= 47 and name[-1] != "-"
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
     with pytest.raises(DreamloomError, match="whole number"):
-        render_rayjob(run_config(tmp_path, tmp_path / "o", scaling__gpus_per_worker=0.5))
+        rayjob_for(run_config(tmp_path, tmp_path / "o", scaling__gpus_per_worker=0.5))
 
 
 def test_the_entrypoint_refuses_to_run_outside_a_rayjob():
@@ -99,7 +100,7 @@ def test_the_train_step_renders_rayjobs_with_the_charts_settings(monkeypatch, gp
     chart_settings = {"namespace": "team-a", "image": "registry.example/dl:2", "service_account": "trainer-a",
                       "worker_tolerations": [pool]}  # fmt: skip
     monkeypatch.setenv(SETTINGS_ENV, json.dumps(chart_settings))
-    job = render_rayjob(gpu_config, settings_from_environment())
+    job = rayjob_for(gpu_config, settings_from_environment())
     assert job["metadata"]["namespace"] == "team-a"
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert worker["serviceAccountName"] == "trainer-a" and worker["containers"][0]["image"] == "registry.example/dl:2"

@@ -25,12 +25,12 @@ import pytest
 
 from dreamloom.artifacts import read_manifest
 from dreamloom.errors import DreamloomError
-from dreamloom.k8s.kuberay import train_on_kuberay
-from dreamloom.k8s.rayjob import RayJobSettings, job_name
+from dreamloom.k8s.rayjob import RayJobSettings
 from dreamloom.k8s.schemas import validate_custom_resource
 from dreamloom.serving.server import free_port
 from dreamloom.settings import tracking_uri
-from dreamloom.training.remote import submit_when_ready, train_on_ray
+from dreamloom.training.kuberay import job_name, train_on_kuberay
+from dreamloom.training.ray_jobs import submit_when_ready, train_on_ray
 from tests.helpers import draw_images, run_config
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ from dreamloom.interop import import_a1111_hypernetwork as import_a1111
 from dreamloom.methods import METHODS
 from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
 from dreamloom.training.checkpoint import load_training_state, save_training_state
-from dreamloom.training.launcher import plan_job, train_in_process
+from dreamloom.training.local import train_in_process
+from dreamloom.training.preflight import plan_job
 from dreamloom.training.trainer import Trainer
 from tests.helpers import draw_images, method_config
 

@@ -148,7 +148,7 @@ def test_prepare_data_returns_the_dataset_hash(tmp_path):
 
 def test_the_gate_component_judges_without_moving_the_champion(tmp_path):
     from dreamloom.registry import Evaluation, register, resolve
-    from dreamloom.training.launcher import train_in_process
+    from dreamloom.training.local import train_in_process
     from tests.helpers import run_config
 
     artifact = train_in_process(run_config(draw_images(tmp_path / "photos"), tmp_path / "lora", training__steps=1))

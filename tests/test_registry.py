@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dreamloom.artifacts import read_manifest
 from dreamloom.cli import main
 from dreamloom.errors import DreamloomError
 from dreamloom.evaluation import evaluate_artifact
 from dreamloom.registry import CHAMPION, Evaluation, GateConfig, promote, register, resolve, rollback
-from dreamloom.registry.store import client
-from dreamloom.training.launcher import train_in_process
+from dreamloom.registry.store import client, list_versions
+from dreamloom.training.local import train_in_process
 from tests.helpers import draw_images, method_config
 
 METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork", "controlnet")
@@ -103,6 +104,8 @@ def test_lineage_links_back_to_the_training_run(lora_run, mlflow_server):
     assert version.tags["dreamloom.trigger_token"] == "sks"
     assert "sha256:" in version.tags["dreamloom.dataset_hash"]
     assert result.mlflow_run_id in version.description
+    (row,) = list_versions("lineage")  # the listing reads the tags back as the manifest's typed lineage
+    assert row.lineage == read_manifest(result.artifact).lineage() and row.method == "lora"
 
 
 def test_evaluation_metrics_change_when_the_artifact_changes(artifacts, tmp_path, mlflow_server):

@@ -15,7 +15,7 @@ import pytest
 from dreamloom.artifacts import read_manifest
 from dreamloom.settings import work_dir
 from dreamloom.tracking import client
-from dreamloom.training.launcher import train
+from dreamloom.training.local import train
 from tests.helpers import draw_images, run_config
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ from dreamloom.serving.repository import ServingStore
 from dreamloom.serving.server import TritonServer, free_port
 from dreamloom.toy import world
 from dreamloom.toy.concepts import INSTANCE_PROMPT, write_concept
-from dreamloom.training.launcher import train_in_process
+from dreamloom.training.local import train_in_process
 from tests.helpers import register_champion, train_toy
 
 pytestmark = pytest.mark.slow

@@ -139,10 +139,10 @@ def test_toy_base_is_a_stable_diffusion_pipeline_with_a_clip_tokenizer():
 
 
 def test_missing_toy_base_names_the_make_target(tmp_path, monkeypatch):
+    from dreamloom.models import base
     from dreamloom.models.base import resolve_base_model
-    from dreamloom.toy import pretrain
 
-    monkeypatch.setattr(pretrain, "BASE_FOLDER", tmp_path / "absent")
+    monkeypatch.setattr(base, "TOY_BASE_FOLDER", tmp_path / "absent")
     with pytest.raises(DreamloomError, match="make toy-base"):
         resolve_base_model("toy")
 
@@ -159,7 +159,7 @@ def test_short_lora_on_a_new_concept_raises_subject_similarity(tmp_path):
     from dreamloom.evaluation import evaluate_artifact
     from dreamloom.inference import load_artifact_pipeline
     from dreamloom.toy.concepts import INSTANCE_PROMPT
-    from dreamloom.training.launcher import train_in_process
+    from dreamloom.training.local import train_in_process
 
     data = write_concept("hexagon", tmp_path / "hexagon")
     config = load_run_config(

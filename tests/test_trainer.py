@@ -7,7 +7,7 @@ import torch
 
 from dreamloom.training.checkpoint import load_training_state, save_training_state
 from dreamloom.training.examples import Draw
-from dreamloom.training.launcher import plan_job
+from dreamloom.training.preflight import plan_job
 from dreamloom.training.trainer import Trainer
 from tests.helpers import draw_images, run_config
 

@@ -13,7 +13,7 @@ from dreamloom.interop import export_kohya, import_kohya
 from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
 from dreamloom.settings import tracking_uri
 from dreamloom.tracking import client
-from dreamloom.training.launcher import train
+from dreamloom.training.local import train
 from dreamloom.training.prior import class_images_folder
 from tests.helpers import draw_images, method_config, run_config
 

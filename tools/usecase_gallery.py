@@ -41,10 +41,10 @@ def run(scratch: Path, out: Path) -> None:
     from dreamloom.serving.repository import ServingStore
     from dreamloom.serving.server import TritonServer, free_port
     from dreamloom.toy import world
-    from dreamloom.toy.augmentation import toy_settings, write_classes
+    from dreamloom.toy.augmentation import write_classes
     from dreamloom.toy.concepts import SUBJECT
     from dreamloom.toy.measure import layout_scenes
-    from dreamloom.usecases.augment import run_experiment
+    from dreamloom.usecases.augment import augment_settings, run_experiment
 
     out.mkdir(parents=True, exist_ok=True)
     adapters = _train_adapters(scratch)
@@ -98,7 +98,7 @@ def run(scratch: Path, out: Path) -> None:
         contact_sheet([*originals, *edited], columns=4).save(out / "edit.png")
 
         train, held_out = write_classes(scratch / "classes" / "train", scratch / "classes" / "held-out", 5, 30)
-        report = run_experiment(train, held_out, scratch / "augment", url, store, toy_settings())
+        report = run_experiment(train, held_out, scratch / "augment", url, store, augment_settings("toy"))
         (out / "augment.json").write_text(json.dumps({**report.to_dict(), "dataset": "(scratch)"}, indent=1))
         _augment_sheet(scratch / "augment" / "dataset", out / "augment.png")
         print(json.dumps(report.to_dict(), indent=1))
@@ -111,7 +111,7 @@ def _train_adapters(scratch: Path) -> dict[str, Path]:
     from dreamloom.config import load_run_config
     from dreamloom.toy.concepts import INSTANCE_PROMPT, write_concept
     from dreamloom.toy.measure import write_layout_scenes
-    from dreamloom.training.launcher import train_in_process
+    from dreamloom.training.local import train_in_process
 
     scenes = write_layout_scenes(scratch / "scenes", 64, seed=99)
     plans = {

@@ -1,7 +1,10 @@
-"""The RayJob that trains a run on KubeRay: a CPU head, a GPU worker group sized from the run
-config, the run config handed to the entrypoint, the cluster shut down when the job ends.
+"""A RayJob on KubeRay: a CPU head, a worker group of whole GPUs (or CPUs), an entrypoint with its
+environment, the cluster shut down when the job ends, retries and deadlines.
 
-Rendered as a plain dict and validated against KubeRay's CRD before anything talks to a cluster.
+Rendered as a plain dict from a ``RayJobSpec`` (what to run) and ``RayJobSettings`` (how the
+chart sets pods up), and validated against KubeRay's CRD before anything talks to a cluster. What
+the job is (dreamloom's training entrypoint and its run config) is the kuberay launcher's business
+(``dreamloom.training.kuberay``); this module only renders.
 """
 
 from __future__ import annotations
@@ -9,49 +12,56 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from dreamloom.config import RunConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from dreamloom.errors import DreamloomError
 from dreamloom.k8s.secrets import secret_env_vars
 from dreamloom.settings import container_image
-from dreamloom.training.entrypoint import CONFIG_ENV, RESUME_ENV
 
 API_VERSION, KIND = "ray.io/v1", "RayJob"
 SETTINGS_ENV = "DREAMLOOM_RAYJOB_SETTINGS"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 GPU = "nvidia.com/gpu"
+DATA_CLAIM, DATA_MOUNT = "dreamloom-data", "/data"
+MAX_NAME = 47  # RayJob names become Service names
 
 
-@dataclass(frozen=True)
-class RayJobSettings:
-    namespace: str = "dreamloom"
-    image: str = field(default_factory=container_image)
+class RayJobSettings(BaseModel):
+    """How RayJob pods are set up, as the chart writes it (ConfigMap dreamloom-training)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = Field("dreamloom", min_length=1)
+    image: str = Field(default_factory=container_image, min_length=1)
     service_account: str = "dreamloom-trainer"
-    data_claim: str = "dreamloom-data"  # a ReadWriteMany PVC on head, workers and the train step: data, checkpoints
-    data_mount: str = "/data"
+    data_claim: str = Field(DATA_CLAIM, description="A ReadWriteMany PVC on head, workers and the train step")
+    data_mount: str = DATA_MOUNT
     worker_cpu: str = "8"
     worker_memory: str = "48Gi"
     head_cpu: str = "2"
     head_memory: str = "8Gi"
-    backoff_limit: int = 2  # retries of the whole job (each on a fresh cluster)
-    active_deadline_seconds: int = 48 * 3600
-    ttl_seconds_after_finished: int = 3600
+    backoff_limit: int = Field(2, ge=0, description="Retries of the whole job (each on a fresh cluster)")
+    active_deadline_seconds: int = Field(48 * 3600, ge=1)
+    ttl_seconds_after_finished: int = Field(3600, ge=0)
     ray_version: str = "2.60.0"
-    worker_node_selector: dict = field(default_factory=dict)  # added to nvidia.com/gpu.present on GPU workers
-    worker_tolerations: list = field(default_factory=list)  # added to the GPU taint's toleration
-    run_as_user: int = 1000
-    fs_group: int = 1000
+    worker_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Added to nvidia.com/gpu.present on GPU workers"
+    )
+    worker_tolerations: list[dict] = Field(default_factory=list, description="Added to the GPU taint's toleration")
+    run_as_user: int = Field(1000, ge=1)
+    fs_group: int = Field(1000, ge=1)
 
     @classmethod
     def from_json(cls, text: str) -> RayJobSettings:
-        """Settings as the chart writes them (ConfigMap dreamloom-training); unknown keys are refused."""
+        """Settings as the chart writes them; unknown keys are refused."""
         try:
-            values = json.loads(text)
-            return cls(**values)
-        except (ValueError, TypeError) as exc:
-            raise DreamloomError(f"{SETTINGS_ENV} is not valid RayJob settings: {exc}") from None
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'!r}: {e['msg']}" for e in exc.errors())
+            raise DreamloomError(f"{SETTINGS_ENV} is not valid RayJob settings: {problems}") from None
 
 
 def settings_from_environment() -> RayJobSettings:
@@ -60,35 +70,45 @@ def settings_from_environment() -> RayJobSettings:
     document = os.environ.get(SETTINGS_ENV)
     settings = RayJobSettings.from_json(document) if document else RayJobSettings()
     if not document and NAMESPACE_FILE.is_file():
-        settings = replace(settings, namespace=NAMESPACE_FILE.read_text().strip())
+        settings = settings.model_copy(update={"namespace": NAMESPACE_FILE.read_text().strip()})
     return settings
 
 
-def job_name(config: RunConfig) -> str:
-    """A DNS-1123 name for the run (RayJob names become Service names: at most 47 characters)."""
-    name = re.sub(r"[^a-z0-9]+", "-", config.effective_run_name.lower()).strip("-")
-    if not name:
-        raise DreamloomError(f"run name {config.effective_run_name!r} has no letters or digits to name a RayJob with")
-    return f"dl-{name}"[:47].rstrip("-")
+@dataclass(frozen=True)
+class RayJobSpec:
+    """What a RayJob runs, and on how many workers."""
+
+    name: str
+    entrypoint: str
+    env: dict[str, str]
+    workers: int
+    gpus_per_worker: float = 0
+    labels: dict[str, str] | None = None
 
 
-def render_rayjob(config: RunConfig, settings: RayJobSettings = RayJobSettings()) -> dict:
-    gpus = int(config.scaling.gpus_per_worker)
-    if config.scaling.gpus_per_worker and config.scaling.gpus_per_worker != gpus:
-        raise DreamloomError("on KubeRay, scaling.gpus_per_worker must be a whole number of GPUs")
-    workers = config.scaling.workers
+def dns_name(text: str, prefix: str = "dl-") -> str:
+    """A DNS-1123 label from ``text`` (at most 47 characters), or "" when it has no letters or digits."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return f"{prefix}{name}"[:MAX_NAME].rstrip("-") if name else ""
+
+
+def render_rayjob(spec: RayJobSpec, settings: RayJobSettings | None = None) -> dict:
+    settings = settings or RayJobSettings()
+    gpus = int(spec.gpus_per_worker)
+    if spec.gpus_per_worker != gpus:
+        raise DreamloomError(f"RayJob workers take a whole number of GPUs, not {spec.gpus_per_worker:g}")
+    workers = spec.workers
     document = {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {
-            "name": job_name(config),
+            "name": spec.name,
             "namespace": settings.namespace,
-            "labels": {"app.kubernetes.io/part-of": "dreamloom", "dreamloom.ai/method": config.method},
+            "labels": {"app.kubernetes.io/part-of": "dreamloom", **(spec.labels or {})},
         },
         "spec": {
-            "entrypoint": "python -m dreamloom.training.entrypoint",
-            # A retry of the job (a fresh cluster) continues from the run's last checkpoint.
-            "runtimeEnvYAML": json.dumps({"env_vars": {CONFIG_ENV: config.model_dump_json(), RESUME_ENV: "auto"}}),
+            "entrypoint": spec.entrypoint,
+            "runtimeEnvYAML": json.dumps({"env_vars": spec.env}),
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
             "backoffLimit": settings.backoff_limit,

@@ -95,7 +95,7 @@ class ServedAdapter:
 
     def detach(self, pipe) -> None:
         """Take everything this adapter added off the shared pipeline."""
-        from dreamloom.methods.peft_adapters import remove_peft_adapters
+        from dreamloom.methods.peft_layers import remove_peft_adapters
 
         remove_peft_adapters(pipe, self.peft_adapters)
         if self.tokens:

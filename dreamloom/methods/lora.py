@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from dreamloom.errors import ArtifactError, DreamloomError
 from dreamloom.methods import kohya
 from dreamloom.methods.base import Suitability
-from dreamloom.methods.peft_adapters import AdapterSettings, PeftAdapterMethod, component_modules
+from dreamloom.methods.peft_adapters import AdapterSettings, PeftAdapterMethod
+from dreamloom.methods.peft_layers import component_modules
 from dreamloom.models.base import LoadedBaseModel, pipeline_from_components
 
 ADAPTER_NAME = "dreamloom"

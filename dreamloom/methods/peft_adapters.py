@@ -6,11 +6,6 @@ A peft-adapter artifact that is not a diffusers LoRA is one safetensors file: th
 dict keyed ``<component>.<module>.<parameter>`` (``unet.down_blocks...to_q.hada_w1_a``) and, in its
 metadata, the peft config of each component as JSON, so that loading rebuilds exactly the layers
 that trained. Only the peft types the method names are accepted back.
-
-Adapters of different kinds on one served pipeline nest (a LoKr layer around a LoRA layer around
-the base linear); each layer skips adapters that are not its own, so ``set_adapters`` mixes them
-all by weight. Removing an adapter unwraps the layers it leaves empty, so that loading and
-evicting adapters in any order does not grow the nesting.
 """
 
 from __future__ import annotations
@@ -28,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from dreamloom.errors import ArtifactError
 from dreamloom.methods import kohya
 from dreamloom.methods.base import ServedAdapter, TrainingMethod, adapter_name
+from dreamloom.methods.peft_layers import component_modules
 from dreamloom.models.base import LoadedBaseModel
 from dreamloom.schema import Section
 
@@ -57,19 +53,6 @@ class AdapterSettings(Section):
     @property
     def effective_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
-
-
-def component_modules(model_or_pipe, with_text_encoders: bool = True) -> dict[str, torch.nn.Module]:
-    """``unet``, ``text_encoder``, ``text_encoder_2`` of a loaded base or a pipeline, as diffusers names them."""
-    if isinstance(model_or_pipe, LoadedBaseModel):
-        encoders = model_or_pipe.text_encoders
-    else:
-        encoders = [e for e in (model_or_pipe.text_encoder, getattr(model_or_pipe, "text_encoder_2", None)) if e]
-    modules = {"unet": model_or_pipe.unet}
-    if with_text_encoders:
-        for index, encoder in enumerate(encoders):
-            modules["text_encoder" if index == 0 else f"text_encoder_{index + 1}"] = encoder
-    return modules
 
 
 class PeftAdapterMethod(TrainingMethod):
@@ -266,31 +249,6 @@ def _set_state(module, state: dict[str, torch.Tensor], name: str, what: str) -> 
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise ArtifactError(f"{what} has tensors this base has no place for (e.g. {unexpected[0]})")
-
-
-def remove_peft_adapters(pipe, names: list[str]) -> None:
-    """Delete the adapters from the pipeline and unwrap the tuner layers they leave empty."""
-    if not names:
-        return
-    pipe.delete_adapters(names)
-    for module in component_modules(pipe).values():
-        unwrap_empty_layers(module)
-
-
-def unwrap_empty_layers(root: torch.nn.Module) -> None:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for parent in list(root.modules()):
-        for child_name, child in list(parent.named_children()):
-            layer = child
-            while isinstance(layer, BaseTunerLayer) and _is_empty(layer):
-                layer = layer.base_layer
-            if layer is not child:
-                setattr(parent, child_name, layer)
-
-
-def _is_empty(layer) -> bool:
-    return all(len(getattr(layer, name)) == 0 for name in layer.adapter_layer_names)
 
 
 def group_by_module(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

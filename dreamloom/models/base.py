@@ -22,6 +22,8 @@ from dreamloom.models.tiny import TINY_KINDS, ensure_tiny
 
 Family = Literal["sd", "sdxl"]
 TOY = "toy"  # the base pretrained on the procedural toy world (dreamloom.toy)
+# Its committed weights; dreamloom.toy.pretrain writes them (`make toy-base`).
+TOY_BASE_FOLDER = Path(__file__).resolve().parents[1] / "toy" / "assets" / "base"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FULL_HASH_LIMIT = 64 * 2**20
 _SAMPLE_BYTES = 4 * 2**20
@@ -74,13 +76,10 @@ def resolve_base_model(spec: str, revision: str | None = None) -> BaseModelRef:
 
 
 def _toy_base() -> BaseModelRef:
-    from dreamloom.toy.pretrain import BASE_FOLDER
-
-    if not (BASE_FOLDER / "model_index.json").is_file():
-        raise DreamloomError(f"the toy base model is not built ({BASE_FOLDER} is empty); run `make toy-base`")
-    return BaseModelRef(
-        TOY, str(BASE_FOLDER), _folder_fingerprint(BASE_FOLDER), _family_of(BASE_FOLDER / "model_index.json")
-    )
+    folder = TOY_BASE_FOLDER
+    if not (folder / "model_index.json").is_file():
+        raise DreamloomError(f"the toy base model is not built ({folder} is empty); run `make toy-base`")
+    return BaseModelRef(TOY, str(folder), _folder_fingerprint(folder), _family_of(folder / "model_index.json"))
 
 
 def _download_model_index(repo_id: str, revision: str | None) -> Path:

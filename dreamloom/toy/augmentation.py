@@ -26,16 +26,13 @@ PROMPTS = tuple(
 INSTANCE_PROMPT = f"a {SUBJECT} on a white background"
 
 
-def toy_settings(**overrides):
-    """The experiment's settings for the toy world (measured to teach each class in 300 steps)."""
-    from dreamloom.usecases.augment import AugmentSettings
-
-    defaults = {
-        "base_model": "toy", "resolution": 64, "instance_prompt": INSTANCE_PROMPT, "subject": SUBJECT,
-        "prompts": list(PROMPTS), "train_steps": 300, "train_batch": 4, "learning_rate": 3e-3, "per_class": 16,
-        "generation_steps": 20, "guidance": 5.0, "classifier_steps": 300,
-    }  # fmt: skip
-    return AugmentSettings(**{**defaults, **overrides})
+# The augmentation experiment's settings for the toy world (measured to teach each class in 300
+# steps); ``dreamloom augment --preset toy`` starts from them.
+TOY_SETTINGS = {
+    "base_model": "toy", "resolution": 64, "instance_prompt": INSTANCE_PROMPT, "subject": SUBJECT,
+    "prompts": list(PROMPTS), "train_steps": 300, "train_batch": 4, "learning_rate": 3e-3, "per_class": 16,
+    "generation_steps": 20, "guidance": 5.0, "classifier_steps": 300,
+}  # fmt: skip
 
 
 def write_classes(

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dreamloom.models.base import TOY_BASE_FOLDER
 from dreamloom.toy import world
-
-BASE_FOLDER = Path(__file__).with_name("assets") / "base"
 
 
 @dataclass(frozen=True)
@@ -216,7 +215,7 @@ def noise_scaling(latents: tuple[torch.Tensor, torch.Tensor]) -> float:
     return float(1.0 / latents[0].std())
 
 
-def pretrain(config: ToyBaseConfig = ToyBaseConfig(), folder: Path = BASE_FOLDER) -> dict:
+def pretrain(config: ToyBaseConfig = ToyBaseConfig(), folder: Path = TOY_BASE_FOLDER) -> dict:
     from diffusers import StableDiffusionPipeline
 
     from dreamloom.models.tiny import sd15_scheduler
@@ -253,7 +252,7 @@ def pretrain(config: ToyBaseConfig = ToyBaseConfig(), folder: Path = BASE_FOLDER
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pretrain the toy base model (about 50 minutes on 2 cores).")
-    parser.add_argument("--out", type=Path, default=BASE_FOLDER)
+    parser.add_argument("--out", type=Path, default=TOY_BASE_FOLDER)
     parser.add_argument("--unet-steps", type=int, default=ToyBaseConfig.unet_steps)
     parser.add_argument("--vae-steps", type=int, default=ToyBaseConfig.vae_steps)
     parser.add_argument("--images", type=int, default=ToyBaseConfig.images)

@@ -21,17 +21,13 @@ from pathlib import Path
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
 from dreamloom.settings import work_dir
-
-CONFIG_ENV = "DREAMLOOM_RUN_CONFIG"
-RESUME_ENV = "DREAMLOOM_RESUME"
-RESULT_MARKER = "dreamloom-result: "
-ERROR_MARKER = "dreamloom: error: "
+from dreamloom.training.job import CONFIG_ENV, ERROR_MARKER, RESULT_MARKER, RESUME_ENV, run_storage
 
 
 def main() -> int:
     from pydantic import ValidationError
 
-    from dreamloom.training.launcher import run_storage, train
+    from dreamloom.training.local import train
 
     document = os.environ.get(CONFIG_ENV)
     if not document:

@@ -66,9 +66,9 @@ def augment_settings(preset: str = "default", overrides: dict | None = None) -> 
     """``default`` (a Stable Diffusion base) or ``toy`` (tuned for the toy world), with overrides."""
     try:
         if preset == "toy":
-            from dreamloom.toy.augmentation import toy_settings
+            from dreamloom.toy.augmentation import TOY_SETTINGS
 
-            return toy_settings(**(overrides or {}))
+            return AugmentSettings(**{**TOY_SETTINGS, **(overrides or {})})
         if preset != "default":
             raise DreamloomError(f"unknown preset {preset!r}; choose default or toy")
         return AugmentSettings(**(overrides or {}))

@@ -1,26 +1,23 @@
 """The ``kuberay`` launcher: train a run as a RayJob in the namespace this process runs in.
 
 The data is staged on the shared volume (the ``dreamloom-data`` claim, mounted by the pipeline's
-train step and by every Ray pod), the RayJob is rendered and checked against KubeRay's CRD, created,
-and watched until KubeRay says it is complete; the submitter's log is printed as it grows. The
-artifact is collected from the MLflow run the job reports, like the ``ray`` launcher does.
-
-Talking to the API server is ``KubernetesCluster``, kept to four calls; everything else works on
-plain dicts and is tested without a cluster.
+train step and by every Ray pod), the RayJob is rendered (``dreamloom.k8s.rayjob``) and checked
+against KubeRay's CRD, created, and watched until KubeRay says it is complete; the submitter's log
+is printed as it grows. The artifact is collected from the MLflow run the job reports, like the
+``ray`` launcher does.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
-from dreamloom.k8s.rayjob import API_VERSION, RayJobSettings, job_name, render_rayjob, settings_from_environment
-from dreamloom.training.launcher import TrainResult
+from dreamloom.k8s.cluster import Cluster, KubernetesCluster
+from dreamloom.k8s.rayjob import RayJobSettings, RayJobSpec, dns_name, render_rayjob, settings_from_environment
+from dreamloom.training.job import CONFIG_ENV, ENTRYPOINT, RESUME_ENV, TrainResult
 from dreamloom.training.remote import (
     LogFollower,
     check_before_submitting,
@@ -30,17 +27,30 @@ from dreamloom.training.remote import (
     stage_data,
 )
 
-GROUP, VERSION = API_VERSION.split("/")
-PLURAL = "rayjobs"
 # jobDeploymentStatus values after which KubeRay does nothing more with the job.
 FINISHED = ("Complete", "Failed", "ValidationFailed")
 
 
-class Cluster(Protocol):
-    def create(self, document: dict) -> None: ...
-    def status(self, namespace: str, name: str) -> dict: ...
-    def logs(self, namespace: str, name: str) -> str: ...
-    def delete(self, namespace: str, name: str) -> None: ...
+def job_name(config: RunConfig) -> str:
+    """The RayJob's name: a DNS-1123 label from the run name."""
+    name = dns_name(config.effective_run_name)
+    if not name:
+        raise DreamloomError(f"run name {config.effective_run_name!r} has no letters or digits to name a RayJob with")
+    return name
+
+
+def rayjob_for(config: RunConfig, settings: RayJobSettings | None = None) -> dict:
+    """The RayJob that runs the training entrypoint on ``config``, sized from its scaling section.
+    ``auto``: a retry of the job (a fresh cluster) continues from the run's last checkpoint."""
+    spec = RayJobSpec(
+        name=job_name(config),
+        entrypoint=ENTRYPOINT,
+        env={CONFIG_ENV: config.model_dump_json(), RESUME_ENV: "auto"},
+        workers=config.scaling.workers,
+        gpus_per_worker=config.scaling.gpus_per_worker,
+        labels={"dreamloom.ai/method": config.method},
+    )
+    return render_rayjob(spec, settings or RayJobSettings())
 
 
 def train_on_kuberay(
@@ -82,7 +92,7 @@ def _staged_rayjob(config: RunConfig, settings: RayJobSettings, folder: Path) ->
     folder.mkdir(parents=True, exist_ok=True)
     try:
         staged = stage_data(config, folder)
-        return render_rayjob(remote_config(config, staged, folder / "artifact"), settings)
+        return rayjob_for(remote_config(config, staged, folder / "artifact"), settings)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -108,57 +118,3 @@ def wait_for_rayjob(cluster: Cluster, namespace: str, name: str, poll_s: float =
         cluster.delete(namespace, name)
         print(f"\n[dreamloom] deleted RayJob {namespace}/{name}", flush=True)
         raise
-
-
-class KubernetesCluster:
-    """The four calls the launcher makes, through the official client (in-cluster config in a pod,
-    ~/.kube/config elsewhere), with API errors turned into ones that say what to do."""
-
-    def __init__(self):
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, FileNotFoundError) as exc:
-                raise DreamloomError(f"no Kubernetes credentials: not in a pod and no kubeconfig ({exc})") from None
-        self.custom, self.core = client.CustomObjectsApi(), client.CoreV1Api()
-
-    def create(self, document: dict) -> None:
-        namespace, name = document["metadata"]["namespace"], document["metadata"]["name"]
-        with _explained(namespace, name):
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
-
-    def status(self, namespace: str, name: str) -> dict:
-        with _explained(namespace, name):
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status", {})
-
-    def logs(self, namespace: str, name: str) -> str:
-        """The log of the job's submitter pod (K8sJobMode: a Kubernetes Job named like the RayJob)."""
-        with _explained(namespace, name):
-            pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
-            if not pods:
-                return ""
-            newest = max(pods, key=lambda pod: pod.metadata.creation_timestamp)
-            return self.core.read_namespaced_pod_log(newest.metadata.name, namespace)
-
-    def delete(self, namespace: str, name: str) -> None:
-        with _explained(namespace, name):
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-
-@contextmanager
-def _explained(namespace: str, name: str):
-    from kubernetes.client.exceptions import ApiException
-
-    hints = {
-        403: "the service account may not do this; install the chart's RBAC (the dreamloom-trainer role)",
-        404: "not found; is the KubeRay operator (its RayJob CRD) installed?",
-        409: "it already exists; delete it or choose another run name",
-    }
-    try:
-        yield
-    except ApiException as exc:
-        raise DreamloomError(f"RayJob {namespace}/{name}: {hints.get(exc.status, exc.reason)}") from None

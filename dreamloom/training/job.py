@@ -1,0 +1,64 @@
+"""What every launcher shares: the result of a run, the contract between a launcher and the job it
+starts on a cluster (environment variables, log markers, the entrypoint), where runs keep their
+state, and the checks and data preparation that come before any compute.
+
+A leaf of the launch layer: the local driver, the Ray Jobs and KubeRay launchers and the job
+entrypoint import it; it imports none of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dreamloom import artifacts
+from dreamloom.config import RunConfig
+from dreamloom.data.prepare import PreparedDataset, PrepareOptions, prepare_dataset, prepare_training_data
+from dreamloom.errors import DreamloomError
+from dreamloom.settings import work_dir
+
+# The job entrypoint reads the run config and what to do with earlier state from these; it prints
+# its result (or its error) on a line starting with a marker, which the launcher reads in the log.
+ENTRYPOINT = "python -m dreamloom.training.entrypoint"
+CONFIG_ENV = "DREAMLOOM_RUN_CONFIG"
+RESUME_ENV = "DREAMLOOM_RESUME"
+RESULT_MARKER = "dreamloom-result: "
+ERROR_MARKER = "dreamloom: error: "
+
+
+@dataclass
+class TrainResult:
+    artifact: Path
+    run_name: str
+    mlflow_run_id: str
+    steps: int
+    resumed_from_step: int
+    metrics: dict = field(default_factory=dict)
+
+
+def run_storage(config: RunConfig) -> str:
+    """Where Ray keeps the run's checkpoints (a run is resumed by its name under this folder)."""
+    return config.scaling.storage_path or str(work_dir() / "runs")
+
+
+def check_output(output: Path) -> None:
+    if not output.exists():
+        return
+    if (output / artifacts.MANIFEST_FILE).is_file():
+        raise DreamloomError(f"{output} already holds a finished artifact; choose another --output")
+    if not output.is_dir() or any(output.iterdir()):
+        raise DreamloomError(f"output {output} exists and is not an empty folder; choose another --output")
+
+
+def training_data(config: RunConfig) -> PreparedDataset:
+    """The run's instance images, every one checked, prepared once (with the conditions its method needs)."""
+    return prepare_training_data(config.data, config.method_type.condition(config))
+
+
+def prepare_class_data(config: RunConfig) -> PreparedDataset | None:
+    """The user's own class images for prior preservation, checked and prepared (None when generated)."""
+    if not (config.prior_enabled and config.prior.class_data):
+        return None
+    options = PrepareOptions(config.data.resolution, max_image_pixels=config.data.max_image_pixels)
+    folder = work_dir() / "datasets" / f"class-{config.effective_run_name}-{options.key()}"
+    return prepare_dataset(config.prior.class_data, folder, options)

@@ -1,0 +1,138 @@
+"""The local driver: train on the Ray on this machine (started here with quiet, contained
+defaults), or on the cluster at ``RAY_ADDRESS`` joined as a driver.
+
+Checks first (``preflight``), then the MLflow run, then Ray Train, then the artifact
+(``bookkeeping``). ``train_in_process`` runs the same loop without Ray or MLflow, for benchmarks
+and tests that measure a method rather than the platform around it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from dreamloom.artifacts import publish
+from dreamloom.config import RunConfig
+from dreamloom.data.prepare import PreparedDataset
+from dreamloom.errors import DreamloomError
+from dreamloom.settings import apply_quiet_defaults, ray_temp_dir
+from dreamloom.training.bookkeeping import (
+    log_final_metrics,
+    manifest_for,
+    open_tracking_run,
+    publish_from_checkpoint,
+    tracking_client,
+)
+from dreamloom.training.job import TrainResult, check_output, run_storage
+from dreamloom.training.preflight import check_devices, check_run_state, plan_job
+from dreamloom.training.trainer import TrainJob
+
+
+def train(config: RunConfig, resume: bool = False) -> TrainResult:
+    apply_quiet_defaults()
+    run_name = config.effective_run_name
+    storage = run_storage(config)
+    check_output(config.output)
+    check_run_state(Path(storage) / run_name, run_name, resume)
+    check_devices(config)
+    job = plan_job(config)
+    base, dataset = job.base_model, PreparedDataset.load(Path(job.dataset_root))
+    mlflow = tracking_client()
+    run_id = open_tracking_run(mlflow, config, base, dataset, resume)
+    job.mlflow_run_id = run_id
+    print(
+        f"[dreamloom] run {run_name}: {config.method} on {base.spec}, {len(dataset.items)} images, MLflow run {run_id}",
+        flush=True,
+    )
+    try:
+        result = _fit(job, storage, run_name)
+        manifest = publish_from_checkpoint(config, base, dataset, result, run_id)
+    except BaseException:
+        mlflow.set_terminated(run_id, status="FAILED")
+        raise
+    mlflow.log_artifacts(run_id, str(config.output), "artifact")
+    log_final_metrics(mlflow, run_id, result.metrics, manifest.steps)
+    mlflow.set_terminated(run_id, status="FINISHED")
+    return TrainResult(
+        config.output,
+        run_name,
+        run_id,
+        int(result.metrics.get("step", config.training.steps)),
+        int(result.metrics.get("resumed_from_step", 0)),
+        dict(result.metrics),
+    )
+
+
+def train_in_process(config: RunConfig, progress: bool = False) -> Path:
+    """Train in this process, without Ray or MLflow, and publish the artifact as a run would."""
+    from dreamloom.training.trainer import Trainer
+
+    check_output(config.output)
+    job = plan_job(config)
+    trainer = Trainer(job)
+    for step in range(1, config.training.steps + 1):
+        loss = trainer.train_step(step)
+        if progress and (step % 50 == 0 or step == config.training.steps):
+            print(f"[dreamloom] {config.method} step {step}/{config.training.steps} loss {loss:.4f}", flush=True)
+    with tempfile.TemporaryDirectory() as staging:
+        trainer.save_artifact(Path(staging))
+        dataset = PreparedDataset.load(Path(job.dataset_root))
+        publish(Path(staging), config.output, manifest_for(config, job.base_model, dataset, config.training.steps))
+    return config.output
+
+
+def ensure_ray(config: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    needed_cpus = config.scaling.workers * config.scaling.cpus_per_worker
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, needed_cpus),
+        # The dashboard hosts the state API that Ray Train's placement-group cleaner polls.
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _temp_dir=str(ray_temp_dir()),
+        logging_level="WARNING",
+        log_to_driver=True,
+    )
+
+
+def _fit(job: TrainJob, storage: str, run_name: str):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    scaling = job.config.scaling
+    ensure_ray(job.config)
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.gpus_per_worker:
+        resources["GPU"] = scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        _worker_entry,
+        train_loop_config={"job": job.model_dump(mode="json")},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.workers, use_gpu=scaling.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.config.training.keep_checkpoints),
+            # Our own progress lines say what happens; Ray Train's per-report INFO lines repeat it.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise DreamloomError(f"training run {run_name!r} failed: {exc}") from exc
+
+
+def _worker_entry(job_document: dict) -> None:
+    from dreamloom.training.worker import train_worker
+
+    train_worker(job_document)

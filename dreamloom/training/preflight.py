@@ -1,0 +1,71 @@
+"""Everything that can be wrong with a training request, found before Ray starts or a model loads:
+the output folder, earlier run state, devices, the base model, every image, the method's own
+checks. ``plan_job`` ends with the ``TrainJob`` a worker needs, all paths resolved."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dreamloom.config import RunConfig
+from dreamloom.errors import DreamloomError
+from dreamloom.models.base import BaseModelRef, resolve_base_model
+from dreamloom.settings import tracking_uri
+from dreamloom.training.job import prepare_class_data, training_data
+from dreamloom.training.prior import class_images_folder
+from dreamloom.training.trainer import TrainJob
+
+
+def plan_job(config: RunConfig) -> TrainJob:
+    """Validate and prepare the data, find the base model: everything a worker needs, no compute."""
+    dataset = training_data(config)
+    class_dataset = prepare_class_data(config)
+    base = resolve_base_model(config.base_model, config.revision)
+    config.method_type.check(config, base, dataset)
+    return TrainJob(
+        config=config,
+        base_model=base,
+        dataset_root=str(dataset.root),
+        class_images=_class_folder(config, base, class_dataset),
+        class_dataset_root=str(class_dataset.root) if class_dataset else None,
+        tracking_uri=tracking_uri(),
+    )
+
+
+def check_run_state(run_folder: Path, run_name: str, resume: bool) -> None:
+    has_state = run_folder.is_dir() and any(run_folder.iterdir())
+    if has_state and not resume:
+        raise DreamloomError(
+            f"run {run_name!r} already has training state at {run_folder}; pass --resume to continue "
+            "it, or choose another --run-name or --output"
+        )
+    if resume and not has_state:
+        raise DreamloomError(f"nothing to resume: run {run_name!r} has no state at {run_folder}")
+
+
+def check_devices(config: RunConfig) -> None:
+    scaling, precision = config.scaling, config.training.mixed_precision
+    if os.environ.get("RAY_ADDRESS") and tracking_uri().startswith(("sqlite:", "file:")):
+        print(
+            f"[dreamloom] warning: RAY_ADDRESS is set but MLflow tracks to {tracking_uri()}; workers on "
+            "other machines cannot write there. Set MLFLOW_TRACKING_URI to an MLflow server.",
+            flush=True,
+        )
+    if scaling.gpus_per_worker == 0 and precision == "fp16":
+        raise DreamloomError("training.mixed_precision fp16 needs GPUs; set scaling.gpus_per_worker or use bf16/no")
+    if scaling.gpus_per_worker and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        available = torch.cuda.device_count()
+        wanted = scaling.gpus_per_worker * scaling.workers
+        if wanted > available:
+            raise DreamloomError(
+                f"the run asks for {wanted:g} GPUs ({scaling.workers} workers x {scaling.gpus_per_worker:g}) "
+                f"but this machine has {available}; lower --workers/--gpus-per-worker or set RAY_ADDRESS"
+            )
+
+
+def _class_folder(config: RunConfig, base: BaseModelRef, class_dataset) -> str | None:
+    if not config.prior_enabled or class_dataset is not None:
+        return None
+    return str(class_images_folder(base, config.prior, config.data.resolution))
