@@ -13,6 +13,15 @@ from components.render_ads import render_ads
 from components.train import train
 
 __all__ = [
-    "check_classes", "deploy", "evaluate", "gate", "prepare_data", "promote", "register", "render_ads",
-    "synthesize_and_compare", "teach_class", "train",
-]  # fmt: skip
+    "check_classes",
+    "deploy",
+    "evaluate",
+    "gate",
+    "prepare_data",
+    "promote",
+    "register",
+    "render_ads",
+    "synthesize_and_compare",
+    "teach_class",
+    "train",
+]

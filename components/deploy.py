@@ -5,8 +5,19 @@ from components._image import COMPONENT
 
 @dsl.component(**COMPONENT)
 def deploy(reference: str, triton_url: str, store: str = "") -> str:
-    """Serve the promoted version on Triton (the old version answers until the new one is ready);
-    returns what requests pass as ADAPTER (empty for a DreamBooth model, served as its own model)."""
+    """Serve a registered version on Triton; the old version answers until the new one is ready.
+
+    A deploy that fails leaves the serving version as it was.
+
+    Args:
+        reference: The registered version: `NAME@ALIAS` or `NAME/VERSION`.
+        triton_url: Triton's HTTP address.
+        store: The serving store (Triton's model repository and the adapters it serves); default
+            the local work folder's.
+
+    Returns:
+        Output: What requests pass as ADAPTER (empty for a DreamBooth model, served as its own model).
+    """
     from dreamloom.serving.deploy import deploy as deploy_version
     from dreamloom.serving.repository import ServingStore
 

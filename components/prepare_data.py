@@ -1,3 +1,5 @@
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
@@ -5,17 +7,26 @@ from components._image import COMPONENT
 
 
 @dsl.component(**COMPONENT)
-def prepare_data(config: dict, dataset: Output[Dataset]) -> str:
-    """Validate the run config and every image before any compute; prepare the dataset.
-    Returns the dataset's content hash (the training run records it as lineage)."""
-    import json
+def prepare_data(config: dict, dataset: Output[Dataset]) -> NamedTuple("Prepared", images=int, dataset_hash=str):
+    """Check the run config and every training image before any compute, and prepare the training set.
+
+    Nothing is written when anything is wrong: one error lists every bad image and why.
+
+    Args:
+        config: The run config, as in a run YAML without `output` (method, base model, data, settings).
+
+    Returns:
+        dataset: The prepared training set (resized and cropped images, captions, conditions and a
+            manifest with the originals' content hash); the train step reads it.
+        images: How many images the prepared set holds.
+        dataset_hash: The content hash of the original images, recorded as lineage.
+    """
+    from collections import namedtuple
 
     from dreamloom.config import pipeline_run_config
-    from dreamloom.data.prepare import prepare_training_data
+    from dreamloom.training.job import training_data
 
     run = pipeline_run_config(config, output=dataset.path)
-    prepared = prepare_training_data(run.data, run.method_type.condition(run))
-    dataset.metadata.update({"images": len(prepared.items), "hash": prepared.dataset_hash})
-    with open(dataset.path, "w") as handle:
-        json.dump({"root": str(prepared.root), "hash": prepared.dataset_hash, "images": len(prepared.items)}, handle)
-    return prepared.dataset_hash
+    prepared = training_data(run, into=dataset.path)
+    dataset.metadata.update({"images": len(prepared.items), "dataset_hash": prepared.dataset_hash})
+    return namedtuple("Prepared", ["images", "dataset_hash"])(len(prepared.items), prepared.dataset_hash)

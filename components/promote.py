@@ -5,7 +5,16 @@ from components._image import COMPONENT
 
 @dsl.component(**COMPONENT)
 def promote(name: str, version: str, gate_config: dict) -> str:
-    """Move the champion alias to the version (the gate is applied again: nothing moves past it)."""
+    """Move the champion alias to the version; the gate is applied again, so nothing moves past it.
+
+    Args:
+        name: The registered model.
+        version: The version to promote.
+        gate_config: The same gate the gate step applied.
+
+    Returns:
+        Output: The reference serving deploys: `NAME@champion`.
+    """
     from dreamloom.errors import DreamloomError
     from dreamloom.registry import GateConfig
     from dreamloom.registry import promote as promote_version

@@ -8,10 +8,7 @@ artifact (with their sha256), so that anything loading an artifact can check it 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from dreamloom import __version__
 from dreamloom.config import RunConfig
 from dreamloom.errors import ArtifactError
+from dreamloom.files import sha256_file, staged_folder
 from dreamloom.methods import METHODS, TrainingMethod, get_method
 from dreamloom.models.base import BaseModelRef
 from dreamloom.tracking import Lineage
@@ -102,11 +100,7 @@ class ArtifactManifest(BaseModel):
 def file_digests(folder: Path) -> dict[str, str]:
     digests = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digests[str(path.relative_to(folder))] = digest.hexdigest()
+        digests[str(path.relative_to(folder))] = sha256_file(path)
     return digests
 
 
@@ -141,16 +135,14 @@ def read_manifest(folder: Path, verify: bool = True) -> ArtifactManifest:
 
 def publish(source: Path, output: Path, manifest: ArtifactManifest) -> ArtifactManifest:
     """Copy ``source`` to ``output`` with its manifest; ``output`` appears complete or not at all."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ArtifactError(f"output {output} exists and is not an empty folder; choose another --output")
     try:
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-        stamped = write_manifest(staging, manifest)
-        if output.exists():
-            if any(output.iterdir()):
-                raise ArtifactError(f"output folder {output} is not empty; choose another --output")
-            output.rmdir()
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(output) as staging:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            stamped = write_manifest(staging, manifest)
+    except FileExistsError:
+        raise ArtifactError(
+            f"output folder {output} was filled while the artifact was written; nothing replaced"
+        ) from None
     return stamped

@@ -275,8 +275,11 @@ def _known_fields(location: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def pipeline_run_config(document: dict[str, Any], output: str) -> RunConfig:
-    """The run config of a pipeline step: the pipeline, not the user, chooses the output folder."""
+def pipeline_run_config(document: dict[str, Any], output: str, prepared_data: str | None = None) -> RunConfig:
+    """The run config of a pipeline step: the pipeline, not the user, chooses the output folder,
+    and a step after prepare-data trains on its prepared set (``prepared_data``), not the originals."""
     if document.get("output"):
         raise ConfigError("a pipeline chooses where the artifact goes: remove `output` from the config")
+    if prepared_data is not None:
+        document = {**document, "data": {**(document.get("data") or {}), "path": prepared_data}}
     return validate_run_config({**document, "output": output}, "pipeline config")

@@ -9,7 +9,6 @@ files are safetensors, and A1111's ``.pt`` hypernetworks are read with ``weights
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from dreamloom.artifacts import ArtifactManifest, ImportRecord, publish, read_manifest
 from dreamloom.errors import DreamloomError
+from dreamloom.files import sha256_file
 from dreamloom.methods import get_method, kohya_reader
 
 
@@ -85,5 +85,4 @@ def _imported(method: str, ref, model, source: Path, file_format: str, trigger: 
 
 
 def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+    return "sha256:" + sha256_file(path)

@@ -59,8 +59,11 @@ class Architecture:
                 f"no architecture of {spec!r} on this machine; use sd15, sd21, sdxl or a local diffusers folder"
             )
         folder = Path(ref.location)
-        texts = [json.loads((folder / f / "config.json").read_text()) for f in ("text_encoder", "text_encoder_2")
-                 if (folder / f / "config.json").is_file()]  # fmt: skip
+        texts = [
+            json.loads((folder / f / "config.json").read_text())
+            for f in ("text_encoder", "text_encoder_2")
+            if (folder / f / "config.json").is_file()
+        ]
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())
         resolution = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)

@@ -21,8 +21,20 @@ def augment(
     preset: str = "default",
     settings: dict = {},  # noqa: B006 (KFP parameters are literals)
     launcher: str = "local",
-    train_gpus: str = "1",
+    train_gpus: int = 1,
 ):
+    """Teach one adapter per class, generate synthetic images through them, and measure the gain.
+
+    Args:
+        data: A folder of class subfolders of real training images.
+        eval_data: A folder of held-out real images, by class, that both classifiers are scored on.
+        triton_url: Triton's HTTP address, where the class adapters are deployed and called.
+        serving_store: The serving store Triton reads.
+        preset: The experiment's starting settings: `default` (a real base) or `toy`.
+        settings: Overrides of the preset's settings (see `dreamloom.usecases.augment.AugmentSettings`).
+        launcher: Where training runs: `local`, `ray` or `kuberay`.
+        train_gpus: GPUs of each teaching step's pod (0 when a Ray cluster trains).
+    """
     classes = check_classes(data=data, eval_data=eval_data, preset=preset, settings=settings)
     with dsl.ParallelFor(classes.output, parallelism=4) as class_name:
         # gpus is passed as an argument too: KFP (2.17) does not carry a parameter that only sets a
@@ -32,7 +44,11 @@ def augment(
         )
         trains(talks_to_services(taught, retries=0), train_gpus)
     compared = synthesize_and_compare(
-        data=data, eval_data=eval_data, triton_url=triton_url, serving_store=serving_store, preset=preset,
+        data=data,
+        eval_data=eval_data,
+        triton_url=triton_url,
+        serving_store=serving_store,
+        preset=preset,
         settings=settings,
-    ).after(taught)  # fmt: skip
+    ).after(taught)
     serves(talks_to_services(compared, retries=0))

@@ -24,6 +24,19 @@ def batch_ads(
     size: str = "",
     steps: int = 25,
 ):
+    """Render ad variants for many deployed product concepts from one brief, a step per product.
+
+    Args:
+        products: The products' deployed adapters, each `NAME@ALIAS`.
+        brief: The scenes, as `dreamloom.usecases.ad.Brief` (prompts per scene, a negative prompt).
+        triton_url: Triton's HTTP address.
+        variants: Seeded variants per scene.
+        seed: The first variant's seed; variant i uses seed + i.
+        style: A deployed style adapter mixed into every ad, `NAME@ALIAS`; empty for none.
+        style_weight: The style adapter's weight.
+        size: `WIDTHxHEIGHT`; empty for the base model's size.
+        steps: Denoising steps per image.
+    """
     with dsl.ParallelFor(products, parallelism=4) as product:
         talks_to_services(
             render_ads(

@@ -28,13 +28,27 @@ def personalize(
     eval_steps: int = 25,
     launcher: str = "local",
     ray_address: str = "",
-    train_gpus: str = "1",
+    train_gpus: int = 1,
 ):
+    """Teach a base model a concept, judge it against the champion, and serve it when it passes.
+
+    Args:
+        config: The run config, as in a run YAML without `output`: method, base model, data, settings.
+        model_name: The registered model the new version joins (one per concept).
+        gate_config: The promotion gate: thresholds, the tolerance against the champion; empty for defaults.
+        triton_url: Triton's HTTP address; empty to register and promote without deploying.
+        serving_store: The serving store Triton reads (its model repository and adapters).
+        eval_images_per_prompt: Seeded images per evaluation prompt.
+        eval_steps: Denoising steps per evaluation image.
+        launcher: Where training runs: `local` (in the train step's pod), `ray` or `kuberay`.
+        ray_address: The Ray cluster's dashboard address for the `ray` launcher.
+        train_gpus: GPUs of the train step's pod (0 when a Ray cluster trains).
+    """
     prepared = prepare_data(config=config)
     trained = talks_to_services(
         train(
             config=config,
-            dataset_hash=prepared.outputs["Output"],
+            dataset=prepared.outputs["dataset"],
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             launcher=launcher,
             ray_address=ray_address,
@@ -43,7 +57,12 @@ def personalize(
     )
     trains(trained, train_gpus)
     judged = talks_to_services(
-        evaluate(model=trained.outputs["model"], images_per_prompt=eval_images_per_prompt, steps=eval_steps)
+        evaluate(
+            model=trained.outputs["model"],
+            dataset=prepared.outputs["dataset"],
+            images_per_prompt=eval_images_per_prompt,
+            steps=eval_steps,
+        )
     )
     registered = talks_to_services(
         register(model=trained.outputs["model"], name=model_name, eval_run_id=judged.outputs["Output"])

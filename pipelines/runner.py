@@ -26,7 +26,7 @@ def pipeline_arguments(config_file: Path, model_name: str, **extra) -> dict:
     if launcher not in LAUNCHERS:
         raise DreamloomError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
     if launcher != "local" and extra.get("train_gpus") is None:
-        extra["train_gpus"] = "0"  # the Ray cluster holds the GPUs; the train step only submits and waits
+        extra["train_gpus"] = 0  # the Ray cluster holds the GPUs; the train step only submits and waits
     return {"config": document, "model_name": model_name, **{k: v for k, v in extra.items() if v is not None}}
 
 
@@ -81,9 +81,13 @@ def upload(host: str, version_name: str, package: Path | None = None) -> str:
 
 
 def submit(
-    host: str, arguments: dict, experiment: str, package: Path | None = None, version_name: str | None = None,
+    host: str,
+    arguments: dict,
+    experiment: str,
+    package: Path | None = None,
+    version_name: str | None = None,
     service_account: str | None = PIPELINE_SERVICE_ACCOUNT,
-) -> str:  # fmt: skip
+) -> str:
     """Start a run on a KFP backend (uploading the compiled pipeline as a version first, if named)."""
     import kfp
 

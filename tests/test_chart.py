@@ -46,8 +46,12 @@ def containers(spec: dict) -> list[dict]:
     return spec.get("initContainers", []) + spec["containers"]
 
 
-ALL_ON = ("postgresql.enabled=true", "minio.enabled=true", "pipelineUpload.enabled=true",
-          "triton.autoscaling.enabled=true")  # fmt: skip
+ALL_ON = (
+    "postgresql.enabled=true",
+    "minio.enabled=true",
+    "pipelineUpload.enabled=true",
+    "triton.autoscaling.enabled=true",
+)
 
 
 @pytest.mark.parametrize("values", value_sets(), ids=lambda paths: "+".join(p.stem for p in paths) or "defaults")

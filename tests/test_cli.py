@@ -20,19 +20,9 @@ def test_version(capsys):
 
 def test_print_config_merges_flags_and_set(tmp_path, capsys):
     code = main(
-        [
-            *TRAIN,
-            "--data",
-            str(tmp_path),
-            "--output",
-            str(tmp_path / "o"),
-            "--set",
-            "lora.rank=16",
-            "--steps",
-            "7",
-            "--print-config",
-        ]
-    )
+        [*TRAIN, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "lora.rank=16", "--steps", "7",
+         "--print-config"]
+    )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     assert "rank: 16" in out and "steps: 7" in out and "method: lora" in out
@@ -75,10 +65,10 @@ def test_prepare_command(tmp_path, capsys):
 def test_generate_local_writes_images_grid_and_index(lora_run, tmp_path, capsys):
     result, _, _ = lora_run
     out = tmp_path / "renders"
-    code = main([
-        "generate-local", "--artifact", str(result.artifact), "--prompt", "a photo of sks ball",
-        "--prompt", "sks ball on a beach", "--num-images", "2", "--steps", "3", "--seed", "10", "--out", str(out),
-    ])  # fmt: skip
+    code = main(
+        ["generate-local", "--artifact", str(result.artifact), "--prompt", "a photo of sks ball", "--prompt",
+         "sks ball on a beach", "--num-images", "2", "--steps", "3", "--seed", "10", "--out", str(out)]
+    )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     index = json.loads((out / "images.json").read_text())
     prompts = ["a photo of sks ball", "sks ball on a beach"]
@@ -125,11 +115,11 @@ def test_resume_without_a_run_says_so_before_any_work(tmp_path, monkeypatch, cap
 
 
 def test_method_flags_reach_the_config(tmp_path, capsys):
-    code = main([
-        "train", "--method", "textual-inversion", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
-        "--instance-prompt", "a photo of <my-mug>", "--placeholder-token", "<my-mug>", "--num-vectors", "3",
-        "--initializer-token", "mug", "--print-config",
-    ])  # fmt: skip
+    code = main(
+        ["train", "--method", "textual-inversion", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
+         "--instance-prompt", "a photo of <my-mug>", "--placeholder-token", "<my-mug>", "--num-vectors", "3",
+         "--initializer-token", "mug", "--print-config"]
+    )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "placeholder_token: <my-mug>" in out and "num_vectors: 3" in out
     code = main([*TRAIN, "--method", "controlnet", "--condition", "sketch", "--data", str(tmp_path), "--output", "o"])

@@ -97,8 +97,12 @@ def test_the_entrypoint_refuses_to_run_outside_a_rayjob():
 
 def test_the_train_step_renders_rayjobs_with_the_charts_settings(monkeypatch, gpu_config):
     pool = {"key": "pool", "operator": "Exists", "effect": "NoSchedule"}
-    chart_settings = {"namespace": "team-a", "image": "registry.example/dl:2", "service_account": "trainer-a",
-                      "worker_tolerations": [pool]}  # fmt: skip
+    chart_settings = {
+        "namespace": "team-a",
+        "image": "registry.example/dl:2",
+        "service_account": "trainer-a",
+        "worker_tolerations": [pool],
+    }
     monkeypatch.setenv(SETTINGS_ENV, json.dumps(chart_settings))
     job = rayjob_for(gpu_config, settings_from_environment())
     assert job["metadata"]["namespace"] == "team-a"

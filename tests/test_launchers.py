@@ -48,14 +48,11 @@ def ray_cluster(tmp_path_factory):
         "DREAMLOOM_HOME": str(root / "home"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    command = [
-        Path(sys.executable).with_name("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-        "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--ray-client-server-port", str(free_port()),
-        # Not the default 52365: the test process's own Ray (other tests) already listens there.
-        "--dashboard-agent-listen-port", str(free_port()), "--num-cpus", "2", "--temp-dir", str(ray_temp),
-        "--include-dashboard", "true", "--disable-usage-stats",
-    ]  # fmt: skip
+    command = [Path(sys.executable).with_name("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+               "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+               "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+               "--num-cpus", "2", "--temp-dir", str(ray_temp), "--include-dashboard", "true",
+               "--disable-usage-stats"]  # fmt: skip
     log = (root / "ray-start.log").open("w")
     head = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     address = f"http://127.0.0.1:{dashboard}"

@@ -10,7 +10,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dreamloom.errors import DreamloomError
-from dreamloom.inference import GenerationRequest, generate, load_artifact_pipeline
+from dreamloom.generation import GenerationRequest, generate
+from dreamloom.inference import load_artifact_pipeline
 from dreamloom.interop import import_a1111_hypernetwork as import_a1111
 from dreamloom.methods import METHODS
 from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model

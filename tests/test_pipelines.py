@@ -54,6 +54,9 @@ def test_the_pipeline_is_kfp_ir_2_1_with_the_steps_in_order(compiled):
     assert spec["schemaVersion"] == "2.1.0" and spec["pipelineInfo"]["name"] == "dreamloom-personalize"
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["train"]["dependentTasks"] == ["prepare-data"]
+    # train reads prepare-data's Dataset artifact (lineage and caching follow it), not a hash
+    dataset = tasks["train"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]
+    assert dataset == {"outputArtifactKey": "dataset", "producerTask": "prepare-data"}
     assert tasks["register"]["dependentTasks"] == ["evaluate", "train"]
     condition = tasks["condition-1"]["triggerPolicy"]["condition"]
     assert "gate" in condition and "true" in condition
@@ -78,7 +81,7 @@ def test_training_asks_for_gpus_set_at_submission_and_mounts_the_shared_volume(c
     resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--train_gpus']}}"
-    assert spec["root"]["inputDefinitions"]["parameters"]["train_gpus"]["defaultValue"] == "1"
+    assert spec["root"]["inputDefinitions"]["parameters"]["train_gpus"]["defaultValue"] == 1
     train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
     assert [(m["constant"], m["mountPath"]) for m in train["pvcMount"]] == [("dreamloom-data", "/data")]
@@ -94,9 +97,9 @@ def test_remote_launchers_free_the_train_step_of_gpus(tmp_path):
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"method": "lora", "data": {"path": str(tmp_path), "instance_prompt": "a sks"}}))
-    assert pipeline_arguments(config, "m", launcher="kuberay")["train_gpus"] == "0"
+    assert pipeline_arguments(config, "m", launcher="kuberay")["train_gpus"] == 0
     assert "train_gpus" not in pipeline_arguments(config, "m", launcher="local")
-    assert pipeline_arguments(config, "m", launcher="ray", train_gpus="2")["train_gpus"] == "2"
+    assert pipeline_arguments(config, "m", launcher="ray", train_gpus=2)["train_gpus"] == 2
     with pytest.raises(DreamloomError, match="unknown launcher 'slurm'"):
         pipeline_arguments(config, "m", launcher="slurm")
 
@@ -138,12 +141,57 @@ def test_prepare_data_refuses_an_output_chosen_by_the_user(tmp_path):
         prepare_data.python_func(config=config, dataset=Dataset(uri=str(tmp_path / "dataset")))
 
 
-def test_prepare_data_returns_the_dataset_hash(tmp_path):
-    path = tmp_path / "out"
-    path.mkdir()
-    dataset = Dataset(uri=str(path / "dataset"))
-    digest = prepare_data.python_func(config=_run_config(draw_images(tmp_path / "photos")), dataset=dataset)
-    assert json.loads(Path(dataset.path).read_text())["hash"] == digest and dataset.metadata["images"] == 4
+def test_every_component_documents_its_parameters_for_the_ui():
+    """KFP reads Google-style docstrings into the IR's descriptions, which its UI shows."""
+    from kfp.dsl.base_component import BaseComponent
+
+    import components
+
+    for name in components.__all__:
+        component = getattr(components, name)
+        assert isinstance(component, BaseComponent)
+        spec = component.pipeline_spec.components[f"comp-{component.name}"]
+        inputs = {**spec.input_definitions.parameters, **spec.input_definitions.artifacts}
+        outputs = {**spec.output_definitions.parameters, **spec.output_definitions.artifacts}
+        undocumented = [key for key, value in {**inputs, **outputs}.items() if not value.description]
+        assert not undocumented, f"{name}: no description for {undocumented}"
+
+
+def test_every_pipeline_documents_the_parameters_users_submit(tmp_path):
+    from pipelines import NAMES
+
+    for name in NAMES:
+        spec = next(yaml.safe_load_all(compile_pipeline(name, tmp_path / f"{name}.yaml").read_text()))
+        parameters = spec["root"]["inputDefinitions"]["parameters"]
+        assert not [key for key, value in parameters.items() if not value.get("description")], name
+
+
+def test_prepare_data_writes_the_prepared_set_that_training_reads_as_it_is(tmp_path):
+    from dreamloom.config import pipeline_run_config
+    from dreamloom.data.prepare import PreparedDataset, dataset_hash
+    from dreamloom.evaluation.evaluate import reference_images
+    from dreamloom.settings import work_dir
+    from dreamloom.training.job import training_data
+
+    photos = draw_images(tmp_path / "photos")
+    dataset = Dataset(uri=str(tmp_path / "out" / "dataset"))
+    prepared = prepare_data.python_func(config=_run_config(photos), dataset=dataset)
+    assert prepared.images == 4 and prepared.dataset_hash == dataset_hash(photos)
+    assert dataset.metadata == {"images": 4, "dataset_hash": prepared.dataset_hash}
+    on_disk = PreparedDataset.load(Path(dataset.path))
+    assert len(on_disk.items) == 4 and on_disk.dataset_hash == prepared.dataset_hash
+    # evaluate reads the same artifact as its reference images (the subject's real pictures)
+    assert [image.size for image in reference_images(Path(dataset.path))] == [(64, 64)] * 4
+
+    # The train step's config points at the artifact: the set is read, not prepared again.
+    cache = work_dir() / "datasets"
+    cached_before = sorted(cache.iterdir()) if cache.is_dir() else []
+    run = pipeline_run_config(_run_config(photos), output=str(tmp_path / "model"), prepared_data=dataset.path)
+    assert training_data(run).root == Path(dataset.path)
+    assert (sorted(cache.iterdir()) if cache.is_dir() else []) == cached_before
+    other = {**_run_config(photos), "data": {**_run_config(photos)["data"], "resolution": 32}}
+    with pytest.raises(DreamloomError, match="prepared with"):
+        training_data(pipeline_run_config(other, output=str(tmp_path / "m2"), prepared_data=dataset.path))
 
 
 def test_the_gate_component_judges_without_moving_the_champion(tmp_path):
@@ -215,8 +263,13 @@ def test_a_refusing_gate_stops_the_pipeline_before_promotion_and_deploy(tmp_path
 
     server, store = triton
     before = store.versions("dreamloom")
-    arguments = _arguments(tmp_path, "refused", gate_config={"thresholds": {"dino": 5.0}},
-                           triton_url=server.http_url, serving_store=str(store.root))  # fmt: skip
+    arguments = _arguments(
+        tmp_path,
+        "refused",
+        gate_config={"thresholds": {"dino": 5.0}},
+        triton_url=server.http_url,
+        serving_store=str(store.root),
+    )
     callers = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "DREAMLOOM_HOME")}
     root = run_local(arguments, tmp_path / "kfp")
     assert {name: os.environ.get(name) for name in callers} == callers  # the steps saw them; the caller keeps its own

@@ -27,6 +27,8 @@ from dreamloom.registry.store import client, list_versions
 from dreamloom.training.local import train_in_process
 from tests.helpers import draw_images, method_config
 
+pytestmark = pytest.mark.slow  # a real MLflow server, every method trained
+
 METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork", "controlnet")
 QUICK_EVAL = {"prompts": ("a {} on the beach", "a {} in the snow"), "images_per_prompt": 2, "steps": 2}
 
@@ -41,11 +43,9 @@ def _free_port() -> int:
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    command = [
-        str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
-        "--artifacts-destination", (root / "artifacts").as_uri(),
-    ]  # fmt: skip
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}", "--artifacts-destination",
+               (root / "artifacts").as_uri()]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=(root / "server.log").open("w"))
     uri = f"http://127.0.0.1:{port}"

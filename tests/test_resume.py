@@ -102,12 +102,10 @@ def test_a_killed_driver_is_resumed_by_rerunning_with_resume(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
         "DREAMLOOM_HOME": str(tmp_path / "home")
     }
-    args = [
-        "train", "--method", "lora", "--base-model", "tiny", "--data", str(photos),
-        "--instance-prompt", "a photo of sks ball", "--resolution", "64", "--steps", str(STEPS),
-        "--batch-size", "2", "--workers", "2", "--output", str(tmp_path / "interrupted"),
-        "--set", f"training.checkpoint_every={CHECKPOINT_EVERY}", "--set", "validation.steps=2",
-    ]  # fmt: skip
+    args = ["train", "--method", "lora", "--base-model", "tiny", "--data", str(photos), "--instance-prompt",
+            "a photo of sks ball", "--resolution", "64", "--steps", str(STEPS), "--batch-size", "2", "--workers", "2",
+            "--output", str(tmp_path / "interrupted"), "--set", f"training.checkpoint_every={CHECKPOINT_EVERY}",
+            "--set", "validation.steps=2"]  # fmt: skip
     driver = _cli(args, env, start_new_session=True)
     committed = _wait_for_committed_checkpoint(tmp_path / "home" / "runs" / "interrupted")
     family = [*psutil.Process(driver.pid).children(recursive=True), psutil.Process(driver.pid)]

@@ -107,8 +107,15 @@ def _differs(first: np.ndarray, second: np.ndarray) -> float:
 def test_every_mode_returns_an_image_of_the_requested_size(served, mode, size, images):
     _, _, client = served
     adapter = "hex-controlnet@champion" if mode == "controlnet" else "hex-lora@champion"
-    request = ImageRequest("a red square on a white background", mode=mode, width=size[0], height=size[1],
-                           adapter=adapter, **images, **FAST)  # fmt: skip
+    request = ImageRequest(
+        "a red square on a white background",
+        mode=mode,
+        width=size[0],
+        height=size[1],
+        adapter=adapter,
+        **images,
+        **FAST,
+    )
     image = client.generate(request)
     assert image.shape == (size[1], size[0], 3) and image.dtype == np.uint8
     assert image.std() > 1  # a picture, not a blank
@@ -314,8 +321,10 @@ def test_refused_deploys_leave_the_serving_version_alone(served, tmp_path):
 def test_generate_command_writes_the_images(served, tmp_path, capsys):
     server, _, _ = served
     out = tmp_path / "images"
-    code = main(["generate", "--url", server.http_url, "--prompt", "a red square on a white background",
-                 "--num-images", "3", "--steps", "4", "--adapter", "hex-lora@champion", "--out", str(out)])  # fmt: skip
+    code = main(
+        ["generate", "--url", server.http_url, "--prompt", "a red square on a white background", "--num-images", "3",
+         "--steps", "4", "--adapter", "hex-lora@champion", "--out", str(out)]
+    )  # fmt: skip
     assert code == 0
     saved = sorted(out.glob("*.png"))
     assert [p.name for p in saved] == ["000_seed0.png", "001_seed1.png", "002_seed2.png"]
@@ -330,8 +339,8 @@ def test_generate_command_refuses_bad_input_before_sending(tmp_path, capsys):
 
 def test_serve_command_starts_triton_prints_the_urls_and_stops_on_sigterm(tmp_path):
     ports = [str(free_port()) for _ in range(3)]
-    command = [sys.executable, "-m", "dreamloom.cli", "serve", "--store", str(tmp_path / "store"),
-               "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]  # fmt: skip
+    command = [sys.executable, "-m", "dreamloom.cli", "serve", "--store", str(tmp_path / "store"), "--http-port",
+               ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ)
     lines = []
     deadline = time.monotonic() + 300

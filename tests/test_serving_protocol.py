@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 
 import pytest
+from google.protobuf import text_format
 from PIL import Image
+from tritonclient.grpc import model_config_pb2
 
 from dreamloom.serving.protocol import ImageRequest, RequestError, decode_image, encode_image, from_arrays, to_arrays
 from dreamloom.serving.repository import ServingStore, model_config
@@ -58,8 +60,12 @@ def test_routes_resolve_aliases_versions_and_name_what_is_wrong(tmp_path):
     assert routes.resolve("shoe") == ("shoe/2", tmp_path / "2")
     assert routes.resolve("shoe/1") == ("shoe/1", tmp_path / "1")
     assert routes.adapters["shoe"].aliases == {"champion": "2"}  # challenger points at an undeployed version
-    for reference, message in [("hat@champion", "unknown adapter 'hat'"), ("shoe@challenger", "no alias"),
-                               ("shoe/7", "no deployed version 7"), ("shoe@@x", "write NAME@ALIAS")]:  # fmt: skip
+    for reference, message in [
+        ("hat@champion", "unknown adapter 'hat'"),
+        ("shoe@challenger", "no alias"),
+        ("shoe/7", "no deployed version 7"),
+        ("shoe@@x", "write NAME@ALIAS"),
+    ]:
         with pytest.raises(RequestError, match=message):
             routes.resolve(reference)
     routes.save(tmp_path)
@@ -74,10 +80,21 @@ def test_the_store_adds_versions_whole_and_never_rewrites_them(tmp_path):
     second = store.add_version("dreamloom", Routes("toy").with_adapter("a", "1", tmp_path, {}))
     assert second == 2 and store.versions("dreamloom") == [1, 2]
     assert store.latest_routes("dreamloom").adapters["a"].versions == {"1": str(tmp_path)}
-    assert not [p for p in store.model_folder("dreamloom").iterdir() if p.name.startswith(".staging")]
-    config = (store.model_folder("dreamloom") / "config.pbtxt").read_text()
-    assert "max_batch_size: 4" in config and 'name: "PROMPT" data_type: TYPE_STRING dims: [ 1 ] }' in config
-    assert config == model_config("dreamloom", max_batch_size=4)
+    assert not [p for p in store.model_folder("dreamloom").iterdir() if p.name.startswith(".")]  # no staging left
+    text = (store.model_folder("dreamloom") / "config.pbtxt").read_text()
+    assert text == model_config("dreamloom", max_batch_size=4)
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())  # what Triton will read
+    assert config.max_batch_size == 4 and config.backend == "python"
+    prompt, *others = config.input
+    assert (prompt.name, prompt.data_type, list(prompt.dims), prompt.optional) == (
+        "PROMPT",
+        model_config_pb2.TYPE_STRING,
+        [1],
+        False,
+    )
+    assert others and all(tensor.optional for tensor in others)
+    assert list(config.output[0].dims) == [-1, -1, 3] and config.output[0].data_type == model_config_pb2.TYPE_UINT8
+    assert config.parameters["adapter_budget_mib"].string_value == "512"
 
 
 def test_the_checked_in_model_repository_is_what_the_code_writes(tmp_path):

@@ -151,11 +151,14 @@ def test_compiled_unet_trains_to_the_same_numbers(photos, tmp_path):
     eager = _trainer(photos, tmp_path / "a")
     compiled = _trainer(photos, tmp_path / "b", training__compile=True)
     assert compiled.denoiser is not compiled.model.unet
+    start = _weights(eager)
     assert [compiled.train_step(s) for s in (1, 2)] == pytest.approx([eager.train_step(s) for s in (1, 2)], rel=1e-4)
-    assert all(
-        torch.allclose(a, b, atol=1e-6)
-        for a, b in zip(_weights(eager).values(), _weights(compiled).values(), strict=True)
-    )
+    # Compare the updates, relative to their size: Adam moves a weight whose gradient is near its eps
+    # by up to the learning rate on a rounding-level difference, so an elementwise bound is fragile.
+    eager_update = torch.cat([(w - start[k]).flatten() for k, w in _weights(eager).items()])
+    compiled_update = torch.cat([(w - start[k]).flatten() for k, w in _weights(compiled).items()])
+    assert eager_update.norm() > 0
+    assert (compiled_update - eager_update).norm() / eager_update.norm() < 1e-2
 
 
 def test_own_class_images_replace_generated_ones(photos, tmp_path):

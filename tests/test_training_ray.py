@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from dreamloom.artifacts import read_manifest
 from dreamloom.data import dataset_hash
 from dreamloom.errors import ArtifactError, DreamloomError
-from dreamloom.inference import GenerationRequest, generate, load_artifact_pipeline
+from dreamloom.generation import GenerationRequest, generate
+from dreamloom.inference import load_artifact_pipeline
 from dreamloom.interop import export_kohya, import_kohya
 from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
 from dreamloom.settings import tracking_uri

@@ -30,7 +30,13 @@ def test_an_ad_plan_gives_every_prompt_its_variants_with_consecutive_seeds():
         "shoe@champion", ["a", "b"], variants=3, seed=40, style="brand@champion", style_weight=0.5
     )
     assert [(r.prompt, r.seed) for r in recipe.renders] == [
-        ("a", 40), ("a", 41), ("a", 42), ("b", 40), ("b", 41), ("b", 42)]  # fmt: skip
+        ("a", 40),
+        ("a", 41),
+        ("a", 42),
+        ("b", 40),
+        ("b", 41),
+        ("b", 42),
+    ]
     assert recipe.adapter == "shoe@champion*1, brand@champion*0.5" and recipe.mode == "txt2img"
     assert staged.files == {} and recipe.exact
     with pytest.raises(DreamloomError, match="needs both --layout"):
@@ -136,9 +142,18 @@ def test_a_hub_segmenter_loads_from_safetensors_and_never_from_pickles(tmp_path)
 
     labels = {0: "Background", 1: "Upper-clothes"}
     config = SegformerConfig(
-        num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], num_attention_heads=[1], patch_sizes=[3],
-        strides=[2], mlp_ratios=[1], decoder_hidden_size=8, id2label=labels, label2id={v: k for k, v in labels.items()},
-    )  # fmt: skip
+        num_encoder_blocks=1,
+        depths=[1],
+        sr_ratios=[1],
+        hidden_sizes=[8],
+        num_attention_heads=[1],
+        patch_sizes=[3],
+        strides=[2],
+        mlp_ratios=[1],
+        decoder_hidden_size=8,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     model = SegformerForSemanticSegmentation(config)
     model.decode_head.classifier.bias.data = torch.tensor([0.0, 10.0])
     pickled, safe = tmp_path / "pickled", tmp_path / "safe"

@@ -36,14 +36,30 @@ def endpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("usecases")
     scenes = write_layout_scenes(root / "scenes", 64, seed=99)
     artifacts = {
-        "hex": train_toy("lora", write_concept("hexagon", root / "hexagon"), root / "hex", **{
-            "training.steps": 120, "optimizer.learning_rate": 1e-3, "lora.rank": 8}),
-        "zigzag-style": train_toy("hypernetwork", write_concept("zigzag", root / "zigzag"), root / "zz", **{
-            "training.steps": 40, "optimizer.learning_rate": 1e-3}),
-        "layout-canny": train_toy("controlnet", scenes, root / "cn", **{
-            "controlnet.condition": "canny", "training.steps": 300, "training.batch_size": 4,
-            "optimizer.learning_rate": 1e-3}),
-    }  # fmt: skip
+        "hex": train_toy(
+            "lora",
+            write_concept("hexagon", root / "hexagon"),
+            root / "hex",
+            **{"training.steps": 120, "optimizer.learning_rate": 1e-3, "lora.rank": 8},
+        ),
+        "zigzag-style": train_toy(
+            "hypernetwork",
+            write_concept("zigzag", root / "zigzag"),
+            root / "zz",
+            **{"training.steps": 40, "optimizer.learning_rate": 1e-3},
+        ),
+        "layout-canny": train_toy(
+            "controlnet",
+            scenes,
+            root / "cn",
+            **{
+                "controlnet.condition": "canny",
+                "training.steps": 300,
+                "training.batch_size": 4,
+                "optimizer.learning_rate": 1e-3,
+            },
+        ),
+    }
     store = ServingStore(root / "store")
     store.ensure_model("dreamloom", "toy", max_batch_size=4)
     server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
@@ -119,17 +135,32 @@ def test_an_ad_in_a_style_differs_from_the_plain_product(endpoint, tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--product", "nobody@champion", "--prompt", "a shape"],
-         "refused the job before generating anything: unknown adapter 'nobody'"),
+        (
+            ["--product", "nobody@champion", "--prompt", "a shape"],
+            "refused the job before generating anything: unknown adapter 'nobody'",
+        ),
         (["--product", "hex@champion", "--prompt-file", "EMPTY"], "has no prompts"),
         (["--product", "hex@champion", "--brief", "BRIEF"], "brief .* is incomplete: scenes"),
-        (["--product", "hex@champion", "--prompt", "a shape", "--layout", "NOTIMAGE", "--layout-adapter",
-          "layout-canny@champion"], "layout .* cannot be used: not a JPEG, PNG or WebP"),
-        (["--product", "hex@champion", "--prompt", "a shape", "--style", "layout-canny@champion"],
-         "is a ControlNet: set CONTROL_SCALE"),
+        (
+            [
+                "--product",
+                "hex@champion",
+                "--prompt",
+                "a shape",
+                "--layout",
+                "NOTIMAGE",
+                "--layout-adapter",
+                "layout-canny@champion",
+            ],
+            "layout .* cannot be used: not a JPEG, PNG or WebP",
+        ),
+        (
+            ["--product", "hex@champion", "--prompt", "a shape", "--style", "layout-canny@champion"],
+            "is a ControlNet: set CONTROL_SCALE",
+        ),
         (["--product", "hex@champion"], "no prompts"),
     ],
-)  # fmt: skip
+)
 def test_bad_ad_input_is_refused_before_generating_and_writes_nothing(endpoint, tmp_path, capsys, flags, message):
     url, _ = endpoint
     (tmp_path / "EMPTY").write_text("# nothing\n\n")
@@ -168,8 +199,10 @@ def test_tryon_refuses_a_mask_of_another_size(endpoint, tmp_path, capsys):
     person, mask = tmp_path / "person.png", tmp_path / "mask.png"
     world.render(world.Scene("circle", "blue", "plain", "white"), 3).save(person)
     Image.new("L", (32, 32), 255).save(mask)
-    code = main(["tryon", "--url", url, "--garment", "hex@champion", "--person", str(person), "--mask", str(mask),
-                 "--prompt", "a shape", "--out", str(tmp_path / "out")])  # fmt: skip
+    code = main(
+        ["tryon", "--url", url, "--garment", "hex@champion", "--person", str(person), "--mask", str(mask), "--prompt",
+         "a shape", "--out", str(tmp_path / "out")]
+    )  # fmt: skip
     assert code == 2 and "is 32x32 but the picture is 64x64" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -186,8 +219,12 @@ def test_designs_follow_the_sketch(endpoint, tmp_path):
     with ServingClient(url) as client:
         out = render(recipe, client, tmp_path / "design", staged=staged)
         plain, plain_staged = plan_design(sketch, "layout-canny@champion", prompt, "canny", variants=4, steps=20)
-        free = render(plain.model_copy(update={"mode": "txt2img", "adapter": "", "inputs": {}, "guidance": 5.0}),
-                      client, tmp_path / "free", staged=plain_staged)  # fmt: skip
+        free = render(
+            plain.model_copy(update={"mode": "txt2img", "adapter": "", "inputs": {}, "guidance": 5.0}),
+            client,
+            tmp_path / "free",
+            staged=plain_staged,
+        )
     followed = np.mean([edge_f1(extract(Image.fromarray(i), "canny"), edges) for i in _images(out)])
     unguided = np.mean([edge_f1(extract(Image.fromarray(i), "canny"), edges) for i in _images(free)])
     print(f"design edge F1: {followed:.3f} with the sketch, {unguided:.3f} without")
@@ -289,8 +326,13 @@ def test_the_batch_ads_pipeline_runs_locally_through_the_endpoint(endpoint, tmp_
 
     url, _ = endpoint
     brief = {"subject": f"a {SUBJECT}", "scenes": ["on a gray background"]}
-    arguments = {"products": ["hex@champion", "zigzag-style@champion"], "brief": brief, "triton_url": url,
-                 "variants": 2, "steps": 4}  # fmt: skip
+    arguments = {
+        "products": ["hex@champion", "zigzag-style@champion"],
+        "brief": brief,
+        "triton_url": url,
+        "variants": 2,
+        "steps": 4,
+    }
     root = run_local(arguments, tmp_path / "kfp", pipeline=batch_ads)
     pages = sorted(root.rglob("render-ads/page"))
     recipes = sorted(root.rglob("render-ads/ads/recipe.yaml"))
@@ -308,11 +350,22 @@ def test_the_augment_pipeline_runs_locally_a_step_per_class(endpoint, tmp_path):
 
     url, root = endpoint
     train, held_out = write_classes(tmp_path / "train", tmp_path / "held-out", 3, 4, classes=("heart", "cross"))
-    settings = {"per_class": 2, "train_steps": 10, "generation_steps": 4, "classifier_steps": 10,
-                "registry_prefix": "aug-pipe"}  # fmt: skip
-    arguments = {"data": str(train), "eval_data": str(held_out), "triton_url": url,
-                 "serving_store": str(root / "store"), "preset": "toy", "settings": settings,
-                 "train_gpus": "0"}  # fmt: skip
+    settings = {
+        "per_class": 2,
+        "train_steps": 10,
+        "generation_steps": 4,
+        "classifier_steps": 10,
+        "registry_prefix": "aug-pipe",
+    }
+    arguments = {
+        "data": str(train),
+        "eval_data": str(held_out),
+        "triton_url": url,
+        "serving_store": str(root / "store"),
+        "preset": "toy",
+        "settings": settings,
+        "train_gpus": 0,
+    }
     outputs = run_local(arguments, tmp_path / "kfp", pipeline=augment)
 
     taught = [json.loads(path.read_text()) for path in outputs.rglob("teach-class/executor_output.json")]
@@ -321,7 +374,10 @@ def test_the_augment_pipeline_runs_locally_a_step_per_class(endpoint, tmp_path):
     assert sum(item["source"] == "synthetic" for item in json.loads(manifest.read_text())) == 4
     (compared,) = outputs.rglob("synthesize-and-compare/executor_output.json")
     (metrics,) = json.loads(compared.read_text())["artifacts"]["metrics"]["artifacts"]
-    assert set(metrics["metadata"]) == {f"{variant}_balanced_{name}" for variant in ("real_only", "real_plus_synthetic")
-                                        for name in ("accuracy", "recall")}  # fmt: skip
+    assert set(metrics["metadata"]) == {
+        f"{variant}_balanced_{name}"
+        for variant in ("real_only", "real_plus_synthetic")
+        for name in ("accuracy", "recall")
+    }
     (page,) = outputs.rglob("synthesize-and-compare/page")
     assert "balanced accuracy" in page.read_text()

@@ -64,33 +64,51 @@ def run(scratch: Path, out: Path) -> None:
         brief = scratch / "brief.yaml"
         scenes = ["on a gray background", "on a black background, top left", "on a beige background, bottom right"]
         brief.write_text(yaml.safe_dump({"subject": f"a {SUBJECT}", "scenes": scenes}))
-        _check(cli(["ad", "--url", url, "--product", "hexagon@champion", "--brief", str(brief), "--variants", "4",
-                    "--out", str(scratch / "ad"), *steps]))  # fmt: skip
+        _check(
+            cli(
+                ["ad", "--url", url, "--product", "hexagon@champion", "--brief", str(brief), "--variants", "4",
+                 "--out", str(scratch / "ad"), *steps]
+            )
+        )  # fmt: skip
         shutil.copy(scratch / "ad" / "contact-sheet.png", out / "ad.png")
 
         person = scratch / "person.png"
         world.render(world.Scene("circle", "blue", "plain", "white"), 3, layout=(32, 34, 26)).save(person)
-        _check(cli(["tryon", "--url", url, "--garment", "zigzag@champion", "--person", str(person), "--region",
-                    "upper", "--prompt", f"a {SUBJECT} on a white background", "--variants", "3",
-                    "--out", str(scratch / "tryon"), *steps]))  # fmt: skip
+        _check(
+            cli(
+                ["tryon", "--url", url, "--garment", "zigzag@champion", "--person", str(person), "--region", "upper",
+                 "--prompt", f"a {SUBJECT} on a white background", "--variants", "3", "--out", str(scratch / "tryon"),
+                 *steps]
+            )
+        )  # fmt: skip
         shutil.copy(scratch / "tryon" / "before-after.png", out / "tryon.png")
 
         caption, sketch_picture = layout_scenes(1, seed=21)[0]
         sketch = scratch / "sketch.png"
         sketch_picture.save(sketch)
-        _check(cli(["design", "--url", url, "--sketch", str(sketch), "--controlnet", "layout-canny@champion",
-                    "--condition", "canny", "--prompt", caption, "--variants", "4", "--out", str(scratch / "design"),
-                    *steps]))  # fmt: skip
-        _beside([scratch / "design" / "inputs" / "condition.png", scratch / "design" / "contact-sheet.png"],
-                out / "design.png")  # fmt: skip
+        _check(
+            cli(
+                ["design", "--url", url, "--sketch", str(sketch), "--controlnet", "layout-canny@champion",
+                 "--condition", "canny", "--prompt", caption, "--variants", "4", "--out", str(scratch / "design"),
+                 *steps]
+            )
+        )  # fmt: skip
+        _beside(
+            [scratch / "design" / "inputs" / "condition.png", scratch / "design" / "contact-sheet.png"],
+            out / "design.png",
+        )
 
         frames = scratch / "frames"
         frames.mkdir()
         for index in range(4):
             scene = world.Scene("square", "red", "plain", "white")
             world.render(scene, 5, layout=(16 + 10 * index, 32, 10)).save(frames / f"frame_{index}.png")
-        _check(cli(["edit", "--url", url, "--source", str(frames), "--prompt", "a red square on a black background",
-                    "--strength", "0.7", "--seed", "3", "--out", str(scratch / "edit"), *steps]))  # fmt: skip
+        _check(
+            cli(
+                ["edit", "--url", url, "--source", str(frames), "--prompt", "a red square on a black background",
+                 "--strength", "0.7", "--seed", "3", "--out", str(scratch / "edit"), *steps]
+            )
+        )  # fmt: skip
         originals = [Image.open(path) for path in sorted(frames.glob("*.png"))]
         from dreamloom.usecases.jobs import contact_sheet
 
@@ -121,12 +139,24 @@ def _train_adapters(scratch: Path) -> dict[str, Path]:
     }
     artifacts = {}
     for name, (method, data, extra) in plans.items():
-        config = load_run_config(None, {
-            "method": method, "base_model": "toy", "data.path": str(data), "data.instance_prompt": INSTANCE_PROMPT,
-            "data.resolution": 64, "output": str(scratch / "artifacts" / name), "training.steps": 300,
-            "training.batch_size": 4, "training.checkpoint_every": 0, "optimizer.learning_rate": 1e-3,
-            "validation.steps": 2, "validation.images_per_prompt": 1, **extra,
-        })  # fmt: skip
+        config = load_run_config(
+            None,
+            {
+                "method": method,
+                "base_model": "toy",
+                "data.path": str(data),
+                "data.instance_prompt": INSTANCE_PROMPT,
+                "data.resolution": 64,
+                "output": str(scratch / "artifacts" / name),
+                "training.steps": 300,
+                "training.batch_size": 4,
+                "training.checkpoint_every": 0,
+                "optimizer.learning_rate": 1e-3,
+                "validation.steps": 2,
+                "validation.images_per_prompt": 1,
+                **extra,
+            },
+        )
         print(f"training {name} ({method})", flush=True)
         artifacts[name] = train_in_process(config)
     return artifacts

@@ -53,8 +53,14 @@ def _advise(args) -> None:
     architecture = Architecture.for_base(args.base_model)
     advice = recommend(needs, architecture)
     if args.json:
-        rows = {m: {"trainable_params": e.trainable_params, "artifact_bytes": e.artifact_bytes,
-                    "training_state_bytes": e.training_state_bytes} for m, e in advice.estimates.items()}  # fmt: skip
+        rows = {
+            m: {
+                "trainable_params": e.trainable_params,
+                "artifact_bytes": e.artifact_bytes,
+                "training_state_bytes": e.training_state_bytes,
+            }
+            for m, e in advice.estimates.items()
+        }
         print(
             json.dumps({"method": advice.method, "reasons": advice.reasons, "notes": advice.notes, "estimates": rows})
         )
@@ -67,10 +73,14 @@ def _advise(args) -> None:
     print(f"\n{'method':<18} {'trains':>14} {'artifact':>10} {'training state*':>16}")
     for method, row in advice.estimates.items():
         marker = " <" if method == advice.method else ""
-        print(f"{method:<18} {row.trainable_params:>14,} {human_bytes(row.artifact_bytes):>10} "
-              f"{human_bytes(row.training_state_bytes):>16}{marker}")  # fmt: skip
-    print("* weights (frozen in bf16), gradients and AdamW state; activations come on top "
-          "(reduce them with gradient checkpointing and a smaller batch)")  # fmt: skip
+        print(
+            f"{method:<18} {row.trainable_params:>14,} {human_bytes(row.artifact_bytes):>10} "
+            f"{human_bytes(row.training_state_bytes):>16}{marker}"
+        )
+    print(
+        "* weights (frozen in bf16), gradients and AdamW state; activations come on top "
+        "(reduce them with gradient checkpointing and a smaller batch)"
+    )
 
 
 def _ask(question: str, kind):

@@ -30,7 +30,8 @@ def _add_generate_local(commands) -> None:
 
 
 def _generate_local(args) -> None:
-    from dreamloom.inference import GenerationRequest, generate, load_artifact_pipeline, save_images
+    from dreamloom.generation import GenerationRequest, generate
+    from dreamloom.inference import load_artifact_pipeline, save_images
     from dreamloom.logs import quiet_library_logging
 
     width, height = _parse_size(args.size)

@@ -26,7 +26,9 @@ def add_commands(commands) -> None:
         action.add_argument("--eval-images-per-prompt", type=int)
         action.add_argument("--launcher", choices=("local", "ray", "kuberay"), help="where training runs")
         action.add_argument("--ray-address", help="ray launcher: the cluster's dashboard, http://HOST:8265")
-        action.add_argument("--train-gpus", help="GPUs of the train step's pod (default 1; 0 for ray/kuberay)")
+        action.add_argument(
+            "--train-gpus", type=int, help="GPUs of the train step's pod (default 1; 0 for ray/kuberay)"
+        )
         if name == "run":
             action.add_argument("--local", action="store_true", required=True, help="run with KFP's local runner")
             action.set_defaults(handler=_run)

@@ -120,11 +120,21 @@ def _plan_ad(args):
     else:
         prompts = args.prompt
     return plan_ads(
-        args.product or "", prompts, variants=args.variants, seed=args.seed, size=parse_size(args.size),
-        style=args.style, style_weight=args.style_weight, layout=args.layout, layout_adapter=args.layout_adapter,
-        condition_kind=args.condition, negative_prompt=negative, steps=args.steps, guidance=args.guidance,
+        args.product or "",
+        prompts,
+        variants=args.variants,
+        seed=args.seed,
+        size=parse_size(args.size),
+        style=args.style,
+        style_weight=args.style_weight,
+        layout=args.layout,
+        layout_adapter=args.layout_adapter,
+        condition_kind=args.condition,
+        negative_prompt=negative,
+        steps=args.steps,
+        guidance=args.guidance,
         product_weight=args.product_weight,
-    )  # fmt: skip
+    )
 
 
 def _plan_tryon(args):
@@ -134,10 +144,19 @@ def _plan_tryon(args):
     if not args.person:
         raise DreamloomError("try-on needs --person: the photo to dress")
     return plan_tryon(
-        args.garment or "", args.person, args.prompt, mask=args.mask, region=args.region, segmenter=args.segmenter,
-        variants=args.variants, seed=args.seed, strength=args.strength, steps=args.steps, guidance=args.guidance,
+        args.garment or "",
+        args.person,
+        args.prompt,
+        mask=args.mask,
+        region=args.region,
+        segmenter=args.segmenter,
+        variants=args.variants,
+        seed=args.seed,
+        strength=args.strength,
+        steps=args.steps,
+        guidance=args.guidance,
         negative_prompt=args.negative_prompt,
-    )  # fmt: skip
+    )
 
 
 def _plan_design(args):
@@ -148,10 +167,19 @@ def _plan_design(args):
     if not args.sketch:
         raise DreamloomError("design needs --sketch: the drawing to follow")
     return plan_design(
-        args.sketch, args.controlnet or "", args.prompt, condition_kind=args.condition, variants=args.variants,
-        seed=args.seed, concept=args.concept, size=parse_size(args.size), control_scale=args.control_scale,
-        steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
-    )  # fmt: skip
+        args.sketch,
+        args.controlnet or "",
+        args.prompt,
+        condition_kind=args.condition,
+        variants=args.variants,
+        seed=args.seed,
+        concept=args.concept,
+        size=parse_size(args.size),
+        control_scale=args.control_scale,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+    )
 
 
 def _plan_edit(args):
@@ -161,9 +189,16 @@ def _plan_edit(args):
     if not args.source:
         raise DreamloomError("edit needs --source: an image or a folder of frames")
     return plan_edit(
-        args.source, args.prompt, strength=args.strength, remove=args.remove, seed=args.seed, adapter=args.adapter,
-        steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
-    )  # fmt: skip
+        args.source,
+        args.prompt,
+        strength=args.strength,
+        remove=args.remove,
+        seed=args.seed,
+        adapter=args.adapter,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+    )
 
 
 PLANNERS = {"ad": _plan_ad, "tryon": _plan_tryon, "design": _plan_design, "edit": _plan_edit}
@@ -192,9 +227,12 @@ def add_augment(commands) -> None:
     command.add_argument("--preset", choices=("default", "toy"), default="default", help="toy: tuned for the toy world")
     command.add_argument("--launcher", choices=("local", "ray", "kuberay"), default="local")
     command.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="any experiment setting, e.g. per_class=32, classifier=google/efficientnet-b0",
-    )  # fmt: skip
+    )
     command.set_defaults(handler=_augment)
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from dreamloom.data.images import (
     open_rgb,
 )
 from dreamloom.errors import DataValidationError, DreamloomError
+from dreamloom.files import sha256_file, staged_folder
 
 MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
@@ -179,7 +177,7 @@ def dataset_hash(folder: Path) -> str:
     for path in listing.images:
         related = [path, listing.captions.get(path.stem), *sorted(listing.companions.get(path.stem, {}).values())]
         for member in filter(None, related):
-            digest.update(member.name.encode() + b"\0" + _file_digest(member) + b"\0")
+            digest.update(member.name.encode() + b"\0" + bytes.fromhex(sha256_file(member)) + b"\0")
     return "sha256:" + digest.hexdigest()
 
 
@@ -258,9 +256,10 @@ def _inspect_image(path: Path, listing: _Listing, options: PrepareOptions) -> _C
     return _Candidate(path, caption, image, target, companion)
 
 
-def prepare_training_data(settings, controlnet=None) -> PreparedDataset:
+def prepare_training_data(settings, controlnet=None, into: Path | None = None) -> PreparedDataset:
     """The prepared set for a run's ``data`` settings (and ``controlnet`` settings, for its
-    conditions): a cached copy in the work folder, or the folder itself when already prepared."""
+    conditions): written ``into`` a folder (a pipeline's Dataset artifact), else a cached copy in
+    the work folder, or the folder itself when it is already prepared."""
     from dreamloom.settings import work_dir
 
     source = Path(settings.path)
@@ -283,6 +282,8 @@ def prepare_training_data(settings, controlnet=None) -> PreparedDataset:
             )
         return dataset
     _check_folder(source)
+    if into is not None:
+        return prepare_dataset(source, Path(into), options)
     cached = work_dir() / "datasets" / f"{dataset_hash(source).split(':')[1][:16]}-{options.key()}"
     return prepare_dataset(source, cached, options)
 
@@ -322,14 +323,6 @@ def _read_caption(path: Path | None) -> str | None:
     return " ".join(text.split()) or None
 
 
-def _file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
-
-
 def _resize_and_crop(
     image: Image.Image, target: tuple[int, int], resample=Image.Resampling.LANCZOS
 ) -> tuple[Image.Image, tuple[int, int]]:
@@ -354,9 +347,7 @@ def _condition_image(candidate: _Candidate, prepared: Image.Image, options: Prep
 def _write_prepared(
     source: Path, output: Path, candidates: list[_Candidate], options: PrepareOptions
 ) -> PreparedDataset:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
+    with staged_folder(output, exists="replace") as staging:
         (staging / "images").mkdir()
         if options.condition:
             (staging / "conditions").mkdir()
@@ -382,18 +373,5 @@ def _write_prepared(
             item.condition = condition
             dataset.items.append(item)
         dataset.write_manifest()
-        _swap_into_place(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     dataset.root = output
     return dataset
-
-
-def _swap_into_place(staging: Path, output: Path) -> None:
-    if output.exists():
-        retired = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, retired)
-        os.replace(staging, output)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, output)

@@ -99,7 +99,7 @@ def evaluate(
     pipe, references: list[Image.Image], settings: EvalSettings, control_image=None, resolution=None
 ) -> EvalResult:
     """Render the prompt set with ``pipe`` and score it against the reference images."""
-    from dreamloom.inference import GenerationRequest, generate
+    from dreamloom.generation import GenerationRequest, generate
 
     if not references:
         raise DreamloomError("evaluation needs reference images of the subject (--references DIR)")
@@ -141,14 +141,20 @@ def _diversity(similarity: torch.Tensor) -> float:
 
 
 def reference_images(folder: Path, limit: int = 32) -> list[Image.Image]:
-    """The subject's real images (the training folder), validated like training data."""
+    """The subject's real images (the training folder, or a prepared set's images), validated like
+    training data."""
     from dreamloom.data.images import IMAGE_SUFFIXES, ImageProblem, open_rgb
+    from dreamloom.data.prepare import PreparedDataset, is_prepared
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DreamloomError(f"reference folder {folder} does not exist; pass --references DIR")
+    if is_prepared(folder):
+        paths = [folder / item.image for item in PreparedDataset.load(folder).items]
+    else:
+        paths = sorted(folder.iterdir())
     images = []
-    for path in sorted(folder.iterdir()):
+    for path in paths:
         if path.suffix.lower() in IMAGE_SUFFIXES and Path(path.stem).suffix not in (".mask", ".cond"):
             try:
                 images.append(open_rgb(path, 50_000_000))

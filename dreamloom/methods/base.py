@@ -255,8 +255,8 @@ class TrainingMethod(ABC):
         """The pipeline that renders sample grids while training."""
         return pipeline_from_components(model)
 
-    def sample_kwargs(self, examples: ExampleSet) -> dict:
-        """Extra pipeline arguments for sample grids (ControlNet: a training condition)."""
+    def sample_inputs(self, examples: ExampleSet) -> dict:
+        """Extra ``GenerationRequest`` fields for sample grids (ControlNet: a training condition)."""
         return {}
 
     @abstractmethod
@@ -309,8 +309,9 @@ class TrainingMethod(ABC):
         return False
 
     @classmethod
-    def import_kohya(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str], model: LoadedBaseModel,
-                     staging: Path) -> None:  # fmt: skip
+    def import_kohya(
+        cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str], model: LoadedBaseModel, staging: Path
+    ) -> None:
         """Write this method's artifact files into ``staging`` from a kohya-format file's tensors."""
         raise ArtifactError(f"{cls.name} cannot import kohya files")
 

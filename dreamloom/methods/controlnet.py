@@ -131,8 +131,9 @@ class ControlNetMethod(TrainingMethod):
         notes = []
         if needs.new_to_base or needs.fine_detail:
             notes.append("combine the ControlNet with a LoRA (or pivotal tuning) that carries the concept itself")
-        return Suitability(100, ["layout, pose or edges must be followed: only a ControlNet conditions on an image"],
-                           notes)  # fmt: skip
+        return Suitability(
+            100, ["layout, pose or edges must be followed: only a ControlNet conditions on an image"], notes
+        )
 
     def attach(self, model: LoadedBaseModel) -> None:
         from diffusers import ControlNetModel
@@ -157,10 +158,10 @@ class ControlNetMethod(TrainingMethod):
     def sample_pipeline(self, model: LoadedBaseModel):
         return controlnet_pipeline(pipeline_from_components(model), self.controlnet)
 
-    def sample_kwargs(self, examples) -> dict:
+    def sample_inputs(self, examples) -> dict:
         return {
-            "image": examples.condition_image(0),
-            "controlnet_conditioning_scale": self.config.controlnet.conditioning_scale,
+            "control_image": examples.condition_image(0),
+            "control_scale": self.config.controlnet.conditioning_scale,
         }
 
     def save_artifact(self, model: LoadedBaseModel, folder: Path) -> None:

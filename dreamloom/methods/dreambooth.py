@@ -31,10 +31,14 @@ class DreamBoothMethod(TrainingMethod):
     @classmethod
     def suitability(cls, needs) -> Suitability | None:
         if needs.new_to_base and needs.fine_detail and needs.concepts == 1:
-            return Suitability(80, [
-                "a concept new to the base that needs fine detail: DreamBooth's full UNet gives the highest fidelity",
-                "prior preservation keeps the base's idea of the class",
-            ])  # fmt: skip
+            return Suitability(
+                80,
+                [
+                    "a concept new to the base that needs fine detail: "
+                    "DreamBooth's full UNet gives the highest fidelity",
+                    "prior preservation keeps the base's idea of the class",
+                ],
+            )
         return None
 
     def attach(self, model: LoadedBaseModel) -> None:

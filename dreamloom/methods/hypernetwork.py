@@ -227,10 +227,13 @@ class HypernetworkMethod(TrainingMethod):
     @classmethod
     def suitability(cls, needs) -> Suitability | None:
         if needs.style and not needs.fine_detail:
-            return Suitability(90, [
-                "a style applies everywhere: a hypernetwork transforms every cross-attention",
-                "its strength is adjustable when generating; a LoRA is the alternative for sharper styles",
-            ])  # fmt: skip
+            return Suitability(
+                90,
+                [
+                    "a style applies everywhere: a hypernetwork transforms every cross-attention",
+                    "its strength is adjustable when generating; a LoRA is the alternative for sharper styles",
+                ],
+            )
         return None
 
     def attach(self, model: LoadedBaseModel) -> None:

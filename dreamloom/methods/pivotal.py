@@ -56,10 +56,13 @@ class PivotalMethod(TrainingMethod):
     @classmethod
     def suitability(cls, needs) -> Suitability | None:
         if needs.new_to_base and needs.fine_detail and needs.concepts > 1:
-            return Suitability(80, [
-                f"{needs.concepts} new concepts needing detail: a full UNet each would not scale",
-                "pivotal tuning gives each concept a new token (reach) and a LoRA (detail) at LoRA sizes",
-            ])  # fmt: skip
+            return Suitability(
+                80,
+                [
+                    f"{needs.concepts} new concepts needing detail: a full UNet each would not scale",
+                    "pivotal tuning gives each concept a new token (reach) and a LoRA (detail) at LoRA sizes",
+                ],
+            )
         return None
 
     def captions_for(self, caption: str | None) -> list[str]:

@@ -137,10 +137,13 @@ class TextualInversionMethod(TrainingMethod):
     def suitability(cls, needs) -> Suitability | None:
         if needs.new_to_base or needs.fine_detail:
             return None
-        return Suitability(70, [
-            "the base almost knows the concept: a learned token embedding is enough to steer it",
-            "artifacts of a few KB, and the model itself is untouched",
-        ])  # fmt: skip
+        return Suitability(
+            70,
+            [
+                "the base almost knows the concept: a learned token embedding is enough to steer it",
+                "artifacts of a few KB, and the model itself is untouched",
+            ],
+        )
 
     @classmethod
     def check(cls, config, base: BaseModelRef, dataset) -> None:
@@ -258,5 +261,11 @@ def _per_text_encoder(pipe, tensors: dict[str, torch.Tensor]):
     missing = [key for key in SDXL_KEYS if key not in tensors]
     if missing or getattr(pipe, "text_encoder_2", None) is None:
         raise ArtifactError(f"the embedding holds {sorted(tensors)}, which does not fit this base's text encoders")
-    return list(zip((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2),
-                    (tensors[key] for key in SDXL_KEYS), strict=True))  # fmt: skip
+    return list(
+        zip(
+            (pipe.tokenizer, pipe.tokenizer_2),
+            (pipe.text_encoder, pipe.text_encoder_2),
+            (tensors[key] for key in SDXL_KEYS),
+            strict=True,
+        )
+    )

@@ -11,14 +11,11 @@ and CLIP text encoders with hidden size 32.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from dreamloom.files import staged_folder
 from dreamloom.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 from dreamloom.settings import cache_dir
 
@@ -35,14 +32,8 @@ def ensure_tiny(kind: str = "tiny", seed: int = DEFAULT_SEED) -> Path:
     target = cache_dir() / "models" / f"{kind}-v{BUILDER_VERSION}-seed{seed}"
     if (target / "model_index.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_folder(target, exists="keep") as staging:  # another process may finish first: same weights
         build_tiny_pipeline(kind, seed).save_pretrained(staging, safe_serialization=True)
-        with contextlib.suppress(OSError):  # another process finished first; its copy is identical
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -55,7 +55,7 @@ class DreamloomImageModel(mlflow.pyfunc.PythonModel):
         self.pipe, self.manifest = load_artifact_pipeline(Path(context.artifacts[ADAPTER]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from dreamloom.inference import GenerationRequest, generate
+        from dreamloom.generation import GenerationRequest, generate
 
         images, seeds = [], []
         for row in model_input.to_dict(orient="records"):

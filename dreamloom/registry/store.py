@@ -114,9 +114,13 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
         _ensure_registered_model(registry, name, manifest)
         tags = {**manifest.lineage().tags(), **_evaluation_tags(evaluation)}
         version = registry.create_model_version(
-            name, source=info.model_uri, run_id=run_id, tags=tags, description=_describe(manifest, registry),
+            name,
+            source=info.model_uri,
+            run_id=run_id,
+            tags=tags,
+            description=_describe(manifest, registry),
             model_id=info.model_id,
-        )  # fmt: skip
+        )
     except BaseException:
         registry.set_terminated(run_id, status="FAILED")
         raise

@@ -125,8 +125,12 @@ def _wait_for_version(client, model: str, version: int, progress: bool, timeout_
         if time.monotonic() - started > timeout_s:
             raise DreamloomError(f"Triton did not report {model} version {version} ready within {timeout_s:.0f} s")
         if progress:
-            print(f"\r[dreamloom] waiting for {model} v{version}: {time.monotonic() - started:.0f} s",
-                  end="", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"\r[dreamloom] waiting for {model} v{version}: {time.monotonic() - started:.0f} s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         time.sleep(0.1)
     if progress:
         print(file=sys.stderr)

@@ -112,10 +112,13 @@ class Engine:
             raise RequestError("a request can follow one ControlNet; name only one")
         if controlnets and controlnets[0][1].scale is not None:
             raise RequestError(f"{controlnets[0][1].reference} is a ControlNet: set CONTROL_SCALE, not a weight")
-        self.adapters.activate([
-            (adapter, first.adapter_scale if use.scale is None else use.scale)
-            for adapter, use in pairs if adapter.controlnet is None
-        ])  # fmt: skip
+        self.adapters.activate(
+            [
+                (adapter, first.adapter_scale if use.scale is None else use.scale)
+                for adapter, use in pairs
+                if adapter.controlnet is None
+            ]
+        )
 
         def rewrite(prompt: str) -> str:
             for adapter in loaded:

@@ -114,8 +114,18 @@ class ImageRequest:
 
     def batch_key(self) -> tuple:
         """Requests with equal keys run as one batch through the pipeline."""
-        return (self.mode, self.adapter, self.adapter_scale, self.steps, self.guidance, self.width, self.height,
-                self.strength, self.control_scale, self.dry_run)  # fmt: skip
+        return (
+            self.mode,
+            self.adapter,
+            self.adapter_scale,
+            self.steps,
+            self.guidance,
+            self.width,
+            self.height,
+            self.strength,
+            self.control_scale,
+            self.dry_run,
+        )
 
 
 def _within(name: str, value, low, high) -> None:

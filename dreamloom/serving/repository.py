@@ -13,20 +13,17 @@ the new one is ready.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
-from dreamloom.artifacts import read_manifest
+from dreamloom.artifacts import MANIFEST_FILE, read_manifest
 from dreamloom.errors import DreamloomError
+from dreamloom.files import staged_folder
 from dreamloom.serving.protocol import OUTPUT, TENSORS
 from dreamloom.serving.routes import ROUTES_FILE, Routes
 from dreamloom.settings import work_dir
 
 DEFAULT_MODEL = "dreamloom"
 MODEL_PY = "from dreamloom.serving.triton_model import TritonPythonModel  # noqa: F401\n"
-_TRITON_TYPES = {
-    "BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL"
-}  # fmt: skip
 
 
 def default_store() -> Path:
@@ -34,28 +31,23 @@ def default_store() -> Path:
 
 
 def model_config(name: str, max_batch_size: int = 8, gpu: bool = False, adapter_budget_mib: int = 512) -> str:
-    """config.pbtxt: every input but PROMPT optional, one UINT8 H x W x 3 image out."""
-    inputs = []
+    """config.pbtxt, built with Triton's own protobuf: every input but PROMPT optional, one UINT8
+    H x W x 3 image out."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as triton
+
+    config = triton.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    # Under load requests queue while a batch runs anyway; the delay only adds latency alone.
+    config.dynamic_batching.max_queue_delay_microseconds = 2000
+    config.version_policy.latest.num_versions = 1
     for field_name, (tensor, datatype, _) in TENSORS.items():
-        optional = "" if field_name == "prompt" else " optional: true"
-        inputs.append(f'  {{ name: "{tensor}" data_type: {_TRITON_TYPES[datatype]} dims: [ 1 ]{optional} }}')
-    return "\n".join(
-        [
-            f'name: "{name}"',
-            'backend: "python"',
-            f"max_batch_size: {max_batch_size}",
-            # Under load requests queue while a batch runs anyway; the delay only adds latency alone.
-            "dynamic_batching { max_queue_delay_microseconds: 2000 }",
-            "version_policy: { latest: { num_versions: 1 } }",
-            "input [",
-            ",\n".join(inputs),
-            "]",
-            f'output [ {{ name: "{OUTPUT}" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] }} ]',
-            f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]",
-            f'parameters: {{ key: "adapter_budget_mib" value: {{ string_value: "{adapter_budget_mib}" }} }}',
-            "",
-        ]
-    )
+        data_type = triton.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+        config.input.add(name=tensor, data_type=data_type, dims=[1], optional=field_name != "prompt")
+    config.output.add(name=OUTPUT, data_type=triton.TYPE_UINT8, dims=[-1, -1, 3])
+    kind = triton.ModelInstanceGroup.KIND_GPU if gpu else triton.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(kind=kind, count=1)
+    config.parameters["adapter_budget_mib"].string_value = str(adapter_budget_mib)
+    return text_format.MessageToString(config)
 
 
 class ServingStore:
@@ -97,10 +89,9 @@ class ServingStore:
         """Write version N+1 with ``routes``, complete before it appears under its name."""
         folder = self.model_folder(model)
         version = (self.versions(model) or [0])[-1] + 1
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
-        (staging / "model.py").write_text(MODEL_PY)
-        routes.save(staging)
-        staging.rename(folder / str(version))
+        with staged_folder(folder / str(version)) as staging:
+            (staging / "model.py").write_text(MODEL_PY)
+            routes.save(staging)
         return version
 
     def remove_version(self, model: str, version: int) -> None:
@@ -109,13 +100,11 @@ class ServingStore:
     def add_artifact(self, name: str, version: str, artifact: Path) -> Path:
         """Copy a verified artifact to ``adapters/<name>/<version>`` (kept if already there)."""
         target = self.adapters / name / str(version)
-        if (target / "dreamloom.json").is_file():
+        if (target / MANIFEST_FILE).is_file():
             return target
         read_manifest(Path(artifact))  # digests checked: never copy a damaged artifact
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
-        shutil.copytree(artifact, staging, dirs_exist_ok=True)
-        staging.rename(target)
+        with staged_folder(target, exists="keep") as staging:  # another deploy may copy it first
+            shutil.copytree(artifact, staging, dirs_exist_ok=True)
         read_manifest(target)
         return target
 

@@ -42,11 +42,15 @@ class Routes:
             raise RequestError(f"unknown adapter {name!r}; deployed adapters: {known}")
         version = match["version"] or routes.aliases.get(match["alias"] or "champion")
         if version is None:
-            raise RequestError(f"adapter {name} has no alias {match['alias'] or 'champion'!r}; "
-                               f"aliases: {', '.join(sorted(routes.aliases)) or 'none'}")  # fmt: skip
+            raise RequestError(
+                f"adapter {name} has no alias {match['alias'] or 'champion'!r}; "
+                f"aliases: {', '.join(sorted(routes.aliases)) or 'none'}"
+            )
         if version not in routes.versions:
-            raise RequestError(f"adapter {name} has no deployed version {version}; "
-                               f"deployed: {', '.join(sorted(routes.versions, key=int))}")  # fmt: skip
+            raise RequestError(
+                f"adapter {name} has no deployed version {version}; "
+                f"deployed: {', '.join(sorted(routes.versions, key=int))}"
+            )
         return f"{name}/{version}", Path(routes.versions[version])
 
     def with_adapter(self, name: str, version: str, folder: Path, aliases: dict[str, str]) -> Routes:

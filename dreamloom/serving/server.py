@@ -134,8 +134,12 @@ class TritonServer:
             if self.ready():
                 return
             if progress:
-                print(f"\r[dreamloom] waiting for Triton to load {', '.join(self.models)}: "
-                      f"{time.monotonic() - started:.0f} s", end="", flush=True)  # fmt: skip
+                print(
+                    f"\r[dreamloom] waiting for Triton to load {', '.join(self.models)}: "
+                    f"{time.monotonic() - started:.0f} s",
+                    end="",
+                    flush=True,
+                )
             time.sleep(0.25)
         self.stop()
         raise DreamloomError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")

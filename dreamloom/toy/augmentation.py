@@ -18,27 +18,45 @@ CLASSES = ("hexagon", "heart", "diamond", "cross")
 PROMPTS = tuple(
     f"a {colour} {{subject}} on a {background} background{where}"
     for colour, background, where in (
-        ("red", "gray", ""), ("blue", "black", ", top left"), ("green", "beige", ", bottom right"),
-        ("orange", "white", ", top right"), ("purple", "gray", ", bottom left"), ("yellow", "black", ""),
-        ("blue", "beige", ", top right"), ("red", "white", ", bottom left"),
+        ("red", "gray", ""),
+        ("blue", "black", ", top left"),
+        ("green", "beige", ", bottom right"),
+        ("orange", "white", ", top right"),
+        ("purple", "gray", ", bottom left"),
+        ("yellow", "black", ""),
+        ("blue", "beige", ", top right"),
+        ("red", "white", ", bottom left"),
     )
-)  # fmt: skip
+)
 INSTANCE_PROMPT = f"a {SUBJECT} on a white background"
 
 
 # The augmentation experiment's settings for the toy world (measured to teach each class in 300
 # steps); ``dreamloom augment --preset toy`` starts from them.
 TOY_SETTINGS = {
-    "base_model": "toy", "resolution": 64, "instance_prompt": INSTANCE_PROMPT, "subject": SUBJECT,
-    "prompts": list(PROMPTS), "train_steps": 300, "train_batch": 4, "learning_rate": 3e-3, "per_class": 16,
-    "generation_steps": 20, "guidance": 5.0, "classifier_steps": 300,
-}  # fmt: skip
+    "base_model": "toy",
+    "resolution": 64,
+    "instance_prompt": INSTANCE_PROMPT,
+    "subject": SUBJECT,
+    "prompts": list(PROMPTS),
+    "train_steps": 300,
+    "train_batch": 4,
+    "learning_rate": 3e-3,
+    "per_class": 16,
+    "generation_steps": 20,
+    "guidance": 5.0,
+    "classifier_steps": 300,
+}
 
 
 def write_classes(
-    train: Path, held_out: Path, real_per_class: int = 5, held_out_per_class: int = 30, seed: int = 0,
+    train: Path,
+    held_out: Path,
+    real_per_class: int = 5,
+    held_out_per_class: int = 30,
+    seed: int = 0,
     classes: tuple[str, ...] = CLASSES,
-) -> tuple[Path, Path]:  # fmt: skip
+) -> tuple[Path, Path]:
     """Class subfolders of real training pictures and of held-out pictures."""
     rng = random.Random(seed)
     colours = list(world.COLOURS)
@@ -47,10 +65,12 @@ def write_classes(
             (folder / name).mkdir(parents=True, exist_ok=True)
             for index in range(count):
                 scene = world.Scene(
-                    name, rng.choice(colours), "plain",
+                    name,
+                    rng.choice(colours),
+                    "plain",
                     rng.choice(list(world.BACKGROUNDS)) if varied else "white",
                     rng.choice(list(world.POSITIONS)) if varied else "center",
-                )  # fmt: skip
+                )
                 world.render(scene, rng.randrange(10**6)).save(folder / name / f"{name}_{index:03d}.png")
     return train, held_out
 

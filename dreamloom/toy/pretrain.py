@@ -232,9 +232,15 @@ def pretrain(config: ToyBaseConfig = ToyBaseConfig(), folder: Path = TOY_BASE_FO
     vae.register_to_config(scaling_factor=scaling)
     steps = train_denoiser(text_encoder, tokenizer, unet, noise, latents, [s.caption() for s in scenes], config, log)
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sd15_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sd15_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     report = {

@@ -39,7 +39,6 @@ POSITIONS = {
     "bottom left": (19, 45),
     "bottom right": (45, 45),
 }
-COUNTS = {1: "a", 2: "two"}
 
 
 @dataclass(frozen=True)

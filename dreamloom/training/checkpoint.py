@@ -7,7 +7,7 @@ of the state (step, learning-rate schedule, optimizer hyper-parameters) as JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ class TrainingState:
     trainable: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     lr_scheduler: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def save_training_state(folder: Path, state: TrainingState) -> None:
@@ -37,7 +36,6 @@ def save_training_state(folder: Path, state: TrainingState) -> None:
         "step": state.step,
         "optimizer": optimizer_rest,
         "lr_scheduler": state.lr_scheduler,
-        "extra": state.extra,
     }
     (folder / STATE_FILE).write_text(json.dumps(document, indent=1))
 
@@ -47,11 +45,7 @@ def load_training_state(folder: Path, device: torch.device | str = "cpu") -> Tra
     trainable = load_file(str(folder / TRAINABLE_FILE), device=str(device))
     optimizer_tensors = load_file(str(folder / OPTIMIZER_FILE), device=str(device))
     optimizer = _join_optimizer_state(optimizer_tensors, document["optimizer"])
-    return TrainingState(document["step"], trainable, optimizer, document["lr_scheduler"], document.get("extra", {}))
-
-
-def read_step(folder: Path) -> int:
-    return int(json.loads((folder / STATE_FILE).read_text())["step"])
+    return TrainingState(document["step"], trainable, optimizer, document["lr_scheduler"])
 
 
 def _detached(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -31,8 +31,7 @@ def main() -> int:
 
     document = os.environ.get(CONFIG_ENV)
     if not document:
-        print(f"{ERROR_MARKER}{CONFIG_ENV} is not set; this entrypoint runs as a job on a Ray cluster",
-              file=sys.stderr)  # fmt: skip
+        print(f"{ERROR_MARKER}{CONFIG_ENV} is not set; this entrypoint runs as a job on a Ray cluster", file=sys.stderr)
         return 2
     try:
         config = _in_work_folder(RunConfig.model_validate_json(document))
@@ -41,8 +40,11 @@ def main() -> int:
     except (DreamloomError, ValidationError) as exc:
         print(f"{ERROR_MARKER}{exc}", file=sys.stderr, flush=True)
         return 2
-    outcome = {"mlflow_run_id": result.mlflow_run_id, "steps": result.steps,
-               "resumed_from_step": result.resumed_from_step}  # fmt: skip
+    outcome = {
+        "mlflow_run_id": result.mlflow_run_id,
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from_step,
+    }
     print(RESULT_MARKER + json.dumps(outcome), flush=True)
     return 0
 

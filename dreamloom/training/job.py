@@ -50,9 +50,10 @@ def check_output(output: Path) -> None:
         raise DreamloomError(f"output {output} exists and is not an empty folder; choose another --output")
 
 
-def training_data(config: RunConfig) -> PreparedDataset:
-    """The run's instance images, every one checked, prepared once (with the conditions its method needs)."""
-    return prepare_training_data(config.data, config.method_type.condition(config))
+def training_data(config: RunConfig, into: Path | None = None) -> PreparedDataset:
+    """The run's instance images, every one checked, prepared once (with the conditions its method
+    needs); ``into`` a given folder, else into the work folder's cache."""
+    return prepare_training_data(config.data, config.method_type.condition(config), into)
 
 
 def prepare_class_data(config: RunConfig) -> PreparedDataset | None:

@@ -54,9 +54,12 @@ def rayjob_for(config: RunConfig, settings: RayJobSettings | None = None) -> dic
 
 
 def train_on_kuberay(
-    config: RunConfig, resume: bool = False, cluster: Cluster | None = None, settings: RayJobSettings | None = None,
+    config: RunConfig,
+    resume: bool = False,
+    cluster: Cluster | None = None,
+    settings: RayJobSettings | None = None,
     poll_s: float = 10.0,
-) -> TrainResult:  # fmt: skip
+) -> TrainResult:
     """Train ``config`` as a RayJob; retries of the job resume from its checkpoints on their own,
     so ``resume`` only matters for a job started again by hand (state is found and continued)."""
     settings = settings or settings_from_environment()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from dreamloom.config import PriorSettings
+from dreamloom.files import staged_file
 from dreamloom.models.base import BaseModelRef, LoadedBaseModel, pipeline_from_components
 from dreamloom.settings import work_dir
 
@@ -62,13 +61,7 @@ def generate_class_images(
             width=resolution,
             generator=generator,
         ).images[0]
-        _save_atomically(image, folder / f"{index:05d}.png")
+        with staged_file(folder / f"{index:05d}.png") as staging:
+            image.save(staging, format="PNG")
         if on_image:
             on_image()
-
-
-def _save_atomically(image, target: Path) -> None:
-    handle, staging = tempfile.mkstemp(prefix=".", suffix=".png", dir=target.parent)
-    os.close(handle)
-    image.save(staging, format="PNG")
-    os.replace(staging, target)

@@ -45,9 +45,12 @@ def ray_address() -> str:
 
 
 def train_on_ray(
-    config: RunConfig, resume: bool = False, address: str | None = None, poll_s: float = 2.0,
+    config: RunConfig,
+    resume: bool = False,
+    address: str | None = None,
+    poll_s: float = 2.0,
     timeout_s: float | None = None,
-) -> TrainResult:  # fmt: skip
+) -> TrainResult:
     """Submit the run to the Ray cluster at ``address`` (default ``RAY_ADDRESS``), wait, collect."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -64,12 +67,18 @@ def train_on_ray(
         # Data paths relative to the job's working directory (the uploaded folder); the output
         # relative too, which the entrypoint puts under the cluster's work folder.
         job_config = remote_config(config, {field: path.relative_to(folder) for field, path in staged.items()}, job_id)
-        env = {CONFIG_ENV: job_config.model_dump_json(), RESUME_ENV: "yes" if resume else "no",
-               "MLFLOW_TRACKING_URI": tracking_uri()}  # fmt: skip
+        env = {
+            CONFIG_ENV: job_config.model_dump_json(),
+            RESUME_ENV: "yes" if resume else "no",
+            "MLFLOW_TRACKING_URI": tracking_uri(),
+        }
         submit_when_ready(
-            client, entrypoint=ENTRYPOINT, submission_id=job_id, runtime_env={"working_dir": folder, "env_vars": env},
+            client,
+            entrypoint=ENTRYPOINT,
+            submission_id=job_id,
+            runtime_env={"working_dir": folder, "env_vars": env},
             metadata=plain({Tag.RUN_NAME: config.effective_run_name, Tag.METHOD: config.method}),
-        )  # fmt: skip
+        )
     print(f"[dreamloom] submitted Ray job {job_id} to {address}", flush=True)
     status = _wait_for_ray_job(client, job_id, poll_s, timeout_s)
     logs = client.get_job_logs(job_id)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from dreamloom import artifacts
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
+from dreamloom.files import staged_folder
 from dreamloom.settings import tracking_uri
 from dreamloom.training.job import (
     ERROR_MARKER,
@@ -80,28 +80,24 @@ def collect_artifact(mlflow_run_id: str, output: Path) -> artifacts.ArtifactMani
     """Download the run's artifact from MLflow into ``output``: complete and verified, or nothing."""
     import mlflow.artifacts
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}-download-", dir=output.parent) as download:
         downloaded = Path(
             mlflow.artifacts.download_artifacts(
-                run_id=mlflow_run_id, artifact_path="artifact", dst_path=str(staging), tracking_uri=tracking_uri()
+                run_id=mlflow_run_id, artifact_path="artifact", dst_path=download, tracking_uri=tracking_uri()
             )
         )
         manifest = artifacts.read_manifest(downloaded, verify=True)
-        if output.exists():
-            output.rmdir()  # checked empty before submitting
-        os.replace(downloaded, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(output) as staging:  # the output was checked empty before submitting
+            shutil.copytree(downloaded, staging, dirs_exist_ok=True)
     return manifest
 
 
 def result_from_logs(config: RunConfig, logs: str) -> TrainResult:
     outcome = job_outcome(logs)
     collect_artifact(outcome["mlflow_run_id"], config.output)
-    print(f"[dreamloom] collected the artifact of MLflow run {outcome['mlflow_run_id']} into {config.output}",
-          flush=True)  # fmt: skip
+    print(
+        f"[dreamloom] collected the artifact of MLflow run {outcome['mlflow_run_id']} into {config.output}", flush=True
+    )
     return TrainResult(
         config.output,
         config.effective_run_name,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dreamloom.config import RunConfig
 from dreamloom.data.prepare import PreparedDataset
+from dreamloom.generation import GenerationRequest, generate
 from dreamloom.models.base import (
     BaseModelRef,
     LoadedBaseModel,
@@ -295,30 +296,26 @@ class Trainer:
     def render_samples(self) -> Image.Image:
         """A grid: one row per validation prompt, ``images_per_prompt`` seeded images each."""
         validation, resolution = self.config.validation, self.config.data.resolution
+        request = GenerationRequest(
+            list(self.config.validation_prompts),
+            images_per_prompt=validation.images_per_prompt,
+            steps=validation.steps,
+            guidance=validation.guidance,
+            seed=validation.seed,
+            width=resolution,
+            height=resolution,
+            **self.method.sample_inputs(self.instance_examples),
+        )
         modules = self.method.trained_modules(self.model).values()
         for module in modules:
             module.eval()
         try:
-            pipe = self.method.sample_pipeline(self.model)
-            extra = self.method.sample_kwargs(self.instance_examples)
-            images = []
-            for prompt in self.config.validation_prompts:
-                generator = torch.Generator("cpu").manual_seed(validation.seed)
-                with self.precision.autocast():
-                    images += pipe(
-                        prompt,
-                        num_images_per_prompt=validation.images_per_prompt,
-                        num_inference_steps=validation.steps,
-                        guidance_scale=validation.guidance,
-                        height=resolution,
-                        width=resolution,
-                        generator=generator,
-                        **extra,
-                    ).images
+            with self.precision.autocast():
+                rows = generate(self.method.sample_pipeline(self.model), request)
         finally:
             for module in modules:
                 module.train()
-        return make_image_grid(images, rows=len(self.config.validation_prompts), cols=validation.images_per_prompt)
+        return make_image_grid([image for row in rows for image in row], rows=len(rows), cols=len(rows[0]))
 
     def save_artifact(self, folder: Path) -> None:
         self.method.save_artifact(self.model, folder)

@@ -57,11 +57,21 @@ def read_prompt_file(path: Path) -> list[str]:
 
 
 def plan_ads(
-    product: str, prompts: list[str], variants: int = 4, seed: int = 0, size: tuple[int, int] = (0, 0),
-    style: str | None = None, style_weight: float = 0.6, layout: Path | None = None,
-    layout_adapter: str | None = None, condition_kind: str = "canny", negative_prompt: str = "",
-    steps: int = 25, guidance: float = 7.5, product_weight: float = 1.0,
-) -> tuple[Recipe, Staged]:  # fmt: skip
+    product: str,
+    prompts: list[str],
+    variants: int = 4,
+    seed: int = 0,
+    size: tuple[int, int] = (0, 0),
+    style: str | None = None,
+    style_weight: float = 0.6,
+    layout: Path | None = None,
+    layout_adapter: str | None = None,
+    condition_kind: str = "canny",
+    negative_prompt: str = "",
+    steps: int = 25,
+    guidance: float = 7.5,
+    product_weight: float = 1.0,
+) -> tuple[Recipe, Staged]:
     """The recipe of an ad job: every (prompt, variant) with its seed; nothing is sent yet."""
     if not product.strip():
         raise DreamloomError("an ad needs --product: the registered concept, e.g. shoe@champion")
@@ -89,7 +99,16 @@ def plan_ads(
         for v, s in enumerate(seeds(seed, variants))
     ]
     recipe = Recipe(
-        kind="ad", mode=mode, adapter=", ".join(adapters), steps=steps, guidance=guidance, width=size[0],
-        height=size[1], inputs=inputs, digests=staged.digests(), renders=renders, notes=notes,
-    )  # fmt: skip
+        kind="ad",
+        mode=mode,
+        adapter=", ".join(adapters),
+        steps=steps,
+        guidance=guidance,
+        width=size[0],
+        height=size[1],
+        inputs=inputs,
+        digests=staged.digests(),
+        renders=renders,
+        notes=notes,
+    )
     return recipe, staged

@@ -13,6 +13,7 @@ Metrics (both macro-averaged over classes, so a small class counts as much as a 
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dreamloom.data.images import image_files
 from dreamloom.errors import DreamloomError
+from dreamloom.files import staged_folder
 from dreamloom.usecases.pictures import picture
 
 MANIFEST = "manifest.json"
@@ -90,6 +92,26 @@ class AugmentReport:
     dataset: Path
     adapters: dict[str, str]
     mlflow_run_id: str | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """Both variants' scores, flat: ``real_only_balanced_accuracy``, ``augmented_balanced_recall``, ..."""
+        return {
+            f"{variant}_{name}": float(value)
+            for variant, scores in (("real_only", self.real_only), ("augmented", self.augmented))
+            for name, value in vars(scores).items()
+        }
+
+    def html(self) -> str:
+        """The comparison as a table, for the KFP UI."""
+        rows = "".join(
+            f"<tr><td>{label}</td><td>{scores.balanced_accuracy:.3f}</td><td>{scores.balanced_recall:.3f}</td></tr>"
+            for label, scores in (("real only", self.real_only), ("real + synthetic", self.augmented))
+        )
+        classes = html.escape(", ".join(self.classes))
+        return (
+            f"<h2>Augmentation: {classes}</h2><table border='1'><tr><th>training data</th>"
+            f"<th>balanced accuracy</th><th>balanced recall</th></tr>{rows}</table>"
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -158,16 +180,27 @@ def teach_class(
         shutil.copy(image, data / image.name)
     model_name = adapter_name(settings, name)
     print(f"[dreamloom] augment: teaching class {name!r} ({len(images)} images) as {model_name}", flush=True)
-    config = load_run_config(None, {
-        "method": settings.method, "base_model": settings.base_model, "data.path": str(data),
-        "data.instance_prompt": settings.instance_prompt.format(class_name=name), "data.trigger_token": "sks",
-        "data.resolution": settings.resolution, "output": str(work / "adapters" / model_name),
-        "run_name": f"{model_name}-{os.getpid()}-{index}", "experiment": "dreamloom-augment",
-        "training.steps": settings.train_steps, "training.batch_size": settings.train_batch,
-        "training.checkpoint_every": 0, "training.seed": settings.seed + index,
-        "scaling.gpus_per_worker": settings.gpus_per_worker,
-        "optimizer.learning_rate": settings.learning_rate, "validation.every": 0,
-    })  # fmt: skip
+    config = load_run_config(
+        None,
+        {
+            "method": settings.method,
+            "base_model": settings.base_model,
+            "data.path": str(data),
+            "data.instance_prompt": settings.instance_prompt.format(class_name=name),
+            "data.trigger_token": "sks",
+            "data.resolution": settings.resolution,
+            "output": str(work / "adapters" / model_name),
+            "run_name": f"{model_name}-{os.getpid()}-{index}",
+            "experiment": "dreamloom-augment",
+            "training.steps": settings.train_steps,
+            "training.batch_size": settings.train_batch,
+            "training.checkpoint_every": 0,
+            "training.seed": settings.seed + index,
+            "scaling.gpus_per_worker": settings.gpus_per_worker,
+            "optimizer.learning_rate": settings.learning_rate,
+            "validation.every": 0,
+        },
+    )
     result = launch(config, launcher)
     version = register(result.artifact, model_name)
     promote(model_name, str(version.version), force=True, reason="dreamloom augment: one adapter per class")
@@ -246,9 +279,16 @@ def small_cnn(classes: int) -> torch.nn.Module:
         return [torch.nn.Conv2d(inputs, outputs, 3, padding=1), torch.nn.BatchNorm2d(outputs), torch.nn.ReLU()]
 
     return torch.nn.Sequential(
-        *block(3, 32), torch.nn.MaxPool2d(2), *block(32, 64), torch.nn.MaxPool2d(2), *block(64, 96),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Dropout(0.2), torch.nn.Linear(96, classes),
-    )  # fmt: skip
+        *block(3, 32),
+        torch.nn.MaxPool2d(2),
+        *block(32, 64),
+        torch.nn.MaxPool2d(2),
+        *block(64, 96),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(96, classes),
+    )
 
 
 def hub_classifier(reference: str, classes: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -334,9 +374,14 @@ def balanced_scores(predicted: np.ndarray, actual: np.ndarray, classes: int) -> 
 
 
 def run_experiment(
-    data: Path, eval_data: Path, out: Path, url: str, store, settings: AugmentSettings | None = None,
+    data: Path,
+    eval_data: Path,
+    out: Path,
+    url: str,
+    store,
+    settings: AugmentSettings | None = None,
     launcher: str = "local",
-) -> AugmentReport:  # fmt: skip
+) -> AugmentReport:
     """Everything above, in order."""
     settings = settings or AugmentSettings()
     if Path(out).exists():
@@ -361,32 +406,35 @@ def synthesize_and_compare(
 
 
 def _synthesize_and_compare(
-    classes: dict[str, list[Path]], held_out: dict[str, list[Path]], out: Path, url: str, store,
+    classes: dict[str, list[Path]],
+    held_out: dict[str, list[Path]],
+    out: Path,
+    url: str,
+    store,
     settings: AugmentSettings,
-) -> AugmentReport:  # fmt: skip
+) -> AugmentReport:
     from dreamloom.serving.client import ServingClient
 
     adapters = deploy_classes(list(classes), settings, url, store)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         with ServingClient(url) as client:
             synthetic = generate(client, adapters, settings)
         manifest = write_dataset(staging / "dataset", classes, synthetic)
         report = _compare(staging / "dataset", manifest, held_out, list(classes), settings, adapters)
         (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     report.dataset = out / "dataset"
     report.mlflow_run_id = _log(report, settings, out)
     return report
 
 
-def _compare(dataset: Path, manifest: list[dict], held_out: dict[str, list[Path]], names: list[str],
-             settings: AugmentSettings, adapters: dict[str, str]) -> AugmentReport:  # fmt: skip
+def _compare(
+    dataset: Path,
+    manifest: list[dict],
+    held_out: dict[str, list[Path]],
+    names: list[str],
+    settings: AugmentSettings,
+    adapters: dict[str, str],
+) -> AugmentReport:
     label = {name: index for index, name in enumerate(names)}
     real = [(dataset / item["file"], label[item["class"]]) for item in manifest if item["source"] == "real"]
     everything = [(dataset / item["file"], label[item["class"]]) for item in manifest]

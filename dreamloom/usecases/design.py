@@ -11,10 +11,19 @@ from dreamloom.usecases.pictures import condition, picture
 
 
 def plan_design(
-    sketch: Path, controlnet: str, prompt: str, condition_kind: str = "scribble", variants: int = 4, seed: int = 0,
-    concept: str | None = None, size: tuple[int, int] = (0, 0), control_scale: float = 1.0, steps: int = 25,
-    guidance: float = 7.5, negative_prompt: str = "",
-) -> tuple[Recipe, Staged]:  # fmt: skip
+    sketch: Path,
+    controlnet: str,
+    prompt: str,
+    condition_kind: str = "scribble",
+    variants: int = 4,
+    seed: int = 0,
+    concept: str | None = None,
+    size: tuple[int, int] = (0, 0),
+    control_scale: float = 1.0,
+    steps: int = 25,
+    guidance: float = 7.5,
+    negative_prompt: str = "",
+) -> tuple[Recipe, Staged]:
     if not controlnet.strip():
         raise DreamloomError("design needs --controlnet: a deployed ControlNet, e.g. sketch-scribble@champion")
     if not prompt.strip():
@@ -24,11 +33,22 @@ def plan_design(
     staged = Staged()
     inputs = {"control_image": staged.add("condition", condition(drawing, condition_kind, size))}
     adapters = [concept, controlnet] if concept else [controlnet]
-    renders = [Render(prompt=prompt, negative_prompt=negative_prompt, seed=s, label=f"variant {i + 1}")
-               for i, s in enumerate(seeds(seed, variants))]  # fmt: skip
+    renders = [
+        Render(prompt=prompt, negative_prompt=negative_prompt, seed=s, label=f"variant {i + 1}")
+        for i, s in enumerate(seeds(seed, variants))
+    ]
     recipe = Recipe(
-        kind="design", mode="controlnet", adapter=", ".join(adapters), steps=steps, guidance=guidance,
-        width=size[0], height=size[1], control_scale=control_scale, inputs=inputs, digests=staged.digests(),
-        renders=renders, notes={"sketch": str(sketch), "condition": condition_kind},
-    )  # fmt: skip
+        kind="design",
+        mode="controlnet",
+        adapter=", ".join(adapters),
+        steps=steps,
+        guidance=guidance,
+        width=size[0],
+        height=size[1],
+        control_scale=control_scale,
+        inputs=inputs,
+        digests=staged.digests(),
+        renders=renders,
+        notes={"sketch": str(sketch), "condition": condition_kind},
+    )
     return recipe, staged

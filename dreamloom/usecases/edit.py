@@ -30,9 +30,16 @@ def frames_of(source: Path) -> list[Path]:
 
 
 def plan_edit(
-    source: Path, prompt: str = "", strength: float = 0.5, remove: Path | None = None, seed: int = 0,
-    adapter: str = "", steps: int = 25, guidance: float = 7.5, negative_prompt: str = "",
-) -> tuple[Recipe, Staged]:  # fmt: skip
+    source: Path,
+    prompt: str = "",
+    strength: float = 0.5,
+    remove: Path | None = None,
+    seed: int = 0,
+    adapter: str = "",
+    steps: int = 25,
+    guidance: float = 7.5,
+    negative_prompt: str = "",
+) -> tuple[Recipe, Staged]:
     if remove is None and not prompt.strip():
         raise DreamloomError(
             "say what the edit is with --prompt (e.g. 'cinematic lighting'), or remove with --remove MASK"
@@ -49,15 +56,29 @@ def plan_edit(
     if remove is not None:
         inputs["mask"] = staged.add("mask", mask_from_file(remove, size))
     renders = [
-        Render(prompt=prompt or REMOVAL_PROMPT, negative_prompt=negative_prompt, seed=seed, label=frame.name,
-               inputs={"init_image": staged.add(f"frame-{index:04d}", image)})
+        Render(
+            prompt=prompt or REMOVAL_PROMPT,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            label=frame.name,
+            inputs={"init_image": staged.add(f"frame-{index:04d}", image)},
+        )
         for index, (frame, image) in enumerate(zip(frames, pictures, strict=True))
-    ]  # fmt: skip
+    ]
     width, height = multiple_of_eight(*size)
     recipe = Recipe(
-        kind="edit", mode="inpaint" if remove is not None else "img2img", adapter=adapter, steps=steps,
-        guidance=guidance, width=width, height=height, strength=strength, inputs=inputs, digests=staged.digests(),
-        keep_outside_mask=remove is not None, renders=renders,
+        kind="edit",
+        mode="inpaint" if remove is not None else "img2img",
+        adapter=adapter,
+        steps=steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+        strength=strength,
+        inputs=inputs,
+        digests=staged.digests(),
+        keep_outside_mask=remove is not None,
+        renders=renders,
         notes={"source": str(source), "edit": "remove" if remove is not None else prompt},
-    )  # fmt: skip
+    )
     return recipe, staged

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import html
 import io
-import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dreamloom import __version__
 from dreamloom.errors import DreamloomError
+from dreamloom.files import staged_folder
 from dreamloom.serving.protocol import ImageRequest, RequestError
 
 RECIPE_FILE = "recipe.yaml"
@@ -190,9 +190,7 @@ def _inside_mask_only(generated: np.ndarray, request: ImageRequest) -> np.ndarra
 
 
 def _write_folder(recipe: Recipe, images: list[np.ndarray], inputs: Path, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         (staging / "images").mkdir()
         names = []
         for index, image in enumerate(images):
@@ -202,11 +200,6 @@ def _write_folder(recipe: Recipe, images: list[np.ndarray], inputs: Path, out: P
         contact_sheet([Image.fromarray(image) for image in images]).save(staging / "contact-sheet.png")
         (staging / "index.html").write_text(index_html(recipe, names))
         (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"[dreamloom] wrote {len(images)} images, contact-sheet.png, index.html and {RECIPE_FILE} to {out}")
     return out
 

@@ -16,10 +16,19 @@ GARMENT_LABELS = {"upper": ["Upper-clothes"], "lower": ["Pants", "Skirt"], "full
 
 
 def plan_tryon(
-    garment: str, person: Path, prompt: str, mask: Path | None = None, region: str | None = None,
-    segmenter: str | None = None, variants: int = 2, seed: int = 0, strength: float = 0.99, steps: int = 30,
-    guidance: float = 7.5, negative_prompt: str = "",
-) -> tuple[Recipe, Staged]:  # fmt: skip
+    garment: str,
+    person: Path,
+    prompt: str,
+    mask: Path | None = None,
+    region: str | None = None,
+    segmenter: str | None = None,
+    variants: int = 2,
+    seed: int = 0,
+    strength: float = 0.99,
+    steps: int = 30,
+    guidance: float = 7.5,
+    negative_prompt: str = "",
+) -> tuple[Recipe, Staged]:
     if not garment.strip():
         raise DreamloomError("try-on needs --garment: the garment concept, e.g. jacket@champion")
     if not prompt.strip():
@@ -36,13 +45,25 @@ def plan_tryon(
     staged = Staged()
     width, height = multiple_of_eight(*photo.size)
     inputs = {"init_image": staged.add("person", photo), "mask": staged.add("mask", area)}
-    renders = [Render(prompt=prompt, negative_prompt=negative_prompt, seed=s, label=f"variant {i + 1}")
-               for i, s in enumerate(seeds(seed, variants))]  # fmt: skip
+    renders = [
+        Render(prompt=prompt, negative_prompt=negative_prompt, seed=s, label=f"variant {i + 1}")
+        for i, s in enumerate(seeds(seed, variants))
+    ]
     recipe = Recipe(
-        kind="tryon", mode="inpaint", adapter=garment, steps=steps, guidance=guidance, width=width, height=height,
-        strength=strength, inputs=inputs, digests=staged.digests(), keep_outside_mask=True, renders=renders,
+        kind="tryon",
+        mode="inpaint",
+        adapter=garment,
+        steps=steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+        strength=strength,
+        inputs=inputs,
+        digests=staged.digests(),
+        keep_outside_mask=True,
+        renders=renders,
         notes={"person": str(person), "mask": str(mask) if mask else f"region {region} ({segmenter or 'heuristic'})"},
-    )  # fmt: skip
+    )
     return recipe, staged
 
 
