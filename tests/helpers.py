@@ -74,6 +74,8 @@ METHOD_OPTIONS = {
     },
     "hypernetwork": {},
     "controlnet": {"controlnet__condition": "canny"},
+    "loha": {},
+    "lokr": {},
 }
 
 

@@ -22,6 +22,7 @@ from dreamloom.artifacts import read_manifest
 from dreamloom.cli import main
 from dreamloom.errors import DreamloomError
 from dreamloom.evaluation import evaluate_artifact
+from dreamloom.methods import METHODS as registered_methods
 from dreamloom.registry import CHAMPION, Evaluation, GateConfig, promote, register, resolve, rollback
 from dreamloom.registry.store import client, list_versions
 from dreamloom.training.local import train_in_process
@@ -29,7 +30,7 @@ from tests.helpers import draw_images, method_config
 
 pytestmark = pytest.mark.slow  # a real MLflow server, every method trained
 
-METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork", "controlnet")
+METHODS = tuple(registered_methods)  # every method the registry knows registers and serves through its pyfunc
 QUICK_EVAL = {"prompts": ("a {} on the beach", "a {} in the snow"), "images_per_prompt": 2, "steps": 2}
 
 

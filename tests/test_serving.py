@@ -56,6 +56,8 @@ def artifacts(tmp_path_factory):
         ),
         "controlnet": train_toy("controlnet", data, root / "cn", **{"controlnet.condition": "canny"}),
         "dreambooth": train_toy("dreambooth", data, root / "db", **{"prior.enabled": False}),
+        "lokr": train_toy("lokr", data, root / "lokr", **{"training.steps": 20, "lokr.rank": 8}),
+        "loha": train_toy("loha", data, root / "loha", **{"training.steps": 20}),
     }
 
 
@@ -68,7 +70,7 @@ def served(tmp_path_factory, artifacts):
     server.start(timeout_s=300)
     client = ServingClient(server.http_url)
     try:
-        for name in ("lora", "hypernetwork", "textual-inversion", "controlnet"):
+        for name in ("lora", "hypernetwork", "textual-inversion", "controlnet", "lokr", "loha"):
             register_champion(artifacts[name], f"hex-{name}")
             deploy(f"hex-{name}@champion", server.http_url, store=store)
         yield server, store, client
@@ -133,7 +135,7 @@ def test_grpc_gives_the_same_image_as_http(served):
 # ----- adapters -----
 
 
-@pytest.mark.parametrize("name", ["lora", "hypernetwork", "textual-inversion"])
+@pytest.mark.parametrize("name", ["lora", "hypernetwork", "textual-inversion", "lokr", "loha"])
 def test_an_adapter_changes_the_output_and_switching_back_restores_it(served, name):
     _, _, client = served
     prompt = "a <hex-shape> on a gray background" if name == "textual-inversion" else INSTANCE_PROMPT
@@ -168,6 +170,21 @@ def test_adapters_act_together_with_their_own_weights(served):
     guided = ask("hex-lora, hex-controlnet", **control)
     assert _differs(guided, ask("hex-controlnet", **control)) > 1.0
     assert np.array_equal(ask("hex-lora", adapter_scale=1.0), lora)  # and nothing stays switched on
+
+
+def test_a_lokr_and_a_lora_mix_in_one_request_each_with_its_weight(served):
+    """Registered, promoted and deployed like any adapter; served per request beside a LoRA."""
+    _, _, client = served
+
+    def ask(adapter: str) -> np.ndarray:
+        return client.generate(ImageRequest(INSTANCE_PROMPT, seed=6, adapter=adapter, **FAST))
+
+    lora, lokr, both = ask("hex-lora"), ask("hex-lokr@champion"), ask("hex-lora, hex-lokr@champion")
+    assert _differs(lokr, lora) > 1.0
+    assert _differs(both, lora) > 1.0 and _differs(both, lokr) > 1.0
+    assert np.array_equal(ask("hex-lora, hex-lokr*0"), lora)  # a weight of 0 switches the LoKr off
+    assert _differs(ask("hex-lora, hex-lokr*0.4"), both) > 0.3
+    assert np.array_equal(ask("hex-lokr"), lokr)  # and the LoRA left nothing behind
 
 
 def test_the_adapter_cache_evicts_least_recently_used_under_its_budget(served, artifacts):

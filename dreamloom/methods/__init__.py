@@ -12,6 +12,8 @@ from dreamloom.methods.base import TrainingMethod
 from dreamloom.methods.controlnet import ControlNetMethod
 from dreamloom.methods.dreambooth import DreamBoothMethod
 from dreamloom.methods.hypernetwork import HypernetworkMethod
+from dreamloom.methods.loha import LohaMethod
+from dreamloom.methods.lokr import LokrMethod
 from dreamloom.methods.lora import DreamBoothLoraMethod, LoraMethod
 from dreamloom.methods.pivotal import PivotalMethod
 from dreamloom.methods.textual_inversion import TextualInversionMethod
@@ -26,6 +28,8 @@ METHODS: dict[str, type[TrainingMethod]] = {
         HypernetworkMethod,
         ControlNetMethod,
         PivotalMethod,
+        LohaMethod,
+        LokrMethod,
     )
 }
 
