@@ -21,6 +21,8 @@ from dreamloom.training.preflight import plan_job
 from dreamloom.training.trainer import Trainer
 from tests.helpers import draw_images, method_config
 
+pytestmark = pytest.mark.slow  # every test trains a method (21 trainers in all) and loads its artifact
+
 PROMPT = "a photo of <sks-ball> on a table"
 
 
