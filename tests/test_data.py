@@ -177,6 +177,15 @@ def test_preparing_again_reuses_the_prepared_set(tmp_path: Path):
     assert (tmp_path / "occupied" / "keep.txt").read_text() == "mine"
 
 
+def test_a_prepared_set_named_by_a_relative_path_loads_with_an_absolute_root(tmp_path, monkeypatch):
+    """A remote job finds its staged set at a relative path; the Ray workers that read the root run
+    in other folders, so the loaded root must not stay relative."""
+    prepare_dataset(draw_images(tmp_path / "photos"), tmp_path / "staged" / "instance", PrepareOptions(64))
+    monkeypatch.chdir(tmp_path / "staged")
+    loaded = PreparedDataset.load(Path("instance"))
+    assert loaded.root == tmp_path / "staged" / "instance" and loaded.root.is_absolute()
+
+
 @pytest.mark.parametrize("kind", ["canny", "scribble"])
 def test_edge_conditions_are_extracted_from_each_prepared_image(tmp_path, kind):
     source = draw_images(tmp_path / "photos", count=2)

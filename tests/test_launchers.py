@@ -109,21 +109,25 @@ def _jobs(address: str) -> list:
 
 
 def test_the_train_step_with_the_ray_launcher_trains_on_the_cluster(ray_cluster, photos, tmp_path, capsys):
-    """The pipeline's train component, as KFP calls it, with launcher=ray."""
-    from kfp.dsl import Model
+    """The pipeline's prepare-data and train components, as KFP chains them, with launcher=ray: the
+    prepared set (the Dataset artifact) is what the cluster trains on."""
+    from kfp.dsl import Dataset, Model
 
-    from components import train
+    from components import prepare_data, train
 
     address, cluster_home = ray_cluster
     document = _config(photos, tmp_path / "unused").model_dump(mode="json", exclude={"output", "run_name"})
+    dataset = Dataset(uri=str(tmp_path / "outputs" / "dataset"))
+    prepared = prepare_data.python_func(config=document, dataset=dataset)
     model = Model(uri=str(tmp_path / "outputs" / "model"))
     trained = train.python_func(
-        config=document, dataset_hash="h", run_name="shoe-lora", model=model, launcher="ray", ray_address=address
+        config=document, dataset=dataset, run_name="shoe-lora", model=model, launcher="ray", ray_address=address
     )
 
     manifest = read_manifest(Path(model.path))  # verifies every file against its digest
     assert trained.steps == manifest.steps == 4 and manifest.mlflow_run_id == trained.mlflow_run_id
     assert manifest.run_name == "shoe-lora" and model.metadata["method"] == "lora"
+    assert model.metadata["dataset_hash"] == manifest.dataset_hash == prepared.dataset_hash  # lineage carried
     assert str(manifest.config.data.path) == "instance"  # the job read the images it was sent
     assert (cluster_home / "runs" / "shoe-lora").is_dir()  # checkpoints live on the cluster's storage
     assert len(list((cluster_home / "artifacts").iterdir())) == 1  # and the job's copy of the artifact

@@ -96,7 +96,8 @@ class PreparedDataset:
 
     @classmethod
     def load(cls, root: Path) -> PreparedDataset:
-        manifest_path = Path(root) / MANIFEST
+        root = Path(root).absolute()  # workers (other processes, other working folders) read it too
+        manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise DreamloomError(f"{root} is not a prepared dataset (no {MANIFEST})")
         data = json.loads(manifest_path.read_text())

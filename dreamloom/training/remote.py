@@ -80,6 +80,7 @@ def collect_artifact(mlflow_run_id: str, output: Path) -> artifacts.ArtifactMani
     """Download the run's artifact from MLflow into ``output``: complete and verified, or nothing."""
     import mlflow.artifacts
 
+    output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}-download-", dir=output.parent) as download:
         downloaded = Path(
             mlflow.artifacts.download_artifacts(

@@ -94,10 +94,10 @@ class AugmentReport:
     mlflow_run_id: str | None = None
 
     def metrics(self) -> dict[str, float]:
-        """Both variants' scores, flat: ``real_only_balanced_accuracy``, ``augmented_balanced_recall``, ..."""
+        """Both variants' scores, flat: ``real_only_balanced_accuracy``, ``real_plus_synthetic_balanced_recall``, ..."""
         return {
             f"{variant}_{name}": float(value)
-            for variant, scores in (("real_only", self.real_only), ("augmented", self.augmented))
+            for variant, scores in (("real_only", self.real_only), ("real_plus_synthetic", self.augmented))
             for name, value in vars(scores).items()
         }
 
