@@ -18,8 +18,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# Two workers, a test file each at a time (module fixtures such as one Triton per file start once).
 test: setup lint chart-lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"

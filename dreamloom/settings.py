@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
-# Unix domain sockets are limited to 107 bytes; Ray puts its sockets under its temp folder.
-_RAY_SOCKET_PATH_BUDGET = 60
+# Unix domain sockets are limited to 107 bytes; Ray puts its sockets under its temp folder at
+# "/session_YYYY-MM-DD_HH-MM-SS_ffffff_PID/sockets/plasma_store" (63 bytes with a 7-digit pid).
+_RAY_SOCKET_PATH_BUDGET = 107 - 63
 
 
 def work_dir() -> Path:
@@ -45,7 +47,9 @@ def ray_temp_dir() -> Path:
     if len(str(preferred)) <= _RAY_SOCKET_PATH_BUDGET:
         preferred.mkdir(parents=True, exist_ok=True)
         return preferred
-    fallback = Path(tempfile.gettempdir()) / f"dreamloom-ray-{os.getuid()}"
+    # One per work folder: runs of different work folders never share Ray's session files.
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:8]
+    fallback = Path(tempfile.gettempdir()) / f"dlray-{os.getuid()}-{digest}"
     fallback.mkdir(parents=True, exist_ok=True)
     return fallback
 

@@ -8,6 +8,12 @@ import pytest
 
 # Read by huggingface_hub when it is first imported, which happens while tests are collected.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Under pytest-xdist (`make test` runs two workers on two cores), each worker and everything it
+# starts (Ray workers, Triton, pipeline steps) computes on one thread: the tiny models gain ~10%
+# from a second thread, and two busy workers on two threads each would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
 
 
 @pytest.fixture(scope="session", autouse=True)
