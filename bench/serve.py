@@ -79,13 +79,13 @@ def run(args, home: Path) -> dict:
     _promote("bench-lora", versions["a"])
     store = ServingStore(home / "store")
     store.ensure_model("dreamloom", args.base_model, max_batch_size=8)
-    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
     report = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
         "setup": {"base_model": args.base_model, "steps": args.steps, "requests": args.requests},
     }
     with server:
-        client = ServingClient(server.http_url)
+        client = ServingClient(server.http_url, admin_key=store.admin_key())
         deploy("bench-lora@champion", server.http_url, store=store)
         deploy("bench-lora", server.http_url, version=versions["b"], store=store)
         engine = Engine(EngineConfig(args.base_model, store.latest_routes("dreamloom")))

@@ -79,7 +79,7 @@ def _demo(args) -> int:
     config_file.write_text(yaml.safe_dump(run_config(data.absolute(), args.steps, args.workers), sort_keys=False))
     store = ServingStore(work_dir() / "demo-serving")
     store.ensure_model("dreamloom", "toy")
-    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
     print(f"[demo] starting Triton on {server.http_url} (store {store.root})", flush=True)
     with server.start(progress=True):
         print(f"\n[demo] running the personalize pipeline (KFP local runner) on {config_file}", flush=True)

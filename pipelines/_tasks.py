@@ -5,7 +5,8 @@ GPU scheduling plus the shared volume for training steps."""
 from kfp import dsl, kubernetes
 
 from dreamloom.k8s.rayjob import DATA_CLAIM, DATA_MOUNT, SETTINGS_ENV
-from dreamloom.k8s.secrets import SECRET_ENV
+from dreamloom.k8s.secrets import SECRET_ENV, TRITON_ADMIN_SECRET
+from dreamloom.serving.repository import ADMIN_KEY_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINING_SETTINGS = "dreamloom-training"  # the chart's ConfigMap
@@ -36,6 +37,8 @@ def trains(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
 
 
 def serves(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """A step that deploys to Triton: the serving volume, where the model repository lives."""
+    """A step that deploys to Triton: the serving volume, where the model repository lives, and
+    Triton's admin key (model control answers nothing else)."""
     kubernetes.mount_pvc(task, pvc_name=SERVING_CLAIM, mount_path=SERVING_MOUNT)
+    kubernetes.use_secret_as_env(task, TRITON_ADMIN_SECRET, {"admin-key": ADMIN_KEY_ENV})
     return task

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from dreamloom.errors import DreamloomError
 from dreamloom.k8s.manifests import load_documents, validate_documents
@@ -108,8 +109,8 @@ def test_triton_probes_model_control_and_graceful_shutdown():
     spec = one(documents, "Deployment", "-triton")["spec"]["template"]["spec"]
     (server,) = spec["containers"]
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    for probe in ("readinessProbe", "startupProbe"):
-        assert server[probe]["httpGet"]["path"] == "/v2/health/ready"
+    for probe in ("readinessProbe", "startupProbe"):  # the model, not only the process
+        assert server[probe]["httpGet"]["path"] == "/v2/models/dreamloom/ready"
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model loads take minutes
     assert "--model-control-mode=explicit" in server["args"] and "--load-model=dreamloom" in server["args"]
@@ -118,6 +119,36 @@ def test_triton_probes_model_control_and_graceful_shutdown():
     assert one(documents, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
     assert volumes["serving"]["persistentVolumeClaim"]["claimName"] == "dreamloom-serving"
+
+
+def test_tritons_admin_apis_need_the_key_from_its_secret_and_only_deploy_steps_get_it(tmp_path):
+    from dreamloom.k8s.secrets import TRITON_ADMIN_SECRET
+    from dreamloom.serving.server import ADMIN_HEADER, RESTRICTED_APIS
+
+    documents = objects()
+    (server,) = one(documents, "Deployment", "-triton")["spec"]["template"]["spec"]["containers"]
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}=$(DREAMLOOM_TRITON_ADMIN_KEY)"
+    assert f"--http-restricted-api={restricted}" in server["args"]
+    assert f"--grpc-restricted-protocol={restricted}" in server["args"]
+    (key,) = [entry for entry in server["env"] if entry["name"] == "DREAMLOOM_TRITON_ADMIN_KEY"]
+    assert key["valueFrom"]["secretKeyRef"] == {"name": TRITON_ADMIN_SECRET, "key": "admin-key"}
+    # No other pod of the chart carries it (Ray, MLflow, the upload job).
+    for name, spec in pod_specs(documents).items():
+        if not name.endswith("-triton"):
+            assert not [e for c in containers(spec) for e in c.get("env", []) if "TRITON_ADMIN" in e["name"]], name
+    # In the pipelines, only the steps that deploy get it.
+    from pipelines import NAMES, compile_pipeline
+
+    for pipeline in NAMES:
+        spec = list(yaml.safe_load_all(compile_pipeline(pipeline, tmp_path / f"{pipeline}.yaml").read_text()))
+        executors = spec[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        with_key = sorted(
+            name
+            for name, executor in executors.items()
+            if TRITON_ADMIN_SECRET in [secret["secretName"] for secret in executor.get("secretAsEnv", [])]
+        )
+        expected = {"personalize": ["exec-deploy"], "augment": ["exec-synthesize-and-compare"], "batch_ads": []}
+        assert with_key == expected[pipeline], pipeline
 
 
 def test_a_grace_period_shorter_than_tritons_exit_timeout_is_refused():

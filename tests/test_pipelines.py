@@ -221,7 +221,7 @@ def triton(tmp_path_factory):
 
     store = ServingStore(tmp_path_factory.mktemp("pipeline-serving") / "store")
     store.ensure_model("dreamloom", "tiny")
-    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
     server.start(timeout_s=300)
     yield server, store
     server.stop()

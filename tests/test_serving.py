@@ -66,7 +66,7 @@ def served(tmp_path_factory, artifacts):
     """A running Triton with every adapter kind deployed as NAME@champion."""
     store = ServingStore(tmp_path_factory.mktemp("serving") / "store")
     store.ensure_model("dreamloom", "toy", max_batch_size=4, adapter_budget_mib=64)
-    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
     server.start(timeout_s=300)
     client = ServingClient(server.http_url)
     try:
@@ -130,6 +130,71 @@ def test_grpc_gives_the_same_image_as_http(served):
     over_grpc = grpc.generate(request)
     grpc.close()
     assert np.array_equal(over_grpc, client.generate(request))
+
+
+# ----- the trust boundary -----
+
+
+def _raw(server, path: str, body: dict | None = None, headers: dict | None = None) -> int:
+    """An HTTP call as any client of the inference port could make it; returns the status."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{server.http_url}{path}", data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_an_inference_client_cannot_load_unload_or_configure_models(served, tmp_path):
+    import base64
+
+    server, store, client = served
+    plain = ServingClient(server.http_url)  # what a client of the inference port holds
+    for attempt in (plain.unload_model, plain.load_model, plain.model_versions, plain.statistics):
+        with pytest.raises(ServingError, match="needs the admin key"):
+            attempt()
+    over_grpc = ServingClient(server.grpc_url, "grpc")
+    with pytest.raises(ServingError, match="needs the admin key"):
+        over_grpc.unload_model()
+    over_grpc.close()
+    # A load with a file override would run the file's code inside Triton: refused before it is read.
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('x')\n"
+    override = {"parameters": {"config": "{}", "file:1/model.py": base64.b64encode(code.encode()).decode()}}
+    assert _raw(server, "/v2/repository/models/dreamloom/load", override) == 403
+    assert _raw(server, "/v2/repository/models/dreamloom/unload", {}) == 403
+    assert _raw(server, "/v2/repository/index", {}, {"dreamloom-admin-key": "a-guess-" * 4}) == 403
+    assert _raw(server, "/v2/models/dreamloom/config") == 403
+    assert not marker.exists()
+    # Inference, health and metadata stay open; the model answered throughout.
+    assert _raw(server, "/v2/models/dreamloom/ready") == 200 and _raw(server, "/v2/models/dreamloom") == 200
+    assert client.generate(ImageRequest("a red square on a white background", **FAST)).shape == (64, 64, 3)
+    admin = ServingClient(server.http_url, admin_key=store.admin_key())
+    assert admin.model_versions() and admin.statistics()["model_stats"]
+    admin.close()
+
+
+def test_readiness_follows_the_served_model_not_only_the_process(served):
+    """Triton's own /v2/health/ready stays 200 with the model unloaded; what the chart and
+    `dreamloom serve` wait on is the model's readiness."""
+    server, store, _ = served
+    admin = ServingClient(server.http_url, admin_key=store.admin_key())
+    try:
+        admin.unload_model()
+        deadline = time.monotonic() + 60
+        while server.ready() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not server.ready() and _raw(server, "/v2/health/ready") == 200
+    finally:
+        admin.load_model()
+        server.wait_ready(timeout_s=300)
+        admin.close()
+    assert server.ready()
 
 
 # ----- adapters -----
@@ -289,7 +354,7 @@ def test_a_deploy_under_load_fails_no_request_and_the_new_version_answers(served
     assert not np.array_equal(
         newest, client.generate(ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora/1", **FAST))
     )
-    assert result.triton_version in client.model_versions()
+    assert result.triton_version in ServingClient(server.http_url, admin_key=store.admin_key()).model_versions()
 
 
 def test_rolling_back_in_the_registry_and_deploying_the_champion_serves_the_previous_version(served, capsys):

@@ -9,6 +9,7 @@ from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
+from dreamloom.errors import DreamloomError
 from dreamloom.serving.protocol import ImageRequest, RequestError, decode_image, encode_image, from_arrays, to_arrays
 from dreamloom.serving.repository import ServingStore, model_config
 from dreamloom.serving.routes import Routes
@@ -107,3 +108,41 @@ def test_the_checked_in_model_repository_is_what_the_code_writes(tmp_path):
     written = {p.relative_to(tmp_path / "repo"): p.read_text() for p in (tmp_path / "repo").rglob("*") if p.is_file()}
     expected = {p.relative_to(checked_in): p.read_text() for p in checked_in.rglob("*") if p.is_file()}
     assert written == expected, "serving/model_repository is stale: regenerate it (see serving/README.md)"
+
+
+def test_the_admin_key_is_made_once_private_to_its_owner_and_can_come_from_the_environment(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from dreamloom.serving.repository import ADMIN_KEY_ENV
+
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    store = ServingStore(tmp_path / "store")
+    assert store.admin_key() is None  # never made by a reader
+    key = store.admin_key(create=True)
+    path = store.root / "admin.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(key) >= 32
+    assert store.admin_key(create=True) == store.admin_key() == key
+    monkeypatch.setenv(ADMIN_KEY_ENV, "k" * 40)  # a Kubernetes Secret, in a cluster
+    assert store.admin_key() == "k" * 40
+    monkeypatch.setenv(ADMIN_KEY_ENV, "short,key:with=flags")
+    with pytest.raises(DreamloomError, match="24-256 letters"):
+        store.admin_key()
+    monkeypatch.delenv(ADMIN_KEY_ENV)
+    os.chmod(path, 0o644)
+    with pytest.raises(DreamloomError, match="chmod 600"):
+        store.admin_key()
+
+
+def test_triton_never_starts_with_its_admin_apis_open(tmp_path):
+    from dreamloom.serving.server import ADMIN_HEADER, TritonServer
+
+    store = ServingStore(tmp_path / "store")
+    with pytest.raises(DreamloomError, match="model-control API open"):
+        TritonServer(store.models, ["dreamloom"]).command()
+    command = TritonServer.for_store(store, ["dreamloom"]).command()
+    restricted = (
+        f"model-repository,model-config,shared-memory,statistics,trace,logging:{ADMIN_HEADER}={store.admin_key()}"
+    )
+    assert f"--http-restricted-api={restricted}" in command
+    assert f"--grpc-restricted-protocol={restricted}" in command

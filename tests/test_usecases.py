@@ -62,7 +62,7 @@ def endpoint(tmp_path_factory):
     }
     store = ServingStore(root / "store")
     store.ensure_model("dreamloom", "toy", max_batch_size=4)
-    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
     server.start(timeout_s=300)
     try:
         for name, artifact in artifacts.items():

@@ -50,7 +50,7 @@ def run(scratch: Path, out: Path) -> None:
     adapters = _train_adapters(scratch)
     store = ServingStore(scratch / "store")
     store.ensure_model("dreamloom", "toy", max_batch_size=8)
-    server = TritonServer(store.models, ["dreamloom"], free_port(), free_port(), free_port())
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
     server.start(timeout_s=300)
     started = time.monotonic()
     try:

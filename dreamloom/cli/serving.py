@@ -43,7 +43,9 @@ def _serve(args) -> int:
             f"use another --model-name or --store for {args.base_model}"
         )
     others = [p.name for p in store.models.iterdir() if p.name != args.model_name and store.versions(p.name)]
-    server = TritonServer(store.models, [args.model_name, *others], args.http_port, args.grpc_port, args.metrics_port)
+    server = TritonServer.for_store(
+        store, [args.model_name, *others], args.http_port, args.grpc_port, args.metrics_port
+    )
     server.start(progress=True)
     print(
         f"\n[dreamloom] Triton is ready, serving {', '.join(server.models)} (base {args.base_model})\n"

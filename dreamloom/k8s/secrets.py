@@ -8,6 +8,8 @@ from __future__ import annotations
 
 MLFLOW_SECRET = "dreamloom-mlflow"
 OBJECT_STORE_SECRET = "dreamloom-object-store"
+# Triton's admin key: only Triton and the steps that deploy read it (not training, not Ray).
+TRITON_ADMIN_SECRET = "dreamloom-triton-admin"
 
 SECRET_ENV: dict[str, dict[str, str]] = {
     MLFLOW_SECRET: {

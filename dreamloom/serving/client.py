@@ -16,7 +16,8 @@ import numpy as np
 
 from dreamloom.errors import DreamloomError
 from dreamloom.serving.protocol import OUTPUT, TENSORS, ImageRequest, to_arrays
-from dreamloom.serving.repository import DEFAULT_MODEL
+from dreamloom.serving.repository import ADMIN_KEY_ENV, DEFAULT_MODEL
+from dreamloom.serving.server import ADMIN_HEADER
 
 _DATATYPES = {tensor: datatype for tensor, datatype, _ in TENSORS.values()}
 
@@ -26,10 +27,11 @@ class ServingError(DreamloomError):
 
 
 class ServingClient:
-    def __init__(self, url: str, protocol: str = "http", model: str = DEFAULT_MODEL):
+    def __init__(self, url: str, protocol: str = "http", model: str = DEFAULT_MODEL, admin_key: str | None = None):
         if protocol not in ("http", "grpc"):
             raise DreamloomError(f"protocol must be http or grpc (got {protocol!r})")
         self.url, self.protocol, self.model = url.removeprefix("http://"), protocol, model
+        self._admin_key = admin_key  # sent only on model-control and statistics calls
         if protocol == "http":
             import tritonclient.http as triton
         else:
@@ -95,21 +97,22 @@ class ServingClient:
         except Exception:
             return False
 
+    # ----- admin calls: they carry the admin key -----
+
     def statistics(self, model: str | None = None) -> dict:
         """Triton's inference statistics for ``model`` (counts and nanoseconds per phase)."""
-        if self.protocol == "grpc":
-            return self._client.get_inference_statistics(model or self.model, as_json=True)
-        return self._client.get_inference_statistics(model or self.model)
+        options = {"as_json": True} if self.protocol == "grpc" else {}
+        return self._admin("read statistics", self._client.get_inference_statistics, model or self.model, **options)
 
     def load_model(self, model: str | None = None) -> None:
-        try:
-            self._client.load_model(model or self.model)
-        except Exception as exc:
-            raise ServingError(f"Triton could not load {model or self.model}: {_message(exc)}") from None
+        self._admin(f"load {model or self.model}", self._client.load_model, model or self.model)
+
+    def unload_model(self, model: str | None = None) -> None:
+        self._admin(f"unload {model or self.model}", self._client.unload_model, model or self.model)
 
     def model_versions(self, model: str | None = None) -> list[int]:
         """The versions Triton reports READY for ``model``."""
-        index = self._client.get_model_repository_index()
+        index = self._admin("read the model repository", self._client.get_model_repository_index)
         if self.protocol == "grpc":
             index = [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
         return sorted(
@@ -117,6 +120,19 @@ class ServingClient:
             for entry in index
             if entry.get("name") == (model or self.model) and entry.get("state") == "READY" and entry.get("version")
         )
+
+    def _admin(self, what: str, call, *args, **options):
+        headers = {ADMIN_HEADER: self._admin_key} if self._admin_key else None
+        try:
+            return call(*args, headers=headers, **options)
+        except Exception as exc:
+            message = _message(exc)
+            if "restricted" in message:
+                raise ServingError(
+                    f"Triton at {self.url} refused to {what}: it needs the admin key (set {ADMIN_KEY_ENV}, or "
+                    "pass the --store the server was started with)"
+                ) from None
+            raise ServingError(f"Triton could not {what}: {message}") from None
 
     def close(self) -> None:
         """Close the connections (an open keep-alive connection delays Triton's shutdown)."""

@@ -49,7 +49,7 @@ def deploy(
 
     store = store or ServingStore()
     registered = resolve(reference, version)
-    with ServingClient(url, protocol, model) as client:
+    with ServingClient(url, protocol, model, admin_key=store.admin_key()) as client:
         return _deploy(registered, client, store, model, progress)
 
 

@@ -12,6 +12,9 @@ the new one is ready.
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 import shutil
 from pathlib import Path
 
@@ -23,6 +26,11 @@ from dreamloom.serving.routes import ROUTES_FILE, Routes
 from dreamloom.settings import work_dir
 
 DEFAULT_MODEL = "dreamloom"
+# Triton's model-control and other admin APIs answer only requests carrying this key (a Kubernetes
+# Secret in a cluster; locally a file in the store that only its owner can read).
+ADMIN_KEY_ENV = "DREAMLOOM_TRITON_ADMIN_KEY"
+ADMIN_KEY_FILE = "admin.key"
+_ADMIN_KEY = re.compile(r"^[A-Za-z0-9_-]{24,256}$")  # it becomes part of tritonserver's flags
 MODEL_PY = "from dreamloom.serving.triton_model import TritonPythonModel  # noqa: F401\n"
 
 
@@ -55,6 +63,38 @@ class ServingStore:
         self.root = Path(root or default_store()).absolute()
         self.models = self.root / "models"
         self.adapters = self.root / "adapters"
+
+    def admin_key(self, create: bool = False) -> str | None:
+        """The key Triton's admin APIs ask for: ``DREAMLOOM_TRITON_ADMIN_KEY``, else the store's
+        ``admin.key`` (mode 0600), which ``create`` makes on first use (``dreamloom serve``)."""
+        key = os.environ.get(ADMIN_KEY_ENV) or self._read_admin_key()
+        if key is None and create:
+            key = self._create_admin_key()
+        if key is not None and not _ADMIN_KEY.match(key):
+            raise DreamloomError(
+                f"the Triton admin key must be 24-256 letters, digits, '-' or '_' (check {ADMIN_KEY_ENV} "
+                f"or {self.root / ADMIN_KEY_FILE})"
+            )
+        return key
+
+    def _read_admin_key(self) -> str | None:
+        path = self.root / ADMIN_KEY_FILE
+        if not path.is_file():
+            return None
+        if path.stat().st_mode & 0o077:
+            raise DreamloomError(f"{path} can be read by other users; `chmod 600` it (or delete it to make a new one)")
+        return path.read_text().strip()
+
+    def _create_admin_key(self) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        try:
+            handle = os.open(self.root / ADMIN_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return self._read_admin_key() or ""
+        with os.fdopen(handle, "w") as file:
+            file.write(key + "\n")
+        return key
 
     def model_folder(self, model: str) -> Path:
         return self.models / model

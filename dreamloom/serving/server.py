@@ -24,6 +24,10 @@ from pathlib import Path
 from dreamloom.errors import DreamloomError
 
 EXIT_TIMEOUT_S = 30
+ADMIN_HEADER = "dreamloom-admin-key"
+# Everything but health, metadata and inference asks for the admin key: a client of the inference
+# port must not load, unload or configure models (a load with a file override runs its code).
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
 
 
 def _wheel() -> Path:
@@ -78,7 +82,15 @@ class TritonServer:
     metrics_port: int = 8002
     log_file: Path | None = None
     host: str = "127.0.0.1"
+    admin_key: str | None = field(default=None, repr=False)
     process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_store(cls, store, models: list[str], http_port: int = 8000, grpc_port: int = 8001,
+                  metrics_port: int = 8002, **options) -> TritonServer:  # fmt: skip
+        """A server on ``store``'s model repository, its admin APIs behind the store's key."""
+        return cls(store.models, models, http_port, grpc_port, metrics_port,
+                   admin_key=store.admin_key(create=True), **options)  # fmt: skip
 
     @property
     def http_url(self) -> str:
@@ -95,8 +107,14 @@ class TritonServer:
     def command(self) -> list[str]:
         import torch
 
+        if not self.admin_key:
+            raise DreamloomError(
+                "refusing to start Triton with its model-control API open to every client; give it an "
+                "admin key (TritonServer.for_store, or admin_key=)"
+            )
         wheel = _wheel()
         backends = backend_directory(Path(self.repository).parent / "backends")
+        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
         return [
             str(wheel / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
@@ -111,6 +129,8 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             f"--allow-gpu-metrics={'true' if torch.cuda.is_available() else 'false'}",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             "--log-verbose=0",
         ]
@@ -145,8 +165,12 @@ class TritonServer:
         raise DreamloomError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def ready(self) -> bool:
+        """Every model it serves is ready (the server's own health stays 200 with a model unloaded)."""
+        return all(self._answers(f"/v2/models/{model}/ready") for model in self.models)
+
+    def _answers(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False

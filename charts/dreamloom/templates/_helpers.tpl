@@ -151,3 +151,8 @@ spec:
     - name: tmp
       emptyDir: {}
 {{- end -}}
+
+{{/* Triton APIs that need the admin key (keep in step with dreamloom.serving.server.RESTRICTED_APIS). */}}
+{{- define "dreamloom.tritonRestrictedApis" -}}
+model-repository,model-config,shared-memory,statistics,trace,logging
+{{- end }}
