@@ -7,17 +7,21 @@ and deployed exactly as `dreamloom deploy` does it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dreamloom.cli import main
+from dreamloom.errors import DreamloomError
 from dreamloom.serving.client import ServingClient, ServingError
 from dreamloom.serving.deploy import deploy
 from dreamloom.serving.engine import Engine, EngineConfig
@@ -177,6 +181,96 @@ def test_an_inference_client_cannot_load_unload_or_configure_models(served, tmp_
     admin = ServingClient(server.http_url, admin_key=store.admin_key())
     assert admin.model_versions() and admin.statistics()["model_stats"]
     admin.close()
+
+
+def _metric(server, name: str, **labels: str) -> float:
+    """The sum of a Prometheus counter on Triton's metrics endpoint over series with ``labels``."""
+    import urllib.request
+
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_refusals_are_invalid_argument_and_counted_and_server_faults_are_500s_without_paths(served, artifacts):
+    server, store, client = served
+    refused_before = _metric(server, "dreamloom_requests_refused_total", model="dreamloom")
+    empty_prompt = {"inputs": [{"name": "PROMPT", "shape": [1, 1], "datatype": "BYTES", "data": [" "]}]}
+    assert _raw(server, "/v2/models/dreamloom/infer", empty_prompt) == 400  # what any HTTP client sees
+    unknown = ImageRequest("a shape", adapter="nobody", **FAST)
+    for protocol, url, status in (
+        ("http", server.http_url, "400"),
+        ("grpc", server.grpc_url, "StatusCode.INVALID_ARGUMENT"),
+    ):
+        caller = ServingClient(url, protocol)
+        with pytest.raises(ServingError, match="unknown adapter 'nobody'") as refused:
+            caller.generate(unknown)
+        caller.close()
+        assert refused.value.status == status and refused.value.refused
+    assert _metric(server, "dreamloom_requests_refused_total", model="dreamloom") == refused_before + 3
+
+    # A server fault: a deployed adapter's weights vanish from the store while it is not in memory.
+    register_champion(artifacts["lora"], "hex-fault")
+    deploy("hex-fault@champion", server.http_url, store=store)
+    register_champion(artifacts["lora_v2"], "hex-fault-2")
+    deploy("hex-fault-2@champion", server.http_url, store=store)  # a new version: hex-fault is not loaded in it
+    (store.adapters / "hex-fault" / "1" / "pytorch_lora_weights.safetensors").unlink()
+    failures_before = _metric(server, "nv_inference_request_failure", model="dreamloom")
+    with pytest.raises(ServingError) as fault:
+        client.generate(ImageRequest(INSTANCE_PROMPT, adapter="hex-fault@champion", **FAST))
+    assert "internal error" in str(fault.value) and str(store.root) not in str(fault.value)
+    assert fault.value.status == "500" and not fault.value.refused
+    assert _metric(server, "nv_inference_request_failure", model="dreamloom") == failures_before + 1
+    assert client.ready() and client.generate(ImageRequest(INSTANCE_PROMPT, adapter="hex-lora", **FAST)).std() > 1
+
+
+def test_a_request_over_the_deployments_budget_is_refused_before_it_runs(served):
+    server, _, client = served
+    refused_before = _metric(server, "dreamloom_requests_refused_total", reason="over_budget")
+    started = time.monotonic()
+    with pytest.raises(
+        ServingError, match=r"costs 629\.1 megapixel-steps \(2048x2048 x 150 steps\); this deployment allows 4 per"
+    ) as refused:
+        client.generate(ImageRequest(INSTANCE_PROMPT, width=2048, height=2048, steps=150))
+    assert refused.value.refused and time.monotonic() - started < 10  # refused, not rendered
+    assert _metric(server, "dreamloom_requests_refused_total", reason="over_budget") == refused_before + 1
+
+
+def test_a_request_waiting_longer_than_the_queue_timeout_fails_fast(tmp_path):
+    """One model instance, busy with a long request: the one behind it is rejected after the
+    queue timeout (UNAVAILABLE, HTTP 503: worth retrying), not after the long one finishes."""
+    store = ServingStore(tmp_path / "store")
+    store.ensure_model("dreamloom", "toy", max_batch_size=1, queue_timeout_s=1.0, max_request_cost=100.0)
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
+    server.start(timeout_s=300)
+    results: dict[str, object] = {}
+
+    def ask(key: str, request: ImageRequest) -> None:
+        caller = ServingClient(server.http_url)
+        started = time.monotonic()
+        try:
+            caller.generate(request)
+            results[key] = ("ok", time.monotonic() - started)
+        except ServingError as exc:
+            results[key] = (exc, time.monotonic() - started)
+        caller.close()
+
+    try:
+        long = threading.Thread(target=ask, args=("long", ImageRequest(INSTANCE_PROMPT, steps=150)))
+        long.start()
+        time.sleep(1.0)  # the long request holds the instance
+        ask("behind", ImageRequest(INSTANCE_PROMPT, seed=1, steps=2))
+        long.join()
+    finally:
+        server.stop()
+    error, waited = results["behind"]
+    assert isinstance(error, ServingError) and "timeout" in str(error).lower() and error.status == "503"
+    assert not error.refused and waited < results["long"][1]
+    assert results["long"][0] == "ok"
 
 
 def test_readiness_follows_the_served_model_not_only_the_process(served):
@@ -395,6 +489,127 @@ def test_refused_deploys_leave_the_serving_version_alone(served, tmp_path):
         deploy("tiny-lora@champion", server.http_url, store=store)
     assert store.versions("dreamloom") == before and client.ready()
     assert not (store.adapters / "tiny-lora").exists()
+
+
+def _break(folder: Path, how: str, restamp: bool = True) -> None:
+    """Break a LoRA artifact in place the way a bad run or a damaged store would; ``restamp`` makes
+    its manifest's file digests match again (only a deeper check finds it then)."""
+    from safetensors.torch import load_file, save_file
+
+    from dreamloom.artifacts import read_manifest, write_manifest
+
+    weights = folder / "pytorch_lora_weights.safetensors"
+    tensors = load_file(str(weights))
+    if how == "missing file":
+        weights.unlink()
+    elif how == "wrong shapes":  # down-projections transposed: they fit no layer of the base
+        save_file(
+            {k: v.T.contiguous() if ("lora_A" in k or "lora.down" in k) else v for k, v in tensors.items()},
+            str(weights),
+        )
+    elif how == "nan weights":
+        save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, str(weights))
+    if restamp:
+        write_manifest(folder, read_manifest(folder, verify=False))
+
+
+BROKEN = ("missing file", "wrong shapes", "nan weights")
+
+
+@pytest.mark.parametrize("how", BROKEN)
+def test_a_version_whose_new_adapter_cannot_answer_never_becomes_ready(served, artifacts, tmp_path, how):
+    """What Triton runs while it loads a version (TritonPythonModel.initialize): a broken adapter
+    fails the load, so the version never takes traffic, whatever got it past the checks before."""
+    _, store, _ = served
+    broken = tmp_path / "broken"
+    shutil.copytree(artifacts["lora"], broken)
+    _break(broken, how)
+    routes = store.latest_routes("dreamloom")
+    with pytest.raises(DreamloomError, match="adapter hex-broken/1 cannot serve"):
+        Engine(EngineConfig("toy", routes.with_adapter("hex-broken", "1", broken, {}))).verify()
+    Engine(EngineConfig("toy", routes.with_adapter("hex-ok", "1", artifacts["lora"], {}))).verify()
+
+
+def _stored_copy(name: str, version: str) -> Path:
+    """The folder MLflow's local artifact store keeps a registered version's artifact in."""
+    from urllib.parse import urlparse
+
+    from dreamloom.registry.store import client as registry
+
+    mlflow = registry()
+    logged = mlflow.get_logged_model(mlflow.get_model_version(name, version).model_id)
+    (manifest,) = Path(urlparse(logged.artifact_location).path).rglob("dreamloom.json")
+    return manifest.parent
+
+
+def test_refused_deploys_lose_no_request_and_leave_the_champion_answering(served, artifacts, tmp_path):
+    """Under continuous load: stored artifacts altered after registration (digests restamped or
+    not) are refused before Triton is touched, and a broken version written into the store past
+    every check fails its load inside Triton. No request fails; the champion keeps answering."""
+    from dreamloom.registry import register
+
+    server, store, client = served
+    champion = ImageRequest(INSTANCE_PROMPT, seed=3, adapter="hex-lora@champion", **FAST)
+    expected = client.generate(champion)
+    routes_before, versions_before = store.latest_routes("dreamloom"), store.versions("dreamloom")
+    failures, served_count, stop = [], [0], threading.Event()
+
+    def load() -> None:
+        caller = ServingClient(server.http_url)
+        while not stop.is_set():
+            try:
+                if not np.array_equal(caller.generate(champion), expected):
+                    failures.append("the champion changed")
+                served_count[0] += 1
+            except ServingError as exc:
+                failures.append(str(exc))
+        caller.close()
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for how, restamp in (("nan weights", True), ("wrong shapes", False), ("missing file", True)):
+            version = str(register(artifacts["lora_v2"], "hex-lora").version)
+            _break(_stored_copy("hex-lora", version), how, restamp)
+            with pytest.raises(DreamloomError, match=rf"deploy of hex-lora v{version} failed; Triton serves what it"):
+                deploy(f"hex-lora/{version}", server.http_url, store=store)
+            assert store.versions("dreamloom") == versions_before and store.latest_routes("dreamloom") == routes_before
+
+        broken = tmp_path / "broken"
+        shutil.copytree(artifacts["lora"], broken)
+        _break(broken, "nan weights")
+        admin = ServingClient(server.http_url, admin_key=store.admin_key())
+        written = store.add_version(
+            "dreamloom", routes_before.with_adapter("hex-lora", "99", broken, {"champion": "99"})
+        )
+        with pytest.raises(ServingError, match="adapter hex-lora/99 cannot serve"):
+            admin.load_model()
+        store.remove_version("dreamloom", written)
+        admin.load_model()
+        admin.close()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == [] and served_count[0] >= 3
+    assert np.array_equal(client.generate(champion), expected)
+
+
+def test_a_refused_deploy_of_the_champion_moves_the_registrys_champion_back_when_asked(served, artifacts):
+    """The pipeline promotes, then deploys: when Triton refuses the new champion, the registry
+    names the champion Triton still serves."""
+    from dreamloom.registry import promote, register
+    from dreamloom.registry.store import resolve
+
+    server, store, _ = served
+    before = str(resolve("hex-lora@champion").version)
+    version = str(register(artifacts["lora_v2"], "hex-lora").version)
+    _break(_stored_copy("hex-lora", version), "nan weights")
+    promote("hex-lora", version, force=True, reason="test")
+    with pytest.raises(DreamloomError, match=rf"failed; Triton serves .* champion was moved back to v{before}"):
+        deploy("hex-lora@champion", server.http_url, store=store, restore_champion=True)
+    assert str(resolve("hex-lora@champion").version) == before
 
 
 # ----- command line -----

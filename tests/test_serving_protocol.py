@@ -146,3 +146,19 @@ def test_triton_never_starts_with_its_admin_apis_open(tmp_path):
     )
     assert f"--http-restricted-api={restricted}" in command
     assert f"--grpc-restricted-protocol={restricted}" in command
+
+
+def test_integers_are_refused_before_numpy_would_wrap_them():
+    with pytest.raises(RequestError, match="steps 1099511627776 is out of range"):
+        to_arrays(ImageRequest("a shape", steps=2**40))  # int32 would make it 0
+    with pytest.raises(RequestError, match="width -1 is out of range"):
+        ImageRequest("a shape", width=-1).check()
+    assert to_arrays(ImageRequest("a shape", seed=2**63 - 1))["SEED"].item() == 2**63 - 1
+
+
+def test_refusal_messages_carry_no_server_paths():
+    from dreamloom.serving.triton_model import public_message
+
+    message = "adapter /srv/dreamloom/serving/adapters/shoe/3/pytorch_lora_weights.safetensors is missing"
+    assert public_message(message) == "adapter pytorch_lora_weights.safetensors is missing"
+    assert public_message("see http://docs.example/a/b and 3/4") == "see http://docs.example/a/b and 3/4"

@@ -26,6 +26,10 @@ def _add_serve(commands) -> None:
     command.add_argument("--metrics-port", type=int, default=8002)
     command.add_argument("--max-batch-size", type=int, default=8)
     command.add_argument("--adapter-budget-mib", type=int, default=512, help="memory for cached adapters")
+    command.add_argument(
+        "--max-request-cost", type=float, help="megapixel-steps one request may cost (default: 4 on CPU, 60 on GPU)"
+    )
+    command.add_argument("--queue-timeout-s", type=float, default=60.0, help="reject requests waiting longer")
     command.set_defaults(handler=_serve)
 
 
@@ -34,8 +38,14 @@ def _serve(args) -> int:
     from dreamloom.serving.server import TritonServer
 
     store = ServingStore(args.store)
-    config = {"max_batch_size": args.max_batch_size, "adapter_budget_mib": args.adapter_budget_mib}
+    config = {
+        "max_batch_size": args.max_batch_size,
+        "adapter_budget_mib": args.adapter_budget_mib,
+        "max_request_cost": args.max_request_cost,
+        "queue_timeout_s": args.queue_timeout_s,
+    }
     store.ensure_model(args.model_name, args.base_model, **config)
+    store.write_config(args.model_name, replace=True, **config)  # Triton is not running yet: this start's settings
     served = store.latest_routes(args.model_name).base_model
     if served != args.base_model:
         raise DreamloomError(

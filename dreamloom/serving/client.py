@@ -23,7 +23,17 @@ _DATATYPES = {tensor: datatype for tensor, datatype, _ in TENSORS.values()}
 
 
 class ServingError(DreamloomError):
-    """The server refused a request or could not be reached."""
+    """The server refused a request, failed it, or could not be reached. ``status`` is Triton's
+    (HTTP "400", gRPC "StatusCode.INVALID_ARGUMENT", ...); ``refused`` says the request itself was
+    at fault, so sending it again cannot help."""
+
+    def __init__(self, message: str, status: str | None = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def refused(self) -> bool:
+        return self.status in ("400", "StatusCode.INVALID_ARGUMENT")
 
 
 class ServingClient:
@@ -71,7 +81,8 @@ class ServingClient:
                 model or self.model, inputs, outputs=[self._triton.InferRequestedOutput(OUTPUT)]
             )
         except Exception as exc:  # tritonclient raises InferenceServerException (and socket errors)
-            raise ServingError(_message(exc)) from None
+            status = exc.status() if callable(getattr(exc, "status", None)) else None
+            raise ServingError(_message(exc), None if status is None else str(status)) from None
         return result.as_numpy(OUTPUT)[0]
 
     def generate_many(

@@ -17,9 +17,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from dreamloom.artifacts import read_manifest
 from dreamloom.errors import DreamloomError
-from dreamloom.serving.protocol import ImageRequest
+from dreamloom.serving.protocol import check_picture, probe_request
 from dreamloom.serving.repository import DEFAULT_MODEL, ServingStore
 from dreamloom.serving.routes import Routes
 
@@ -43,58 +42,96 @@ def deploy(
     model: str = DEFAULT_MODEL,
     protocol: str = "http",
     progress: bool = False,
+    restore_champion: bool = False,
 ) -> DeployResult:
+    """Serve ``reference``; any failure leaves Triton serving what it served before. With
+    ``restore_champion`` (the pipeline, which promotes before it deploys), a failed deploy of
+    ``NAME@champion`` also moves the registry's champion back, so that the registry and Triton agree."""
     from dreamloom.registry.store import resolve
     from dreamloom.serving.client import ServingClient
 
     store = store or ServingStore()
     registered = resolve(reference, version)
     with ServingClient(url, protocol, model, admin_key=store.admin_key()) as client:
-        return _deploy(registered, client, store, model, progress)
+        try:
+            return _deploy(registered, client, store, model, progress)
+        except DreamloomError as failure:
+            if restore_champion and reference.endswith("@champion"):
+                raise DreamloomError(f"{failure} {_restore_champion(registered)}") from None
+            raise
+
+
+def _restore_champion(failed) -> str:
+    from dreamloom.registry import rollback
+    from dreamloom.registry.store import resolve
+
+    if str(resolve(f"{failed.name}@champion").version) != str(failed.version):
+        return "The registry's champion has moved since; it was left alone."
+    try:
+        _, previous = rollback(failed.name)
+    except DreamloomError:
+        return f"{failed.name} has no earlier champion: the registry still names v{failed.version}."
+    return f"The registry's champion was moved back to v{previous}."
 
 
 def _deploy(registered, client, store: ServingStore, model: str, progress: bool) -> DeployResult:
+    from dreamloom.registry.integrity import check_artifact
     from dreamloom.registry.store import download_artifact
 
     name, number = registered.name, str(registered.version)
     url = client.url
     if not client.ready(model):
         raise DreamloomError(f"Triton at {url} is not serving {model!r}; start it with `dreamloom serve`")
-    artifact = download_artifact(registered)
-    manifest = read_manifest(artifact)
+    try:  # the store's copy is checked again: it may have changed since it was registered
+        artifact = download_artifact(registered)
+        manifest = check_artifact(artifact)
+    except DreamloomError as refused:
+        raise DreamloomError(
+            f"deploy of {name} v{number} failed; Triton serves what it served before. Cause: {refused}"
+        ) from None
+    method = manifest.method_type
     started = time.monotonic()
-    if manifest.method_type.serves_as_model:
+    if method.serves_as_model:
+        new_model = not store.versions(name)
         folder = store.add_artifact(name, number, artifact)
         triton_model, routes, adapter = name, Routes(manifest.base_model.spec, dreambooth=str(folder)), ""
         store.write_config(name)
     else:
+        new_model = False
         served = store.latest_routes(model)
         _check_same_base(served, manifest, name, model)
         folder = store.add_artifact(name, number, artifact)
-        routes = served.with_adapter(name, number, folder, _registry_aliases(name))
+        routes = served.with_adapter(name, number, folder, _registry_aliases(name), method.serving_mode)
         triton_model, adapter = model, f"{name}/{number}"
     triton_version = store.add_version(triton_model, routes)
     try:
+        # The new version renders through the adapter before Triton marks it ready (Engine.verify):
+        # a version that cannot answer fails its load here, and the old one never stops serving.
         client.load_model(triton_model)
         _wait_for_version(client, triton_model, triton_version, progress)
-    except DreamloomError:
-        store.remove_version(triton_model, triton_version)
-        raise
-    ready = time.monotonic() - started
-    client.generate(_first_request(manifest.method_type.serving_mode, adapter), model=triton_model)
+        ready = time.monotonic() - started
+        first = client.generate(probe_request(method.serving_mode, adapter), model=triton_model)
+        check_picture(first, f"{name} v{number} on Triton")
+    except DreamloomError as failure:
+        _roll_back(client, store, triton_model, triton_version, new_model)
+        raise DreamloomError(
+            f"deploy of {name} v{number} failed; Triton serves what it served before. Cause: {failure}"
+        ) from None
     return DeployResult(name, number, triton_model, triton_version, adapter, ready, time.monotonic() - started)
 
 
-def _first_request(mode: str, adapter: str) -> ImageRequest:
-    """The request that proves the new version answers, in the mode its method serves (a mode
-    with image inputs gets blank ones: a ControlNet needs something to follow)."""
-    from PIL import Image
-
-    from dreamloom.serving.protocol import IMAGE_INPUTS, encode_image
-
-    blank = encode_image(Image.new("RGB", (64, 64), "black"))
-    images = {name: blank for name in IMAGE_INPUTS.get(mode, ())}
-    return ImageRequest("a test image", adapter=adapter, steps=2, mode=mode, **images)
+def _roll_back(client, store: ServingStore, model: str, version: int, new_model: bool) -> None:
+    """Take the failed version away: its folder, and Triton's copy if it loaded. The routes are
+    then exactly the previous version's (versions only ever get added, so that one is untouched)."""
+    store.remove_version(model, version)
+    try:
+        if new_model:
+            client.unload_model(model)
+            store.remove_model(model)
+        else:
+            client.load_model(model)  # Triton goes back to the newest version left: the previous one
+    except DreamloomError as exc:
+        print(f"[dreamloom] warning: rolling back {model} v{version} on Triton: {exc}", file=sys.stderr)
 
 
 def _registry_aliases(name: str) -> dict[str, str]:

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from dreamloom.serving.adapters import AdapterCache
-from dreamloom.serving.protocol import IMAGE_INPUTS, ImageRequest, RequestError, decode_image
+from dreamloom.serving.protocol import (
+    IMAGE_INPUTS,
+    ImageRequest,
+    ModelFault,
+    OverBudget,
+    RequestError,
+    decode_image,
+)
 from dreamloom.serving.routes import Routes
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,7 @@ class EngineConfig:
     adapter_budget_mib: int = 512
     max_batch: int = 8
     device: str | None = None
+    max_request_cost: float | None = None  # megapixel-steps one request may cost; None: no limit
 
 
 class Engine:
@@ -96,7 +104,28 @@ class Engine:
             output_type="np",
             **extra,
         )
+        if not np.isfinite(output.images).all():
+            raise ModelFault("the model produced non-finite pixels (NaN or infinity): its weights are broken")
         return [(np.clip(image, 0, 1) * 255).round().astype(np.uint8) for image in output.images]
+
+    def verify(self) -> None:
+        """Before this version serves: one small image from its base (its DreamBooth UNet, if any)
+        and one through the adapter its deploy added, each finite and not blank. Raises otherwise,
+        so that Triton never marks a version ready that cannot answer (the old one keeps serving)."""
+        from dreamloom.serving.protocol import check_picture, probe_request
+
+        routes = self.config.routes
+        probes = {"the base model": probe_request()}
+        if routes.verify_adapter:
+            probes[f"adapter {routes.verify_adapter}"] = probe_request(routes.verify_mode, routes.verify_adapter)
+        for what, request in probes.items():
+            try:
+                (result,) = self.run([request])
+                if isinstance(result, Exception):
+                    raise result
+                check_picture(result, what)
+            except Exception as exc:
+                raise ModelFault(f"{what} cannot serve: {exc}") from exc
 
     def _pipeline_for(self, batch: list[ImageRequest], width: int, height: int):
         """The pipeline for the batch's mode with its adapters active, the mode's arguments, and
@@ -146,8 +175,19 @@ class Engine:
         arguments = {"image": images, "mask_image": masks, "strength": first.strength}
         return self.inpaint, arguments | {"width": width, "height": height}, rewrite
 
+    def _check_cost(self, request: ImageRequest) -> None:
+        budget = self.config.max_request_cost
+        width, height = request.width or self.native_size, request.height or self.native_size
+        cost = request_cost(width, height, request.steps)
+        if budget is not None and cost > budget:
+            raise OverBudget(
+                f"this request costs {cost:.1f} megapixel-steps ({width}x{height} x {request.steps} steps); "
+                f"this deployment allows {budget:g} per request: lower the size or the steps"
+            )
+
     def _check(self, request: ImageRequest) -> None:
-        """What can only be checked against this model: prompt length, adapter, the images."""
+        """What can only be checked against this model: its cost, prompt length, adapter, the images."""
+        self._check_cost(request)
         tokenizer = self.txt2img.tokenizer
         for name, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
             count = len(tokenizer(text).input_ids)
@@ -161,6 +201,11 @@ class Engine:
         if "mask" in images and images["mask"].size != images["init_image"].size:
             (mw, mh), (iw, ih) = images["mask"].size, images["init_image"].size
             raise RequestError(f"MASK is {mw}x{mh} but INIT_IMAGE is {iw}x{ih}: send a mask of the image's size")
+
+
+def request_cost(width: int, height: int, steps: int) -> float:
+    """Megapixel-steps: what a request costs the denoiser, whatever the hardware."""
+    return width * height * steps / 1e6
 
 
 def _sized(image, width: int, height: int):

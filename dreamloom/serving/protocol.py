@@ -27,7 +27,22 @@ OUTPUT = "IMAGE"
 
 
 class RequestError(DreamloomError):
-    """A request the server refuses; the message goes back to the caller."""
+    """A request the server refuses (the caller's to fix): INVALID_ARGUMENT, HTTP 400, with the
+    message; counted by ``reason`` in dreamloom_requests_refused_total."""
+
+    reason = "invalid_argument"
+
+
+class OverBudget(RequestError):
+    """A request that would cost more than the deployment allows one request."""
+
+    reason = "over_budget"
+
+
+class ModelFault(DreamloomError):
+    """The server cannot answer a valid request (broken weights, an adapter that will not load): a
+    server fault, HTTP 500, counted by Triton as a failure; the caller gets an error id, the log
+    the cause."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +163,21 @@ def decode_image(name: str, data: bytes, mode: str = "RGB") -> Image.Image:
     return image.convert(mode)
 
 
+def probe_request(mode: str = "txt2img", adapter: str = "") -> ImageRequest:
+    """A small, quick request that proves a model version answers in ``mode`` (a mode with image
+    inputs gets blank ones: a ControlNet needs something to follow)."""
+    blank = encode_image(Image.new("RGB", (64, 64), "black"))
+    images = {name: blank for name in IMAGE_INPUTS.get(mode, ())}
+    return ImageRequest("a photo", adapter=adapter, steps=2, width=64, height=64, seed=0, mode=mode, **images)
+
+
+def check_picture(image: np.ndarray, what: str) -> None:
+    """Refuse an image that is one flat colour: what NaN weights render once converted to pixels."""
+    if image.size == 0 or int(image.max()) == int(image.min()):
+        value = int(image.flat[0]) if image.size else None
+        raise DreamloomError(f"{what} rendered a blank image (every pixel {value}): its weights are broken")
+
+
 def encode_image(image: Image.Image | np.ndarray) -> bytes:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
@@ -192,6 +222,9 @@ def to_arrays(request: ImageRequest) -> dict[str, np.ndarray]:
         name, _, dtype = TENSORS[item.name]
         if item.name in _TEXT_FIELDS:
             value = value.encode("utf-8")
+        elif np.issubdtype(dtype, np.integer) and not np.iinfo(dtype).min <= value <= np.iinfo(dtype).max:
+            # numpy would wrap it (steps 2**40 -> 0): refuse the value the caller wrote
+            raise RequestError(f"{item.name} {value} is out of range for {TENSORS[item.name][1]}")
         arrays[name] = np.array([[value]], dtype=dtype)
     return arrays
 

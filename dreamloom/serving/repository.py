@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dreamloom.artifacts import MANIFEST_FILE, read_manifest
 from dreamloom.errors import DreamloomError
-from dreamloom.files import staged_folder
+from dreamloom.files import staged_file, staged_folder
 from dreamloom.serving.protocol import OUTPUT, TENSORS
 from dreamloom.serving.routes import ROUTES_FILE, Routes
 from dreamloom.settings import work_dir
@@ -38,15 +38,35 @@ def default_store() -> Path:
     return work_dir() / "serving"
 
 
-def model_config(name: str, max_batch_size: int = 8, gpu: bool = False, adapter_budget_mib: int = 512) -> str:
+# What one request may cost, in megapixel-steps (width x height x steps / 1e6), by hardware: a GPU
+# renders SDXL at 1024 px with 50 steps (52.4); a CPU, 512 px with 15 steps (3.9).
+DEFAULT_REQUEST_COST = {"gpu": 60.0, "cpu": 4.0}
+
+
+def model_config(
+    name: str,
+    max_batch_size: int = 8,
+    gpu: bool = False,
+    adapter_budget_mib: int = 512,
+    max_request_cost: float | None = None,
+    queue_timeout_s: float = 60.0,
+    max_queue_size: int | None = None,
+) -> str:
     """config.pbtxt, built with Triton's own protobuf: every input but PROMPT optional, one UINT8
-    H x W x 3 image out."""
+    H x W x 3 image out; a request costing more than ``max_request_cost`` megapixel-steps is refused
+    (default by hardware); one waiting longer than ``queue_timeout_s`` or beyond ``max_queue_size``
+    waiting requests (default 4 batches) is rejected at once with UNAVAILABLE (HTTP 503)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as triton
 
     config = triton.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     # Under load requests queue while a batch runs anyway; the delay only adds latency alone.
     config.dynamic_batching.max_queue_delay_microseconds = 2000
+    queue = config.dynamic_batching.default_queue_policy
+    queue.timeout_action = triton.ModelQueuePolicy.REJECT
+    queue.default_timeout_microseconds = int(queue_timeout_s * 1e6)
+    queue.allow_timeout_override = True  # a caller may ask to give up sooner
+    queue.max_queue_size = max_queue_size if max_queue_size is not None else 4 * max_batch_size
     config.version_policy.latest.num_versions = 1
     for field_name, (tensor, datatype, _) in TENSORS.items():
         data_type = triton.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
@@ -55,6 +75,8 @@ def model_config(name: str, max_batch_size: int = 8, gpu: bool = False, adapter_
     kind = triton.ModelInstanceGroup.KIND_GPU if gpu else triton.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=1)
     config.parameters["adapter_budget_mib"].string_value = str(adapter_budget_mib)
+    cost = max_request_cost if max_request_cost is not None else DEFAULT_REQUEST_COST["gpu" if gpu else "cpu"]
+    config.parameters["max_request_megapixel_steps"].string_value = f"{cost:g}"
     return text_format.MessageToString(config)
 
 
@@ -119,11 +141,13 @@ class ServingStore:
             self.write_config(model, **config)
             self.add_version(model, Routes(base_model))
 
-    def write_config(self, model: str, **config) -> None:
-        folder = self.model_folder(model)
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "config.pbtxt").is_file():
-            (folder / "config.pbtxt").write_text(model_config(model, **config))
+    def write_config(self, model: str, replace: bool = False, **config) -> None:
+        """The model's config.pbtxt (kept if it exists, unless ``replace``: Triton reads it at the
+        model's next load, so replace it only while Triton is stopped or before a load)."""
+        path = self.model_folder(model) / "config.pbtxt"
+        if replace or not path.is_file():
+            with staged_file(path) as staging:
+                staging.write_text(model_config(model, **config))
 
     def add_version(self, model: str, routes: Routes) -> int:
         """Write version N+1 with ``routes``, complete before it appears under its name."""
@@ -136,6 +160,12 @@ class ServingStore:
 
     def remove_version(self, model: str, version: int) -> None:
         shutil.rmtree(self.model_folder(model) / str(version), ignore_errors=True)
+
+    def remove_model(self, model: str) -> None:
+        """Remove a model that has no versions left (a first deploy that failed)."""
+        if self.versions(model):
+            raise DreamloomError(f"Triton model {model!r} still has versions {self.versions(model)}; not removed")
+        shutil.rmtree(self.model_folder(model), ignore_errors=True)
 
     def add_artifact(self, name: str, version: str, artifact: Path) -> Path:
         """Copy a verified artifact to ``adapters/<name>/<version>`` (kept if already there)."""
@@ -150,7 +180,8 @@ class ServingStore:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Write a fresh model repository (the checked-in ``serving/model_repository`` is one)."""
+    """Write a fresh model repository (the checked-in ``serving/model_repository`` is one), or with
+    ``--config-only`` rewrite an existing model's config.pbtxt (the chart does, before Triton starts)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write a Triton model repository for a base model.")
@@ -158,10 +189,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-model", default="toy")
     parser.add_argument("--model-name", default=DEFAULT_MODEL)
     parser.add_argument("--gpu", action="store_true", help="KIND_GPU instances")
+    parser.add_argument("--max-request-cost", type=float, help="megapixel-steps per request (default by hardware)")
+    parser.add_argument("--queue-timeout-s", type=float, default=60.0)
+    parser.add_argument("--max-queue-size", type=int)
+    parser.add_argument("--config-only", action="store_true", help="rewrite config.pbtxt of an existing model")
     args = parser.parse_args(argv)
     store = ServingStore(Path(args.out).parent)
     store.models = Path(args.out).absolute()
-    store.ensure_model(args.model_name, args.base_model, gpu=args.gpu)
+    config = {
+        "gpu": args.gpu,
+        "max_request_cost": args.max_request_cost,
+        "queue_timeout_s": args.queue_timeout_s,
+        "max_queue_size": args.max_queue_size,
+    }
+    if args.config_only:
+        if not store.versions(args.model_name):
+            raise DreamloomError(f"{store.models} has no model {args.model_name!r} to configure")
+        store.write_config(args.model_name, replace=True, **config)
+    else:
+        store.ensure_model(args.model_name, args.base_model, **config)
     print(f"model repository in {store.models}")
 
 

@@ -29,6 +29,10 @@ class Routes:
     base_model: str
     dreambooth: str | None = None  # artifact folder: this model's UNet is a DreamBooth one
     adapters: dict[str, AdapterRoutes] = field(default_factory=dict)
+    # The adapter the deploy that wrote this version added ("name/version"), and the mode it serves
+    # in: the version renders through it before Triton marks it ready.
+    verify_adapter: str | None = None
+    verify_mode: str = "txt2img"
 
     def resolve(self, reference: str) -> tuple[str, Path]:
         """``name@alias``, ``name/version`` or ``name`` (its champion) -> ("name/version", folder)."""
@@ -53,14 +57,17 @@ class Routes:
             )
         return f"{name}/{version}", Path(routes.versions[version])
 
-    def with_adapter(self, name: str, version: str, folder: Path, aliases: dict[str, str]) -> Routes:
-        """A copy with ``name``'s ``version`` added and its aliases set to ``aliases`` (alias ->
-        version, as the registry has them now) where they point at a deployed version."""
+    def with_adapter(
+        self, name: str, version: str, folder: Path, aliases: dict[str, str], mode: str = "txt2img"
+    ) -> Routes:
+        """A copy with ``name``'s ``version`` added (to be verified in ``mode``) and its aliases set
+        to ``aliases`` (alias -> version, as the registry has them now) where they point at a
+        deployed version."""
         adapters = {key: AdapterRoutes(dict(r.versions), dict(r.aliases)) for key, r in self.adapters.items()}
         routes = adapters.setdefault(name, AdapterRoutes())
         routes.versions[version] = str(folder)
         routes.aliases = {alias: str(v) for alias, v in aliases.items() if str(v) in routes.versions}
-        return Routes(self.base_model, self.dreambooth, adapters)
+        return Routes(self.base_model, self.dreambooth, adapters, f"{name}/{version}", mode)
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / ROUTES_FILE
