@@ -133,8 +133,104 @@ def read_manifest(folder: Path, verify: bool = True) -> ArtifactManifest:
     return manifest
 
 
+# ----- what an artifact may hold -----
+
+_PICKLE_MEMBER = (".pkl", ".pickle", "data.pkl")
+
+
+def file_kind(path: Path) -> str:
+    """``safetensors``, ``json``, ``png``, ``pickle`` (by content, whatever the name says) or
+    ``unknown``. Nothing here unpickles: containers are listed, not loaded."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    return _kind_of(head, path)
+
+
+def _kind_of(head: bytes, path: Path | None = None) -> str:
+    import gzip
+    import io
+    import tarfile
+    import zipfile
+
+    if head[:1] == b"\x80" and head[1:2] and 2 <= head[1] <= 5:  # PROTO opcode: a pickle, protocol 2-5
+        return "pickle"
+    if head.startswith(b"PK\x03\x04") and path is not None:  # torch.save's zip: data.pkl inside
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        return "pickle" if any(name.endswith(_PICKLE_MEMBER) for name in names) else "unknown"
+    if head.startswith(b"\x1f\x8b"):  # gzip: look at what it holds
+        try:
+            inner = gzip.GzipFile(fileobj=io.BytesIO(head)).read(1024)
+        except (OSError, EOFError):
+            inner = b""
+        return "pickle" if _kind_of(inner) == "pickle" else "unknown"
+    if head[257:262] == b"ustar" and path is not None:
+        with tarfile.open(path) as archive:
+            names = archive.getnames()
+        return (
+            "pickle" if any(name.endswith((*_PICKLE_MEMBER, ".pt", ".pth", ".ckpt")) for name in names) else "unknown"
+        )
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 2**20:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    return "unknown"
+
+
+def check_files(folder: Path, manifest: ArtifactManifest) -> None:
+    """The folder holds exactly the files its manifest lists, every file the method writes among
+    them, each safetensors, JSON or PNG by its content (a pickle is named whatever its suffix)."""
+    folder = Path(folder)
+    on_disk = {str(path.relative_to(folder)): path for path in folder.rglob("*") if path.is_file()}
+    on_disk.pop(MANIFEST_FILE, None)
+    unlisted = sorted(set(on_disk) - set(manifest.files))
+    if unlisted:
+        raise ArtifactError(f"{folder.name} holds files its manifest does not list: {', '.join(unlisted[:5])}")
+    for needed in manifest.method_type.artifact_files:
+        present = (
+            any(name.startswith(needed) for name in manifest.files)
+            if needed.endswith("/")
+            else (needed in manifest.files)
+        )
+        if not present:
+            raise ArtifactError(f"the {manifest.method} artifact lacks {needed}: it is not complete")
+    for name, path in sorted(on_disk.items()):
+        kind = file_kind(path)
+        if kind == "pickle":
+            raise ArtifactError(f"{name} is a pickle (by its content); dreamloom takes weights as safetensors only")
+        if kind == "unknown":
+            raise ArtifactError(f"{name} is not safetensors, JSON or PNG; an artifact holds nothing else")
+
+
+def non_finite_tensors(folder: Path) -> list[str]:
+    """``file:tensor`` of every floating-point tensor under ``folder`` holding NaN or infinity."""
+    import torch
+    from safetensors import safe_open
+
+    broken = []
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                    tensor = handle.get_tensor(key)
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        broken.append(f"{path.relative_to(folder)}:{key}")
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise ArtifactError(f"{path.name} is not a readable safetensors file: {exc}") from None
+    return broken
+
+
 def publish(source: Path, output: Path, manifest: ArtifactManifest) -> ArtifactManifest:
-    """Copy ``source`` to ``output`` with its manifest; ``output`` appears complete or not at all."""
+    """Copy ``source`` to ``output`` with its manifest; ``output`` appears complete or not at all, and
+    not at all when a weight is not finite (a diverged run publishes nothing)."""
+    broken = non_finite_tensors(source)
+    if broken:
+        raise ArtifactError(
+            f"{len(broken)} tensors of the {manifest.method} artifact are not finite (e.g. {broken[0]}): "
+            "the run diverged; nothing was published"
+        )
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ArtifactError(f"output {output} exists and is not an empty folder; choose another --output")
     try:

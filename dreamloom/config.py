@@ -38,6 +38,9 @@ class DataSettings(Section):
     )
     random_flip: bool = Field(False, description="Horizontally flip half of the samples")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Refuse images with more pixels (decompression bombs)")
+    max_total_pixels: int = Field(
+        50_000_000_000, ge=1, description="Refuse folders whose images add up to more pixels (read from headers first)"
+    )
 
     @field_validator("resolution")
     @classmethod

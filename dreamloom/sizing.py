@@ -95,6 +95,21 @@ class Architecture:
         with init_empty_weights():
             return AutoencoderKL.from_config(self.vae_config)
 
+    def meta_pipeline(self):
+        """A diffusers pipeline of this architecture with every module on the meta device: loading
+        an artifact into it checks every tensor's shape and reads no base weights."""
+        from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        from dreamloom.models.tokenizer import build_clip_tokenizer
+
+        encoders = self.text_encoders()
+        parts = {"vae": self.vae(), "unet": self.unet(), "scheduler": DDPMScheduler(), "text_encoder": encoders[0]}
+        parts["tokenizer"] = build_clip_tokenizer()
+        if self.family == "sdxl":
+            return StableDiffusionXLPipeline(**parts, text_encoder_2=encoders[1], tokenizer_2=build_clip_tokenizer())
+        no_checker = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        return StableDiffusionPipeline(**parts, **no_checker)
+
     # ----- counts -----
 
     @cached_property

@@ -47,6 +47,8 @@ def test_unknown_field_lists_the_known_fields_of_its_section():
         ("optimizer.learning_rate", -1, "greater than 0"),
         ("optimizer.lr_scheduler", "cosine_annealing", "'cosine'"),
         ("training.mixed_precision", "fp8", "'bf16'"),
+        ("optimizer.weight_decay", float("inf"), "finite number"),  # passes ge=0, trains to NaN
+        ("lora.alpha", float("nan"), "finite number"),
     ],
 )
 def test_out_of_range_values_are_refused_with_the_field_name(field, value, fragment):

@@ -224,3 +224,66 @@ def test_companion_problems_are_listed_before_anything_is_written(tmp_path):
     assert "condition without an image" in problems["lonely.cond.png"]
     assert "image_0.png" not in problems
     assert not (tmp_path / "out").exists()
+
+
+def test_symbolic_links_are_refused_by_name_and_nothing_is_written(tmp_path):
+    """A link would carry a host file into the prepared set and from there into MLflow."""
+    source = draw_images(tmp_path / "photos", count=2)
+    secret = tmp_path / "elsewhere" / "environ"
+    secret.parent.mkdir()
+    secret.write_text("AWS_SECRET_ACCESS_KEY=do-not-log-me")
+    outside_image = draw_images(tmp_path / "outside", count=1)
+    (source / "img0.txt").symlink_to(secret)  # a caption that is a host file
+    (source / "borrowed.png").symlink_to(next(outside_image.glob("*.png")))
+    with pytest.raises(DataValidationError) as error:
+        prepare_dataset(source, tmp_path / "out", OPTIONS)
+    message = str(error.value)
+    assert "img0.txt: is a symbolic link" in message and "borrowed.png: is a symbolic link" in message
+    assert "do-not-log-me" not in message and not (tmp_path / "out").exists()
+
+
+def test_remote_staging_copies_regular_files_and_refuses_links(tmp_path):
+    from dreamloom.data.prepare import copy_data_folder
+
+    source = draw_images(tmp_path / "photos", count=2)
+    (source / ".cache").write_text("hidden")
+    copy_data_folder(source, tmp_path / "staged")
+    assert sorted(p.name for p in (tmp_path / "staged").iterdir()) == sorted(p.name for p in source.glob("*.png"))
+    (source / "sub").mkdir()
+    (source / "sub" / "key").symlink_to("/etc/hostname")
+    with pytest.raises(DataValidationError, match=r"sub/key: is a symbolic link"):
+        copy_data_folder(source, tmp_path / "staged-again")
+    assert not (tmp_path / "staged-again").exists()
+
+
+def test_a_prepared_set_naming_files_outside_it_is_refused(tmp_path):
+    dataset = prepare_dataset(draw_images(tmp_path / "photos", count=2), tmp_path / "out", OPTIONS)
+    image = dataset.root / dataset.items[0].image
+    image.unlink()
+    image.symlink_to(next((tmp_path / "photos").glob("*.png")))
+    with pytest.raises(DreamloomError, match="symbolic link"):
+        PreparedDataset.load(dataset.root)
+    manifest = json.loads((dataset.root / "dataset.json").read_text())
+    manifest["items"][0]["image"] = "../photos/" + next((tmp_path / "photos").glob("*.png")).name
+    (dataset.root / "dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(DreamloomError, match="outside it"):
+        PreparedDataset.load(dataset.root)
+
+
+def test_captions_are_bounded_and_read_no_further_than_the_bound(tmp_path):
+    from dreamloom.data.prepare import MAX_CAPTION_CHARS
+
+    source = draw_images(tmp_path / "photos", count=2)
+    first, second = sorted(source.glob("*.png"))
+    (source / f"{first.stem}.txt").write_text("a " * MAX_CAPTION_CHARS)
+    (source / f"{second.stem}.txt").write_bytes(b"x" * 10_000_000)  # 10 MB: refused after 4 KB
+    with pytest.raises(DataValidationError) as error:
+        prepare_dataset(source, tmp_path / "out", OPTIONS)
+    assert str(error.value).count(f"longer than {MAX_CAPTION_CHARS} characters") == 2
+
+
+def test_a_folder_over_the_total_pixel_budget_is_refused_from_its_headers(tmp_path):
+    source = draw_images(tmp_path / "photos", count=3)
+    with pytest.raises(DataValidationError, match=r"its 3 images hold 0 megapixels, over the budget of 0"):
+        prepare_dataset(source, tmp_path / "out", PrepareOptions(resolution=64, max_total_pixels=1000))
+    assert prepare_dataset(source, tmp_path / "ok", PrepareOptions(resolution=64, max_total_pixels=10**6)).items

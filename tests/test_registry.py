@@ -1,6 +1,7 @@
 """The registry against a real `mlflow server` on loopback (and once against a SQLite file)."""
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from dreamloom.artifacts import read_manifest
@@ -23,6 +25,7 @@ from dreamloom.cli import main
 from dreamloom.errors import DreamloomError
 from dreamloom.evaluation import evaluate_artifact
 from dreamloom.methods import METHODS as registered_methods
+from dreamloom.models import resolve_base_model
 from dreamloom.registry import CHAMPION, Evaluation, GateConfig, promote, register, resolve, rollback
 from dreamloom.registry.store import client, list_versions
 from dreamloom.training.local import train_in_process
@@ -190,6 +193,122 @@ def test_concurrent_registrations_get_distinct_versions_and_leave_no_orphans(art
     assert len(runs) == 10 and {r.info.status for r in runs} == {"FINISHED"}
 
 
+def _together(calls) -> list:
+    """Run the calls at once from threads; returns each result or the exception it raised."""
+    results: list = [None] * len(calls)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = calls[index]()
+        except Exception as exc:  # collected for the caller to assert on
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return results
+
+
+def test_two_first_registrations_on_different_bases_leave_one_model_on_one_base(artifacts, tmp_path, mlflow_server):
+    sdxl = train_in_process(
+        method_config("lora", draw_images(tmp_path / "p"), tmp_path / "xl", base_model="tiny-sdxl", training__steps=1)
+    )
+    results = _together([lambda: register(artifacts["lora"], "raced"), lambda: register(sdxl, "raced")])
+    won = [r for r in results if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, Exception)]
+    assert len(won) == 1 and len(lost) == 1 and "holds versions for base" in str(lost[0])
+    registry = client()
+    model = registry.get_registered_model("raced")
+    versions = registry.search_model_versions("name = 'raced'")
+    assert len(versions) == 1 and versions[0].tags["dreamloom.base_model"] == model.tags["dreamloom.base_model"]
+    experiment = registry.get_experiment_by_name("dreamloom-registry")
+    runs = registry.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'register-raced'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the loser wrote nothing
+
+
+def test_concurrent_forced_promotions_lose_no_record_of_the_champion_history(artifacts, mlflow_server):
+    from dreamloom.registry.store import champion_history
+
+    versions = [str(register(artifacts["lora"], "contested").version) for _ in range(5)]
+    results = _together([lambda v=v: promote("contested", v, force=True, reason="load test") for v in versions])
+    assert all(result.moved for result in results)
+    history = champion_history("contested")
+    assert sorted(record.version for record in history) == versions  # every promotion recorded
+    champion = str(resolve("contested@champion").version)
+    standing = [record.version for record in history]
+    rolled = []
+    while True:  # rolling back walks the recorded promotions, never one that lost its record
+        try:
+            rolled.append(rollback("contested"))
+        except DreamloomError:
+            break
+    assert not rolled or rolled[0][0] == champion
+    assert {to for _, to in rolled} <= set(standing) and len(rolled) == standing.index(champion)
+
+
+def _pickle_bytes() -> bytes:
+    import pickle
+
+    return pickle.dumps({"weights": [1.0, 2.0]}, protocol=4)
+
+
+def _altered(artifact: Path, folder: Path, how: str) -> Path:
+    """A copy of a LoRA artifact altered as an attacker or a broken tool would, with its manifest's
+    digests recomputed so that only a check of the content can tell."""
+    import gzip
+    import io
+    import tarfile
+
+    from safetensors.torch import load_file, save_file
+
+    from dreamloom.artifacts import read_manifest, write_manifest
+
+    shutil.copytree(artifact, folder)
+    weights = folder / "pytorch_lora_weights.safetensors"
+    if how == "tarred pickle":
+        member = tarfile.TarInfo("archive/data.pkl")
+        member.size = len(_pickle_bytes())
+        with tarfile.open(folder / "model.pth.tar", "w") as archive:
+            archive.addfile(member, io.BytesIO(_pickle_bytes()))
+    elif how == "gzipped pickle":
+        (folder / "weights.pkl.gz").write_bytes(gzip.compress(_pickle_bytes()))
+    elif how == "pickle named safetensors":
+        weights.write_bytes(_pickle_bytes())
+    elif how == "weights dropped from the manifest":
+        weights.unlink()
+    elif how == "wrong shapes":
+        tensors = load_file(str(weights))
+        save_file(
+            {k: v.T.contiguous() if ("lora_A" in k or "lora.down" in k) else v for k, v in tensors.items()},
+            str(weights),
+        )
+    elif how == "nan weights":
+        tensors = load_file(str(weights))
+        save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, str(weights))
+    elif how == "a lying base":  # says it was trained on tiny-sdxl (at that base's real revision)
+        document = json.loads((folder / "dreamloom.json").read_text())
+        document["base_model"] = dataclasses.asdict(resolve_base_model("tiny-sdxl"))
+        (folder / "dreamloom.json").write_text(json.dumps(document))
+    write_manifest(folder, read_manifest(folder, verify=False))
+    if how == "unlisted file":
+        shutil.copy(weights, folder / "extra.safetensors")  # added after the manifest was written
+    return folder
+
+
+ATTACKS = {
+    "tarred pickle": r"model\.pth\.tar is a pickle \(by its content\)",
+    "gzipped pickle": r"weights\.pkl\.gz is a pickle \(by its content\)",
+    "pickle named safetensors": r"pytorch_lora_weights\.safetensors is a pickle \(by its content\)",
+    "unlisted file": r"holds files its manifest does not list: extra\.safetensors",
+    "weights dropped from the manifest": r"the lora artifact lacks pytorch_lora_weights\.safetensors",
+    "wrong shapes": r"the lora artifact does not fit tiny: .*size mismatch",
+    "nan weights": r"weights of the lora artifact are not finite",
+    "a lying base": r"the lora artifact does not fit tiny-sdxl",
+}
+
+
 def test_bad_artifacts_are_refused_before_anything_is_written(artifacts, tmp_path, mlflow_server):
     registry = client()
     lora = artifacts["lora"]
@@ -198,11 +317,9 @@ def test_bad_artifacts_are_refused_before_anything_is_written(artifacts, tmp_pat
     (bare / "pytorch_lora_weights.safetensors").write_bytes((lora / "pytorch_lora_weights.safetensors").read_bytes())
     with pytest.raises(DreamloomError, match=r"no dreamloom\.json"):
         register(bare, "refused")
-    pickled = tmp_path / "pickled"
-    shutil.copytree(lora, pickled)
-    (pickled / "extra_weights.bin").write_bytes(b"\x80\x04K\x01.")
-    with pytest.raises(DreamloomError, match="safetensors only"):
-        register(pickled, "refused")
+    for how, refusal in ATTACKS.items():
+        with pytest.raises(DreamloomError, match=refusal):
+            register(_altered(lora, tmp_path / how.replace(" ", "-"), how), "refused")
     other_revision = tmp_path / "other-revision"
     shutil.copytree(lora, other_revision)
     manifest = json.loads((other_revision / "dreamloom.json").read_text())

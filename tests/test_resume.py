@@ -119,6 +119,17 @@ def test_a_killed_driver_is_resumed_by_rerunning_with_resume(tmp_path):
     assert refused.returncode == 2
     assert "--resume" in output
 
+    # Other settings, or other images, would make the manifest describe a run that never happened.
+    other = draw_images(tmp_path / "other-photos", count=4, seed=9)
+    changed = ["--set", "optimizer.learning_rate=0.001", "--set", "lora.rank=8", "--data", str(other)]
+    mismatched = _cli([*args, *changed, "--resume"], env)
+    output, _ = mismatched.communicate(timeout=120)
+    assert mismatched.returncode == 2, output
+    assert "cannot resume with other settings" in output
+    for line in ("optimizer.learning_rate: 0.0001 -> 0.001", "lora.rank: 4 -> 8", "data.content_hash: sha256:"):
+        assert line in output
+    assert "Traceback" not in output and "[dreamloom] run interrupted:" not in output  # refused before the run began
+
     resumed = _cli([*args, "--resume"], env)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output

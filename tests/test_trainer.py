@@ -172,3 +172,45 @@ def test_own_class_images_replace_generated_ones(photos, tmp_path):
     assert len(trainer.class_examples) == 3
     assert trainer.class_examples.unique_captions == ["a photo of a ball"]
     assert trainer.train_step(1) > 0
+
+
+def test_a_diverging_run_stops_at_the_step_it_diverged_and_publishes_nothing(photos, tmp_path):
+    from dreamloom.errors import DreamloomError
+    from dreamloom.training.local import train_in_process
+
+    # A weight decay no one means: AdamW multiplies the weights by (1 - lr x decay) every step.
+    config = run_config(photos, tmp_path / "out", training__steps=8, optimizer__weight_decay=1e38)
+    with pytest.raises(
+        DreamloomError, match=r"training diverged at step [2-8] of lora: the loss is (nan|inf)"
+    ) as error:
+        train_in_process(config)
+    assert "learning rate (0.0001)" in str(error.value) and "weight decay 1e+38" in str(error.value)
+    assert not config.output.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_no_checkpoint_and_no_artifact_holds_a_weight_that_is_not_finite(photos, tmp_path):
+    from safetensors.torch import save_file
+
+    from dreamloom.artifacts import publish
+    from dreamloom.data.prepare import PreparedDataset
+    from dreamloom.errors import DreamloomError
+    from dreamloom.training.bookkeeping import manifest_for
+
+    trainer = _trainer(photos, tmp_path)
+    trainer.train_step(1)
+    name, tensor = next(iter(trainer.method.trainable_state(trainer.model).items()))
+    with torch.no_grad():
+        tensor.view(-1)[0] = float("nan")
+    with pytest.raises(DreamloomError, match=rf"at step 1 of lora: 1 trained tensors are not finite \({name}\)"):
+        trainer.snapshot(1)
+
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    save_file({"w": torch.tensor([1.0, float("inf")])}, str(staged / "weights.safetensors"))
+    dataset = PreparedDataset.load(Path(trainer.job.dataset_root))
+    manifest = manifest_for(trainer.config, trainer.job.base_model, dataset, 1)
+    with pytest.raises(
+        DreamloomError, match=r"1 tensors of the lora artifact are not finite \(e.g. weights\.safetensors:w\)"
+    ):
+        publish(staged, tmp_path / "published", manifest)
+    assert not (tmp_path / "published").exists()

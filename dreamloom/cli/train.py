@@ -66,7 +66,7 @@ def _train(args) -> None:
         print(dump_run_config(config), end="")
         return
     from dreamloom.logs import quiet_library_logging
-    from dreamloom.settings import tracking_uri
+    from dreamloom.settings import redacted, tracking_uri
     from dreamloom.training.launcher import launch
 
     quiet_library_logging()
@@ -75,7 +75,7 @@ def _train(args) -> None:
         print(f"\nresumed from step {result.resumed_from_step}; finished at step {result.steps}")
     print(f"\nartifact:      {result.artifact}")
     print(f"sample grid:   {result.artifact / 'samples' / 'final.png'}")
-    print(f"MLflow run:    {result.mlflow_run_id} ({tracking_uri()})")
+    print(f"MLflow run:    {result.mlflow_run_id} ({redacted(tracking_uri())})")
     if tracking_uri().startswith("sqlite:"):
         print(f"open the UI:   mlflow ui --backend-store-uri {tracking_uri()}")
 
@@ -93,7 +93,9 @@ def _add_prepare(commands) -> None:
 def _prepare(args) -> None:
     from dreamloom.data import PrepareOptions, prepare_dataset
 
-    options = PrepareOptions(args.resolution, args.bucketing, None, args.max_image_pixels)
+    options = PrepareOptions(
+        resolution=args.resolution, bucketing=args.bucketing, max_image_pixels=args.max_image_pixels
+    )
     dataset = prepare_dataset(args.data, args.out, options)
     print(f"prepared {len(dataset.items)} images into {dataset.root} ({dataset.dataset_hash})")
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from dreamloom.files import sha256_file, staged_folder
 MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
 CAPTION_SUFFIX = ".txt"
+MAX_CAPTION_CHARS = 1000  # CLIP reads 77 tokens; a longer "caption" is a mistake, not a description
+SYMLINK_PROBLEM = "is a symbolic link; dreamloom reads only regular files inside the data folder: copy the file in"
 COMPANION_MARKERS = tuple(conditions.COMPANION_SUFFIX.values())
 
 
@@ -41,6 +45,7 @@ class PrepareOptions:
     bucketing: bool = False
     bucket_step: int | None = None
     max_image_pixels: int = 50_000_000
+    max_total_pixels: int = 50_000_000_000  # the whole folder's decode work (about 4,000 phone photos)
     condition: str | None = None  # ControlNet: canny, scribble, mask or user
     canny_thresholds: tuple[int, int] = (100, 200)
 
@@ -116,6 +121,15 @@ class PreparedDataset:
             for i in data["items"]
         ]
         files = [i.image for i in items] + [i.condition for i in items if i.condition]
+        outside = [
+            name
+            for name in files
+            if (root / name).is_symlink() or not (root / name).resolve().is_relative_to(root.resolve())
+        ]
+        if outside:
+            raise DreamloomError(
+                f"prepared dataset {root} names files outside it or symbolic links ({outside[0]}); prepare it again"
+            )
         missing = [name for name in files if not (Path(root) / name).is_file()]
         if missing:
             raise DreamloomError(f"prepared dataset {root} is incomplete; missing {missing[:5]}; prepare it again")
@@ -152,11 +166,13 @@ class PreparedDataset:
 
 @dataclass
 class _Candidate:
+    """A checked image: what writing it needs, without its pixels (decoded again when written)."""
+
     path: Path
     caption: str | None
-    image: Image.Image
+    size: tuple[int, int]  # (width, height), upright
     target: tuple[int, int]
-    companion: Image.Image | None = None
+    companion: Path | None = None
 
 
 @dataclass
@@ -165,6 +181,19 @@ class _Listing:
     captions: dict[str, Path]
     companions: dict[str, dict[str, Path]]  # image stem -> marker (".mask"/".cond") -> file
     problems: list[tuple[str, str]]
+
+
+def copy_data_folder(source: Path, target: Path) -> None:
+    """Copy a data folder for a job that runs elsewhere: its regular files only, hidden ones left
+    behind; a symbolic link anywhere in it refuses the copy (it would carry a host file along)."""
+    links = []
+    for top, folders, files in os.walk(source, followlinks=False):
+        for name in (*folders, *files):
+            if os.path.islink(os.path.join(top, name)):
+                links.append(os.path.relpath(os.path.join(top, name), source))
+    if links:
+        raise DataValidationError(str(source), [(name, SYMLINK_PROBLEM) for name in sorted(links)])
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
 
 
 def is_prepared(folder: Path) -> bool:
@@ -203,6 +232,7 @@ def inspect_folder(source: Path, options: PrepareOptions) -> list[_Candidate]:
     problems = listing.problems
     if not listing.images and not problems:
         problems.append(("(folder)", "no images found: add .jpg, .png or .webp files (captions as name.txt)"))
+    _check_total_pixels(source, listing, options)
     caption_owners: dict[str, Path] = {}
     candidates = []
     for path in listing.images:
@@ -230,7 +260,27 @@ def inspect_folder(source: Path, options: PrepareOptions) -> list[_Candidate]:
     return candidates
 
 
+def _check_total_pixels(source: Path, listing: _Listing, options: PrepareOptions) -> None:
+    """Refuse a folder whose images add up to more pixels than the budget, from their headers alone
+    (nothing is decoded yet)."""
+    total = 0
+    for path in listing.images:
+        try:
+            with Image.open(path) as image:
+                total += image.width * image.height
+        except Exception:  # unreadable files are named with their problem by the full check
+            continue
+    if total > options.max_total_pixels:
+        budget = options.max_total_pixels / 1e6
+        problem = (
+            f"its {len(listing.images)} images hold {total / 1e6:,.0f} megapixels, over the budget of {budget:,.0f}; "
+            "use fewer or smaller images, or raise data.max_total_pixels"
+        )
+        raise DataValidationError(str(source), [("(folder)", problem)])
+
+
 def _inspect_image(path: Path, listing: _Listing, options: PrepareOptions) -> _Candidate:
+    """Decode the image (and its companion) completely to check them; keep only their sizes."""
     caption = _read_caption(listing.captions.get(path.stem))
     image = open_rgb(path, options.max_image_pixels)
     target = options.target_size(*image.size)
@@ -254,7 +304,8 @@ def _inspect_image(path: Path, listing: _Listing, options: PrepareOptions) -> _C
                 f"its condition {companion_path.name} is {companion.width}x{companion.height}, "
                 f"the image {image.width}x{image.height}; they must match"
             )
-    return _Candidate(path, caption, image, target, companion)
+        companion = companion_path
+    return _Candidate(path, caption, image.size, target, companion)
 
 
 def prepare_training_data(settings, controlnet=None, into: Path | None = None) -> PreparedDataset:
@@ -265,12 +316,13 @@ def prepare_training_data(settings, controlnet=None, into: Path | None = None) -
 
     source = Path(settings.path)
     options = PrepareOptions(
-        settings.resolution,
-        settings.bucketing,
-        settings.bucket_step,
-        settings.max_image_pixels,
-        controlnet.condition if controlnet else None,
-        (controlnet.canny_low, controlnet.canny_high) if controlnet else (100, 200),
+        resolution=settings.resolution,
+        bucketing=settings.bucketing,
+        bucket_step=settings.bucket_step,
+        max_image_pixels=settings.max_image_pixels,
+        max_total_pixels=settings.max_total_pixels,
+        condition=controlnet.condition if controlnet else None,
+        canny_thresholds=(controlnet.canny_low, controlnet.canny_high) if controlnet else (100, 200),
     )
     if is_prepared(source):
         dataset = PreparedDataset.load(source)
@@ -299,6 +351,9 @@ def _check_folder(source: Path) -> None:
 def _list_folder(folder: Path) -> _Listing:
     listing = _Listing([], {}, {}, [])
     for path in sorted(folder.iterdir()):
+        if path.is_symlink() and not path.name.startswith("."):
+            listing.problems.append((path.name, SYMLINK_PROBLEM))
+            continue
         if path.name.startswith(".") or not path.is_file():
             continue
         suffix = path.suffix.lower()
@@ -317,11 +372,15 @@ def _list_folder(folder: Path) -> _Listing:
 def _read_caption(path: Path | None) -> str | None:
     if path is None:
         return None
+    with open(path, "rb") as handle:
+        raw = handle.read(4 * MAX_CAPTION_CHARS + 1)  # UTF-8 takes at most 4 bytes a character
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = " ".join(raw.decode("utf-8").split())
     except UnicodeDecodeError:
         raise ImageProblem(f"caption {path.name} is not UTF-8 text") from None
-    return " ".join(text.split()) or None
+    if len(raw) > 4 * MAX_CAPTION_CHARS or len(text) > MAX_CAPTION_CHARS:
+        raise ImageProblem(f"caption {path.name} is longer than {MAX_CAPTION_CHARS} characters; shorten it")
+    return text or None
 
 
 def _resize_and_crop(
@@ -339,10 +398,11 @@ def _resize_and_crop(
 def _condition_image(candidate: _Candidate, prepared: Image.Image, options: PrepareOptions) -> Image.Image:
     if options.condition in conditions.EXTRACTED:
         return conditions.extract(prepared, options.condition, *options.canny_thresholds)
+    companion = open_rgb(candidate.companion, options.max_image_pixels)
     if options.condition == "mask":  # nearest-neighbour keeps the mask hard-edged
-        resized, _ = _resize_and_crop(candidate.companion, candidate.target, Image.Resampling.NEAREST)
+        resized, _ = _resize_and_crop(companion, candidate.target, Image.Resampling.NEAREST)
         return conditions.binary_mask(resized)
-    return _resize_and_crop(candidate.companion, candidate.target)[0]
+    return _resize_and_crop(companion, candidate.target)[0]
 
 
 def _write_prepared(
@@ -360,8 +420,10 @@ def _write_prepared(
             source=str(source.absolute()),
             condition=options.condition,
         )
-        for index, candidate in enumerate(candidates):
-            cropped, crop_top_left = _resize_and_crop(candidate.image, candidate.target)
+        for index, candidate in enumerate(candidates):  # one image in memory at a time
+            image = open_rgb(candidate.path, options.max_image_pixels)
+            cropped, crop_top_left = _resize_and_crop(image, candidate.target)
+            del image
             relative = f"images/{index:05d}.png"
             cropped.save(staging / relative)
             condition = None
@@ -369,7 +431,7 @@ def _write_prepared(
                 condition = f"conditions/{index:05d}.png"
                 _condition_image(candidate, cropped, options).save(staging / condition)
             item = PreparedItem(
-                relative, candidate.path.name, candidate.caption, cropped.size, candidate.image.size, crop_top_left
+                relative, candidate.path.name, candidate.caption, cropped.size, candidate.size, crop_top_left
             )
             item.condition = condition
             dataset.items.append(item)

@@ -81,6 +81,8 @@ class EvalSettings:
             raise DreamloomError('every evaluation prompt needs "{}" where the subject goes')
         if self.images_per_prompt < 2:
             raise DreamloomError("evaluation needs at least 2 images per prompt (diversity compares them)")
+        if not 1 <= self.steps <= 200:
+            raise DreamloomError(f"evaluation steps must be between 1 and 200 (got {self.steps})")
 
     @property
     def templates(self) -> list[str]:

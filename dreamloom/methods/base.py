@@ -294,6 +294,16 @@ class TrainingMethod(ABC):
             "own model; call that model instead of passing ADAPTER"
         )
 
+    @classmethod
+    def check_fit(cls, folder: Path, arch, config: RunConfig | None) -> None:
+        """Refuse an artifact whose tensors do not fit ``arch`` (a ``dreamloom.sizing.Architecture``).
+        By default it is loaded the way inference loads it, onto a pipeline of ``arch``'s modules on
+        the meta device: every shape is checked and no base weights are read."""
+        try:
+            cls.load_into(arch.meta_pipeline(), Path(folder), config)
+        except Exception as exc:
+            raise ArtifactError(f"the {cls.name} artifact does not fit {arch.name}: {_first_line(exc)}") from None
+
     # ----- the files other tools read (kohya, A1111, ComfyUI) -----
 
     @classmethod
@@ -314,6 +324,30 @@ class TrainingMethod(ABC):
     ) -> None:
         """Write this method's artifact files into ``staging`` from a kohya-format file's tensors."""
         raise ArtifactError(f"{cls.name} cannot import kohya files")
+
+
+def check_same_architecture(config_file: Path, base_unet: dict, what: str, arch_name: str) -> None:
+    """A saved model folder's config agrees with the base UNet's on every setting both name (a
+    DreamBooth UNet, a ControlNet copied from the UNet): else its weights belong to another base."""
+    import json
+
+    if not config_file.is_file():
+        raise ArtifactError(f"the {what} artifact lacks {config_file.parent.name}/{config_file.name}")
+    own = json.loads(config_file.read_text())
+    shared = [key for key in base_unet if not key.startswith("_") and key in own and key != "sample_size"]
+    differing = sorted(key for key in shared if own[key] != base_unet[key])
+    if differing:
+        key = differing[0]
+        raise ArtifactError(
+            f"the {what} artifact was built for another base: its {key} is {own[key]}, {arch_name}'s is "
+            f"{base_unet[key]} ({len(differing)} settings differ)"
+        )
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if "mismatch" in line or "missing" in line), lines[0] if lines else "")
+    return f"{type(error).__name__}: {detail}"[:400]
 
 
 def section(config: RunConfig | None, name: str, model: type[Section]) -> Any:

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 
 from dreamloom.errors import ArtifactError, DreamloomError
-from dreamloom.methods.base import Flag, ServedAdapter, Suitability, TrainingMethod, section
+from dreamloom.methods.base import Flag, ServedAdapter, Suitability, TrainingMethod, check_same_architecture, section
 from dreamloom.models.base import LoadedBaseModel, pipeline_from_components
 from dreamloom.schema import Section
 
@@ -166,6 +166,11 @@ class ControlNetMethod(TrainingMethod):
 
     def save_artifact(self, model: LoadedBaseModel, folder: Path) -> None:
         self.controlnet.save_pretrained(folder / CONTROLNET_FOLDER, safe_serialization=True)
+
+    @classmethod
+    def check_fit(cls, folder: Path, arch, config=None) -> None:
+        check_same_architecture(Path(folder) / CONTROLNET_FOLDER / "config.json", arch.unet_config, cls.name, arch.name)
+        super().check_fit(folder, arch, config)
 
     @classmethod
     def load_into(cls, pipe, folder: Path, config=None, strength: float = 1.0):

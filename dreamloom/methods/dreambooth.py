@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dreamloom.methods.base import Suitability, TrainingMethod
+from dreamloom.methods.base import Suitability, TrainingMethod, check_same_architecture
 from dreamloom.models.base import LoadedBaseModel
 
 UNET_FOLDER = "unet"
@@ -49,6 +49,11 @@ class DreamBoothMethod(TrainingMethod):
 
     def save_artifact(self, model: LoadedBaseModel, folder: Path) -> None:
         model.unet.save_pretrained(folder / UNET_FOLDER, safe_serialization=True)
+
+    @classmethod
+    def check_fit(cls, folder: Path, arch, config=None) -> None:
+        check_same_architecture(Path(folder) / UNET_FOLDER / "config.json", arch.unet_config, cls.name, arch.name)
+        super().check_fit(folder, arch, config)
 
     @classmethod
     def load_into(cls, pipe, folder: Path, config=None, strength: float = 1.0):

@@ -89,6 +89,11 @@ class PivotalMethod(TrainingMethod):
         self.embedding.save_artifact(model, folder)
 
     @classmethod
+    def check_fit(cls, folder: Path, arch, config=None) -> None:
+        TextualInversionMethod.check_fit(folder, arch, config)
+        LoraMethod.check_fit(folder, arch, config)
+
+    @classmethod
     def load_into(cls, pipe, folder: Path, config=None, strength: float = 1.0):
         pipe = TextualInversionMethod.load_into(pipe, folder, config)
         return LoraMethod.load_into(pipe, folder, config, strength)

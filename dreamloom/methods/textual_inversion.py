@@ -220,6 +220,25 @@ class TextualInversionMethod(TrainingMethod):
         )
 
     @classmethod
+    def check_fit(cls, folder: Path, arch, config=None) -> None:
+        """Each embedding's width is its text encoder's (meta modules cannot take new token rows)."""
+        from safetensors import safe_open
+
+        path = Path(folder) / EMBEDDING_FILE
+        if not path.is_file():
+            raise ArtifactError(f"the {cls.name} artifact lacks {EMBEDDING_FILE}")
+        widths = dict(zip(("emb_params",) if arch.family == "sd" else SDXL_KEYS, arch.text_hidden_sizes, strict=False))
+        with safe_open(str(path), "pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+        if set(shapes) != set(widths):
+            raise ArtifactError(f"{EMBEDDING_FILE} holds {sorted(shapes)}; a {arch.family} base reads {sorted(widths)}")
+        for key, shape in shapes.items():
+            if len(shape) != 2 or shape[0] < 1 or shape[1] != widths[key]:
+                raise ArtifactError(
+                    f"{EMBEDDING_FILE}: {key} has shape {list(shape)}; {arch.name} needs [vectors, {widths[key]}]"
+                )
+
+    @classmethod
     def load_into(cls, pipe, folder: Path, config=None, strength: float = 1.0):
         token, tensors = read_embedding(Path(folder), config)
         for tokenizer, encoder, rows in _per_text_encoder(pipe, tensors):

@@ -10,7 +10,6 @@ call with all its tags, so a failed registration leaves no version behind.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import warnings
@@ -18,17 +17,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dreamloom.artifacts import ArtifactManifest, read_manifest
+from dreamloom.artifacts import ArtifactManifest
 from dreamloom.errors import ArtifactError, DreamloomError
 from dreamloom.registry.gate import Check, Evaluated, GateConfig, gate
+from dreamloom.registry.integrity import check_artifact, check_manifest_digest, manifest_digest
 from dreamloom.settings import tracking_uri
 from dreamloom.tracking import Lineage, Tag, plain
 
 EXPERIMENT = "dreamloom-registry"
 CHAMPION, CHALLENGER = "champion", "challenger"
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_STACK_LIMIT = 50
 
 
 def client():
@@ -40,37 +38,19 @@ def client():
 # ----- registering -----
 
 
-def check_registrable(artifact: Path, name: str, mlflow) -> ArtifactManifest:
-    """Every reason to refuse ``artifact`` as a version of ``name``, before anything is written."""
-    from safetensors import safe_open
-
-    from dreamloom.inference import artifact_base
-
+def check_model_name(name: str) -> None:
     if not _NAME.match(name):
         raise DreamloomError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 100)")
-    manifest = read_manifest(artifact)
-    files = [p for p in Path(artifact).rglob("*") if p.is_file()]
-    pickled = sorted(p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
-    if pickled:
-        raise ArtifactError(
-            f"{artifact} holds pickled weights ({', '.join(pickled)}); dreamloom registers safetensors only"
-        )
-    for path in (p for p in files if p.suffix == ".safetensors"):
-        try:
-            with safe_open(str(path), "pt"):
-                pass
-        except Exception as exc:
-            raise ArtifactError(f"{path.name} is not a readable safetensors file: {exc}") from None
-    artifact_base(manifest)  # the base must be findable here, at the recorded revision
+
+
+def check_registrable(artifact: Path, name: str, mlflow) -> ArtifactManifest:
+    """Every reason to refuse ``artifact`` as a version of ``name``, before anything is written: its
+    content (``integrity.check_artifact``) and its base against the versions already there."""
+    check_model_name(name)
+    manifest = check_artifact(artifact)
     existing = _registered_model(mlflow, name)
     if existing is not None:
-        wanted = (existing.tags.get(Tag.BASE_MODEL), existing.tags.get(Tag.BASE_MODEL_REVISION))
-        spec, revision = manifest.base_model.spec, str(manifest.base_model.revision)
-        if wanted != (spec, revision):
-            raise ArtifactError(
-                f"model {name!r} holds versions for base {wanted[0]} (revision {wanted[1]}); this artifact "
-                f"was trained on {spec} (revision {revision}); register it under another name"
-            )
+        _check_same_base(existing, name, manifest)
     return manifest
 
 
@@ -91,6 +71,7 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
 
     registry = client()
     manifest = check_registrable(artifact, name, registry)
+    claimed = _claim_name(registry, name, manifest)  # before anything else is written
     mlflow.set_tracking_uri(registry.tracking_uri)
     run = registry.create_run(
         experiment_id(registry, EXPERIMENT), run_name=f"register-{name}", tags=manifest.lineage().tags()
@@ -111,8 +92,8 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
             registry.log_batch(run_id, metrics=_metrics(evaluation))
             for index, (_, grid) in enumerate(evaluation.grids):
                 registry.log_image(run_id, grid, artifact_file=f"samples/prompt_{index:02d}.png")
-        _ensure_registered_model(registry, name, manifest)
         tags = {**manifest.lineage().tags(), **_evaluation_tags(evaluation)}
+        tags[str(Tag.MANIFEST_SHA256)] = manifest_digest(artifact)
         version = registry.create_model_version(
             name,
             source=info.model_uri,
@@ -123,6 +104,8 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
         )
     except BaseException:
         registry.set_terminated(run_id, status="FAILED")
+        if claimed:
+            _release_name(registry, name)
         raise
     registry.set_terminated(run_id)
     return version
@@ -175,17 +158,37 @@ def _registered_model(mlflow, name: str):
         raise
 
 
-def _ensure_registered_model(mlflow, name: str, manifest: ArtifactManifest) -> None:
+def _claim_name(mlflow, name: str, manifest: ArtifactManifest) -> bool:
+    """Create the registered model with the artifact's base, or check the base it was created with.
+    Creation is atomic in MLflow: of two first registrations on different bases, one creates the
+    model and the other is refused here, before it writes anything. True when this call created it."""
     from mlflow.exceptions import MlflowException
 
-    if _registered_model(mlflow, name) is not None:
-        return
     tags = plain({Tag.BASE_MODEL: manifest.base_model.spec, Tag.BASE_MODEL_REVISION: manifest.base_model.revision})
     try:
         mlflow.create_registered_model(name, tags=tags, description=f"dreamloom concept {name!r}")
+        return True
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # a concurrent registration made it first
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    _check_same_base(_registered_model(mlflow, name), name, manifest)
+    return False
+
+
+def _check_same_base(existing, name: str, manifest: ArtifactManifest) -> None:
+    wanted = (existing.tags.get(Tag.BASE_MODEL), existing.tags.get(Tag.BASE_MODEL_REVISION))
+    spec, revision = manifest.base_model.spec, str(manifest.base_model.revision)
+    if wanted != (spec, revision):
+        raise ArtifactError(
+            f"model {name!r} holds versions for base {wanted[0]} (revision {wanted[1]}); this artifact "
+            f"was trained on {spec} (revision {revision}); register it under another name"
+        )
+
+
+def _release_name(mlflow, name: str) -> None:
+    """Undo a claim whose registration failed, unless a concurrent registration added a version."""
+    if not mlflow.search_model_versions(f"name = '{name}'", max_results=1):
+        mlflow.delete_registered_model(name)
 
 
 # ----- reading -----
@@ -228,7 +231,9 @@ def download_artifact(version) -> Path:
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}"))
     # MLflow keeps the folder's own name under artifacts/; the MLmodel file says where it went.
     pyfunc = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"]
-    return local / pyfunc["artifacts"][ADAPTER]["path"]
+    folder = local / pyfunc["artifacts"][ADAPTER]["path"]
+    check_manifest_digest(folder, version.tags.get(Tag.MANIFEST_SHA256), f"{version.name} v{version.version}")
+    return folder
 
 
 def evaluation_of_run(run_id: str) -> Evaluation:
@@ -339,9 +344,11 @@ def promote(
     if result.previous_champion == result.version or (not result.passed and not force):
         return result
     challenger, champion = resolve(name, result.version), _alias(registry, name, CHAMPION)
-    _set_champion(registry, name, str(challenger.version), champion)
-    stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    registry.set_model_version_tag(name, str(challenger.version), str(Tag.PROMOTED_AT), stamp)
+    # The promotion is recorded on the version it promotes: concurrent promotions each write their
+    # own record, so none is lost (the history is read from these records, never kept as a list).
+    version_number = str(challenger.version)
+    registry.set_model_version_tag(name, version_number, str(Tag.PROMOTED_AT), _now())
+    registry.set_registered_model_alias(name, CHAMPION, version_number)
     if champion is not None:
         registry.set_model_version_tag(name, str(challenger.version), str(Tag.PREVIOUS_CHAMPION), str(champion.version))
     if not result.passed:
@@ -351,36 +358,48 @@ def promote(
     return result
 
 
-def _set_champion(registry, name: str, version: str, previous) -> None:
-    stack = _stack(registry, name)
-    if previous is not None and (not stack or stack[-1] != str(previous.version)):
-        stack.append(str(previous.version))  # a champion set outside dreamloom still rolls back
-    stack.append(version)
-    registry.set_registered_model_alias(name, CHAMPION, version)
-    registry.set_registered_model_tag(name, str(Tag.CHAMPION_STACK), json.dumps(stack[-_STACK_LIMIT:]))
+@dataclass(frozen=True)
+class ChampionRecord:
+    version: str
+    promoted_at: str  # ISO 8601 UTC with microseconds: sorts as it reads
+    rolled_back_at: str | None = None
+
+    @property
+    def standing(self) -> bool:
+        """Promoted and not rolled back since."""
+        return self.rolled_back_at is None or self.rolled_back_at < self.promoted_at
+
+
+def champion_history(name: str) -> list[ChampionRecord]:
+    """Every version's latest promotion, oldest first, read from the versions' own records."""
+    records = [
+        ChampionRecord(str(v.version), v.tags[Tag.PROMOTED_AT], v.tags.get(Tag.ROLLED_BACK_AT))
+        for v in client().search_model_versions(f"name = '{name}'")
+        if Tag.PROMOTED_AT in v.tags
+    ]
+    return sorted(records, key=lambda record: (record.promoted_at, int(record.version)))
 
 
 def rollback(name: str) -> tuple[str, str]:
-    """Move ``champion`` back to the previous champion; returns (from, to)."""
+    """Move ``champion`` back to the version promoted before it (and not rolled back); returns (from, to)."""
     registry = client()
     champion = _alias(registry, name, CHAMPION)
     if champion is None:
         raise DreamloomError(f"model {name!r} has no champion to roll back")
-    stack = _stack(registry, name)
-    while stack and stack[-1] == str(champion.version):
-        stack.pop()
-    if not stack:
-        raise DreamloomError(f"model {name!r} has no earlier champion than version {champion.version}")
-    previous = stack[-1]
+    current = str(champion.version)
+    history = champion_history(name)
+    since = next((record.promoted_at for record in history if record.version == current), None)
+    earlier = [r for r in history if r.version != current and r.standing and (since is None or r.promoted_at < since)]
+    if not earlier:
+        raise DreamloomError(f"model {name!r} has no earlier champion than version {current}")
+    previous = earlier[-1].version
     registry.set_registered_model_alias(name, CHAMPION, previous)
-    registry.set_registered_model_tag(name, str(Tag.CHAMPION_STACK), json.dumps(stack))
-    registry.set_model_version_tag(
-        name,
-        str(champion.version),
-        str(Tag.ROLLED_BACK_AT),
-        datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    return str(champion.version), previous
+    registry.set_model_version_tag(name, current, str(Tag.ROLLED_BACK_AT), _now())
+    return current, previous
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _alias(registry, name: str, alias: str):
@@ -390,10 +409,3 @@ def _alias(registry, name: str, alias: str):
         return registry.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-
-
-def _stack(registry, name: str) -> list[str]:
-    model = _registered_model(registry, name)
-    if model is None:
-        raise DreamloomError(f"no registered model {name!r}")
-    return json.loads(model.tags.get(Tag.CHAMPION_STACK, "[]"))

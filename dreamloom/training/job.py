@@ -60,6 +60,10 @@ def prepare_class_data(config: RunConfig) -> PreparedDataset | None:
     """The user's own class images for prior preservation, checked and prepared (None when generated)."""
     if not (config.prior_enabled and config.prior.class_data):
         return None
-    options = PrepareOptions(config.data.resolution, max_image_pixels=config.data.max_image_pixels)
+    options = PrepareOptions(
+        resolution=config.data.resolution,
+        max_image_pixels=config.data.max_image_pixels,
+        max_total_pixels=config.data.max_total_pixels,
+    )
     folder = work_dir() / "datasets" / f"class-{config.effective_run_name}-{options.key()}"
     return prepare_dataset(config.prior.class_data, folder, options)

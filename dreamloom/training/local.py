@@ -25,7 +25,14 @@ from dreamloom.training.bookkeeping import (
     tracking_client,
 )
 from dreamloom.training.job import TrainResult, check_output, run_storage
-from dreamloom.training.preflight import check_devices, check_run_state, plan_job
+from dreamloom.training.preflight import (
+    check_devices,
+    check_resume,
+    check_run_state,
+    plan_job,
+    record_run,
+    run_record,
+)
 from dreamloom.training.trainer import TrainJob
 
 
@@ -38,6 +45,11 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     check_devices(config)
     job = plan_job(config)
     base, dataset = job.base_model, PreparedDataset.load(Path(job.dataset_root))
+    record = run_record(config, job)
+    if resume:
+        check_resume(Path(storage) / run_name, record)
+    else:
+        record_run(Path(storage) / run_name, record)
     mlflow = tracking_client()
     run_id = open_tracking_run(mlflow, config, base, dataset, resume)
     job.mlflow_run_id = run_id

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
-from dreamloom.settings import tracking_uri
+from dreamloom.settings import tracking_uri, without_credentials
 from dreamloom.tracking import Tag, plain
 from dreamloom.training.job import CONFIG_ENV, ENTRYPOINT, RESUME_ENV, TrainResult
 from dreamloom.training.remote import (
@@ -44,6 +44,16 @@ def ray_address() -> str:
     return address
 
 
+def job_environment(job_config: RunConfig, resume: bool) -> dict[str, str]:
+    """The job's environment. The cluster's own Secrets hold MLflow's credentials; this, which the
+    Ray dashboard shows to anyone who can reach it, holds none."""
+    return {
+        CONFIG_ENV: job_config.model_dump_json(),
+        RESUME_ENV: "yes" if resume else "no",
+        "MLFLOW_TRACKING_URI": without_credentials(tracking_uri()),
+    }
+
+
 def train_on_ray(
     config: RunConfig,
     resume: bool = False,
@@ -67,11 +77,7 @@ def train_on_ray(
         # Data paths relative to the job's working directory (the uploaded folder); the output
         # relative too, which the entrypoint puts under the cluster's work folder.
         job_config = remote_config(config, {field: path.relative_to(folder) for field, path in staged.items()}, job_id)
-        env = {
-            CONFIG_ENV: job_config.model_dump_json(),
-            RESUME_ENV: "yes" if resume else "no",
-            "MLFLOW_TRACKING_URI": tracking_uri(),
-        }
+        env = job_environment(job_config, resume)
         submit_when_ready(
             client,
             entrypoint=ENTRYPOINT,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dreamloom import artifacts
 from dreamloom.config import RunConfig
+from dreamloom.data.prepare import copy_data_folder
 from dreamloom.errors import DreamloomError
 from dreamloom.files import staged_folder
 from dreamloom.settings import tracking_uri
@@ -41,10 +42,10 @@ def check_before_submitting(config: RunConfig) -> None:
 def stage_data(config: RunConfig, folder: Path) -> dict[str, Path]:
     """Copy the instance (and own class) images into ``folder``; returns {config field: copy}."""
     staged = {"data.path": folder / INSTANCE_FOLDER}
-    shutil.copytree(config.data.path, staged["data.path"])
+    copy_data_folder(config.data.path, staged["data.path"])
     if config.prior_enabled and config.prior.class_data:
         staged["prior.class_data"] = folder / CLASS_FOLDER
-        shutil.copytree(config.prior.class_data, staged["prior.class_data"])
+        copy_data_folder(config.prior.class_data, staged["prior.class_data"])
     return staged
 
 

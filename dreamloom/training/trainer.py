@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dreamloom.config import RunConfig
 from dreamloom.data.prepare import PreparedDataset
+from dreamloom.errors import DreamloomError
 from dreamloom.generation import GenerationRequest, generate
 from dreamloom.models.base import (
     BaseModelRef,
@@ -205,6 +206,8 @@ class Trainer:
             last = micro == accumulation - 1
             with self._gradient_sync(enabled=last):
                 loss = self._micro_batch_loss((step - 1) * accumulation + micro) / accumulation
+                if not torch.isfinite(loss):  # before backward: a NaN never reaches the weights through it
+                    raise TrainingDiverged(self._diverged(step, f"the loss is {loss.item()}"))
                 if self.grad_scaler:
                     self.grad_scaler.scale(loss).backward()
                 else:
@@ -279,7 +282,23 @@ class Trainer:
 
     # ----- state, samples, artifact -----
 
+    def _diverged(self, step: int, what: str) -> str:
+        training, optimizer = self.config.training, self.config.optimizer
+        return (
+            f"training diverged at step {step} of {self.config.method}: {what}. Likely causes: the "
+            f"learning rate ({self.learning_rate:g}) is too high for {self.config.method}, "
+            f"{training.mixed_precision} precision overflowed (try bf16, or no mixed precision), or "
+            f"extreme settings (weight decay {optimizer.weight_decay:g}, noise offset {training.noise_offset:g}). "
+            "Nothing was published; checkpoints before this step are intact."
+        )
+
     def snapshot(self, step: int) -> TrainingState:
+        """The resumable state after ``step``; refused when a trained tensor is no longer finite (a
+        checkpoint of NaN weights would make every resume diverge again)."""
+        state = self.method.trainable_state(self.model)
+        broken = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
+        if broken:
+            raise TrainingDiverged(self._diverged(step, f"{len(broken)} trained tensors are not finite ({broken[0]})"))
         return TrainingState(
             step=step,
             trainable=self.method.trainable_state(self.model),
@@ -319,6 +338,10 @@ class Trainer:
 
     def save_artifact(self, folder: Path) -> None:
         self.method.save_artifact(self.model, folder)
+
+
+class TrainingDiverged(DreamloomError):
+    """The loss or the trained weights stopped being finite numbers."""
 
 
 def _has_trainable(module: torch.nn.Module) -> bool:
