@@ -24,10 +24,14 @@ def check_classes(data: str, eval_data: str, preset: str = "default", settings: 
     """
     from pathlib import Path
 
+    from components._step import run_step
     from dreamloom.usecases.augment import augment_settings, check_inputs
 
-    classes, _ = check_inputs(Path(data), Path(eval_data), augment_settings(preset, settings))
-    return sorted(classes)
+    def work():
+        classes, _ = check_inputs(Path(data), Path(eval_data), augment_settings(preset, settings))
+        return sorted(classes)
+
+    return run_step(work, attempts=1)
 
 
 @dsl.component(**COMPONENT)
@@ -55,15 +59,19 @@ def teach_class(
     import tempfile
     from pathlib import Path
 
+    from components._step import run_step
     from dreamloom.usecases.augment import augment_settings, read_classes, teach_class
 
-    options = augment_settings(preset, settings)
-    if launcher == "local" and gpus:
-        options = options.model_copy(update={"gpus_per_worker": float(gpus)})
-    classes = read_classes(Path(data), options.min_real)
-    index = sorted(classes).index(class_name)
-    with tempfile.TemporaryDirectory() as work:
-        return teach_class(class_name, classes[class_name], options, Path(work), index, launcher)
+    def work():
+        options = augment_settings(preset, settings)
+        if launcher == "local" and gpus:
+            options = options.model_copy(update={"gpus_per_worker": float(gpus)})
+        classes = read_classes(Path(data), options.min_real)
+        index = sorted(classes).index(class_name)
+        with tempfile.TemporaryDirectory() as work:
+            return teach_class(class_name, classes[class_name], options, Path(work), index, launcher)
+
+    return run_step(work, attempts=1)
 
 
 @dsl.component(**COMPONENT)
@@ -101,15 +109,19 @@ def synthesize_and_compare(
     from collections import namedtuple
     from pathlib import Path
 
+    from components._step import run_step
     from dreamloom.serving.repository import ServingStore
     from dreamloom.usecases.augment import augment_settings, synthesize_and_compare
 
-    store = ServingStore(serving_store or None)
-    report = synthesize_and_compare(
-        Path(data), Path(eval_data), Path(dataset.path), triton_url, store, augment_settings(preset, settings)
-    )
-    for name, value in report.metrics().items():
-        metrics.log_metric(name, value)
-    Path(page.path).write_text(report.html())
-    compared = namedtuple("Compared", ["real_only_balanced_accuracy", "augmented_balanced_accuracy"])
-    return compared(report.real_only.balanced_accuracy, report.augmented.balanced_accuracy)
+    def work():
+        store = ServingStore(serving_store or None)
+        report = synthesize_and_compare(
+            Path(data), Path(eval_data), Path(dataset.path), triton_url, store, augment_settings(preset, settings)
+        )
+        for name, value in report.metrics().items():
+            metrics.log_metric(name, value)
+        Path(page.path).write_text(report.html())
+        compared = namedtuple("Compared", ["real_only_balanced_accuracy", "augmented_balanced_accuracy"])
+        return compared(report.real_only.balanced_accuracy, report.augmented.balanced_accuracy)
+
+    return run_step(work, attempts=1)

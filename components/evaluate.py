@@ -29,14 +29,18 @@ def evaluate(
     """
     from pathlib import Path
 
+    from components._step import run_step
     from dreamloom.evaluation import evaluate_artifact, grids_html, log_evaluation
 
-    artifact = Path(model.path)
-    result, settings = evaluate_artifact(
-        artifact, references=Path(dataset.path), images_per_prompt=images_per_prompt, steps=steps
-    )
-    run_id = log_evaluation(result, settings, {"evaluated": artifact.name, "artifact": str(artifact)})
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
-    Path(samples.path).write_text(grids_html(result, f"{settings.subject}: evaluation"))
-    return run_id
+    def work():
+        artifact = Path(model.path)
+        result, settings = evaluate_artifact(
+            artifact, references=Path(dataset.path), images_per_prompt=images_per_prompt, steps=steps
+        )
+        run_id = log_evaluation(result, settings, {"evaluated": artifact.name, "artifact": str(artifact)})
+        for name, value in result.metrics.items():
+            metrics.log_metric(name, value)
+        Path(samples.path).write_text(grids_html(result, f"{settings.subject}: evaluation"))
+        return run_id
+
+    return run_step(work)

@@ -16,10 +16,14 @@ def gate(name: str, version: str, gate_config: dict) -> bool:
     Returns:
         Output: Whether the version may be promoted.
     """
+    from components._step import run_step
     from dreamloom.registry import GateConfig, judge
 
-    result = judge(name, version, GateConfig.parse(gate_config))
-    for check in result.checks:
-        print(("PASS " if check.passed else "FAIL ") + check.message)
-    print(f"{name} v{version}: {'passes' if result.passed else 'does not pass'} the gate")
-    return result.passed
+    def work():
+        result = judge(name, version, GateConfig.parse(gate_config))
+        for check in result.checks:
+            print(("PASS " if check.passed else "FAIL ") + check.message)
+        print(f"{name} v{version}: {'passes' if result.passed else 'does not pass'} the gate")
+        return result.passed
+
+    return run_step(work)

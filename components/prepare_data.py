@@ -23,10 +23,14 @@ def prepare_data(config: dict, dataset: Output[Dataset]) -> NamedTuple("Prepared
     """
     from collections import namedtuple
 
+    from components._step import run_step
     from dreamloom.config import pipeline_run_config
     from dreamloom.training.job import training_data
 
-    run = pipeline_run_config(config, output=dataset.path)
-    prepared = training_data(run, into=dataset.path)
-    dataset.metadata.update({"images": len(prepared.items), "dataset_hash": prepared.dataset_hash})
-    return namedtuple("Prepared", ["images", "dataset_hash"])(len(prepared.items), prepared.dataset_hash)
+    def work():
+        run = pipeline_run_config(config, output=dataset.path)
+        prepared = training_data(run, into=dataset.path)
+        dataset.metadata.update({"images": len(prepared.items), "dataset_hash": prepared.dataset_hash})
+        return namedtuple("Prepared", ["images", "dataset_hash"])(len(prepared.items), prepared.dataset_hash)
+
+    return run_step(work, attempts=1)

@@ -15,11 +15,15 @@ def promote(name: str, version: str, gate_config: dict) -> str:
     Returns:
         Output: The reference serving deploys: `NAME@champion`.
     """
+    from components._step import run_step
     from dreamloom.errors import DreamloomError
     from dreamloom.registry import GateConfig
     from dreamloom.registry import promote as promote_version
 
-    result = promote_version(name, version, GateConfig.parse(gate_config))
-    if not result.passed:
-        raise DreamloomError(f"{name} v{version} no longer passes the gate; the champion stays")
-    return f"{name}@champion"
+    def work():
+        result = promote_version(name, version, GateConfig.parse(gate_config))
+        if not result.passed:
+            raise DreamloomError(f"{name} v{version} no longer passes the gate; the champion stays")
+        return f"{name}@champion"
+
+    return run_step(work)

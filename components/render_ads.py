@@ -40,24 +40,28 @@ def render_ads(
     """
     from pathlib import Path
 
+    from components._step import run_step
     from dreamloom.serving.client import ServingClient
     from dreamloom.usecases.ad import Brief, plan_ads
     from dreamloom.usecases.jobs import inline_html, parse_size, render
 
-    plan = Brief.model_validate(brief)
-    recipe, staged = plan_ads(
-        product,
-        plan.prompts(),
-        variants=variants,
-        seed=seed,
-        size=parse_size(size),
-        style=style or None,
-        style_weight=style_weight,
-        negative_prompt=plan.negative_prompt,
-        steps=steps,
-        guidance=guidance,
-    )
-    with ServingClient(triton_url) as client:
-        out = render(recipe, client, Path(ads.path), staged=staged)
-    Path(page.path).write_text(inline_html(out))
-    return len(recipe.renders)
+    def work():
+        plan = Brief.model_validate(brief)
+        recipe, staged = plan_ads(
+            product,
+            plan.prompts(),
+            variants=variants,
+            seed=seed,
+            size=parse_size(size),
+            style=style or None,
+            style_weight=style_weight,
+            negative_prompt=plan.negative_prompt,
+            steps=steps,
+            guidance=guidance,
+        )
+        with ServingClient(triton_url) as client:
+            out = render(recipe, client, Path(ads.path), staged=staged)
+        Path(page.path).write_text(inline_html(out))
+        return len(recipe.renders)
+
+    return run_step(work)

@@ -33,13 +33,21 @@ def train(
     """
     from collections import namedtuple
 
+    from components._step import run_step
     from dreamloom.config import pipeline_run_config
     from dreamloom.training.launcher import launch
 
-    document = {**config, "run_name": config.get("run_name") or run_name}
-    run = pipeline_run_config(document, output=model.path, prepared_data=dataset.path)
-    result = launch(run, launcher, ray_address=ray_address or None)
-    model.metadata.update(
-        {"method": run.method, "base_model": run.base_model, "dataset_hash": dataset.metadata.get("dataset_hash", "")}
-    )
-    return namedtuple("Trained", ["mlflow_run_id", "steps"])(result.mlflow_run_id, result.steps)
+    def work():
+        document = {**config, "run_name": config.get("run_name") or run_name}
+        run = pipeline_run_config(document, output=model.path, prepared_data=dataset.path)
+        result = launch(run, launcher, ray_address=ray_address or None)
+        model.metadata.update(
+            {
+                "method": run.method,
+                "base_model": run.base_model,
+                "dataset_hash": dataset.metadata.get("dataset_hash", ""),
+            }
+        )
+        return namedtuple("Trained", ["mlflow_run_id", "steps"])(result.mlflow_run_id, result.steps)
+
+    return run_step(work, attempts=1)

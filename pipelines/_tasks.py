@@ -1,5 +1,6 @@
 """How pipeline steps are run, shared by every pipeline: service credentials from Kubernetes
-secrets, no caching for steps with side effects, retries for steps that talk to services, and
+secrets, no caching for steps with side effects (retries happen inside the steps, for transient
+failures only), and
 GPU scheduling plus the shared volume for training steps."""
 
 from kfp import dsl, kubernetes
@@ -13,11 +14,11 @@ TRAINING_SETTINGS = "dreamloom-training"  # the chart's ConfigMap
 SERVING_CLAIM, SERVING_MOUNT = "dreamloom-serving", "/serving"  # Triton's model repository and adapters
 
 
-def talks_to_services(task: dsl.PipelineTask, retries: int = 3) -> dsl.PipelineTask:
-    """No caching (side effects), retries with backoff, and the service credentials as env."""
+def talks_to_services(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """No caching (side effects) and the service credentials as env. No KFP retries: KFP cannot tell
+    a user's error from a service's hiccup, so steps retry transient failures themselves and stop
+    at once on a refusal (components/_step.py)."""
     task.set_caching_options(False)
-    if retries:
-        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
     for secret, keys in SECRET_ENV.items():
         kubernetes.use_secret_as_env(task, secret, keys, optional=True)
     return task

@@ -42,7 +42,7 @@ def augment(
         taught = teach_class(
             data=data, class_name=class_name, preset=preset, settings=settings, launcher=launcher, gpus=train_gpus
         )
-        trains(talks_to_services(taught, retries=0), train_gpus)
+        trains(talks_to_services(taught), train_gpus)
     compared = synthesize_and_compare(
         data=data,
         eval_data=eval_data,
@@ -51,4 +51,4 @@ def augment(
         preset=preset,
         settings=settings,
     ).after(taught)
-    serves(talks_to_services(compared, retries=0))
+    serves(talks_to_services(compared))

@@ -52,8 +52,7 @@ def personalize(
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             launcher=launcher,
             ray_address=ray_address,
-        ),
-        retries=0,
+        )
     )
     trains(trained, train_gpus)
     judged = talks_to_services(

@@ -20,6 +20,7 @@ def pipeline_arguments(config_file: Path, model_name: str, **extra) -> dict:
     document = yaml.safe_load(Path(config_file).read_text()) or {}
     document.pop("output", None)  # the pipeline chooses where artifacts go
     pipeline_run_config(document, output="validation-only")
+    check_step_parameters(model_name, extra)
     if extra.get("gate_config") is not None:
         GateConfig.parse(extra["gate_config"])
     launcher = extra.get("launcher") or "local"
@@ -28,6 +29,26 @@ def pipeline_arguments(config_file: Path, model_name: str, **extra) -> dict:
     if launcher != "local" and extra.get("train_gpus") is None:
         extra["train_gpus"] = 0  # the Ray cluster holds the GPUs; the train step only submits and waits
     return {"config": document, "model_name": model_name, **{k: v for k, v in extra.items() if v is not None}}
+
+
+def check_step_parameters(model_name: str, extra: dict) -> None:
+    """What each later step would refuse, refused before the first runs (a refusal mid-pipeline
+    costs the training before it)."""
+    import re
+
+    from dreamloom.evaluation.evaluate import EvalSettings
+    from dreamloom.registry.store import check_model_name
+
+    check_model_name(model_name)
+    images, steps = extra.get("eval_images_per_prompt"), extra.get("eval_steps")
+    EvalSettings(
+        subject="check",
+        images_per_prompt=EvalSettings.images_per_prompt if images is None else int(images),
+        steps=EvalSettings.steps if steps is None else int(steps),
+    )
+    url = extra.get("triton_url") or ""
+    if url and not re.fullmatch(r"(https?://)?[A-Za-z0-9.-]+:\d{1,5}", url):
+        raise DreamloomError(f"triton_url {url!r} is not HOST:PORT (e.g. dreamloom-triton:8000)")
 
 
 def run_local(arguments: dict, root: Path | None = None, pipeline=None) -> Path:

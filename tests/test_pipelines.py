@@ -63,17 +63,53 @@ def test_the_pipeline_is_kfp_ir_2_1_with_the_steps_in_order(compiled):
     assert set(spec["root"]["inputDefinitions"]["parameters"]) >= {"config", "model_name", "gate_config", "triton_url"}
 
 
-def test_side_effect_steps_are_not_cached_and_service_steps_retry(compiled):
+def test_side_effect_steps_are_not_cached_and_kfp_retries_nothing(compiled):
+    """KFP would retry a user's error as readily as a service's hiccup; steps retry the transient
+    failures themselves (components/_step.py)."""
     spec = compiled["documents"][0]
     tasks = dict(spec["root"]["dag"]["tasks"])
-    for condition in ("condition-1",):
+    for condition in ("condition-1", "condition-2"):
         tasks |= spec["components"][f"comp-{condition}"]["dag"]["tasks"]
-    tasks |= spec["components"]["comp-condition-2"]["dag"]["tasks"]
     for name in SIDE_EFFECT_TASKS:
         assert tasks[name]["cachingOptions"] == {}, name  # enableCache absent: off
-        if name != "train":
-            assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3, name
+    assert not [name for name, task in tasks.items() if "retryPolicy" in task]
     assert tasks["prepare-data"]["cachingOptions"] == {"enableCache": True}
+
+
+def test_a_step_retries_transient_failures_and_stops_at_once_on_a_refusal(capsys):
+    from mlflow.exceptions import MlflowException
+
+    from components._step import run_step
+    from dreamloom.serving.client import ServingError
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("MLflow is not answering")
+        if len(calls) == 2:
+            raise ServingError("Triton is loading", status="503")
+        if len(calls) == 3:
+            raise MlflowException("overloaded", error_code="TEMPORARILY_UNAVAILABLE")
+        return "done"
+
+    assert run_step(flaky, first_wait_s=0) == "done" and len(calls) == 4
+    refusals = []
+
+    def refused():
+        refusals.append(1)
+        raise DreamloomError("evaluation needs at least 2 images per prompt")
+
+    with pytest.raises(SystemExit, match="dreamloom: error: evaluation needs at least 2 images per prompt"):
+        run_step(refused, first_wait_s=0)
+    assert len(refusals) == 1  # never retried
+
+    def bad_request():
+        raise ServingError("prompt is empty; send the text to draw", status="400")
+
+    with pytest.raises(SystemExit, match="dreamloom: error: prompt is empty"):
+        run_step(bad_request, first_wait_s=0)  # a 400 is a refusal, however it arrives
 
 
 def test_training_asks_for_gpus_set_at_submission_and_mounts_the_shared_volume(compiled):
@@ -130,14 +166,14 @@ def test_prepare_data_refuses_bad_images_before_any_compute(tmp_path):
     photos = draw_images(tmp_path / "photos", count=3)
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     dataset = Dataset(uri=str(tmp_path / "out" / "dataset"))
-    with pytest.raises(DreamloomError, match=r"broken\.png"):
+    with pytest.raises(SystemExit, match=r"(?s)dreamloom: error: .*broken\.png"):  # a message, no traceback
         prepare_data.python_func(config=_run_config(photos), dataset=dataset)
     assert not Path(dataset.path).exists()
 
 
 def test_prepare_data_refuses_an_output_chosen_by_the_user(tmp_path):
     config = {**_run_config(draw_images(tmp_path / "photos")), "output": "somewhere"}
-    with pytest.raises(DreamloomError, match="remove `output`"):
+    with pytest.raises(SystemExit, match="remove `output`"):
         prepare_data.python_func(config=config, dataset=Dataset(uri=str(tmp_path / "dataset")))
 
 
@@ -207,7 +243,7 @@ def test_the_gate_component_judges_without_moving_the_champion(tmp_path):
     assert str(resolve("gated@challenger").version) == version
     with pytest.raises(DreamloomError):
         resolve("gated@champion")
-    with pytest.raises(DreamloomError, match="gate config"):
+    with pytest.raises(SystemExit, match="gate config"):
         gate.python_func(name="gated", version=version, gate_config={"thresholds": "high"})
 
 
@@ -292,6 +328,16 @@ def test_bad_pipeline_arguments_are_refused_before_anything_runs(tmp_path):
     config_file.write_text(yaml.safe_dump(_run_config(tmp_path)))
     with pytest.raises(DreamloomError, match="gate config"):
         pipeline_arguments(config_file, "x", gate_config={"tolerance": "lots"})
+    # What the evaluate, register and deploy steps would refuse after training, refused now.
+    with pytest.raises(DreamloomError, match="at least 2 images per prompt"):
+        pipeline_arguments(config_file, "x", eval_images_per_prompt=1)
+    with pytest.raises(DreamloomError, match="evaluation steps must be between 1 and 200"):
+        pipeline_arguments(config_file, "x", eval_steps=0)
+    with pytest.raises(DreamloomError, match="model name 'my model'"):
+        pipeline_arguments(config_file, "my model")
+    with pytest.raises(DreamloomError, match="is not HOST:PORT"):
+        pipeline_arguments(config_file, "x", triton_url="triton")
+    assert pipeline_arguments(config_file, "x", triton_url="dreamloom-triton:8000")["triton_url"]
 
 
 def _documents(name: str) -> list[dict]:
