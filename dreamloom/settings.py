@@ -82,3 +82,22 @@ def container_image() -> str:
     from dreamloom import __version__
 
     return os.environ.get("DREAMLOOM_IMAGE") or f"ghcr.io/dreamloom/dreamloom:{__version__}"
+
+
+def redacted(uri: str) -> str:
+    """``uri`` fit to print or log: a ``user:password@`` in it becomes ``***@``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` with no ``user:password@``: what may travel to a job, whose own environment (a
+    cluster's Secrets) holds the credentials."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])) if "@" in parts.netloc else uri

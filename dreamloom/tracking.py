@@ -33,6 +33,7 @@ class Tag(StrEnum):
     TRIGGER_TOKEN = "dreamloom.trigger_token"
     RESOLUTION = "dreamloom.resolution"
     TRAINING_RUN_ID = "dreamloom.training_run_id"
+    MANIFEST_SHA256 = "dreamloom.manifest_sha256"  # the registered artifact's dreamloom.json
     EVAL_CLIP_ENCODER = "dreamloom.eval.clip_encoder"
     EVAL_DINO_ENCODER = "dreamloom.eval.dino_encoder"
     EVAL_RUN_ID = "dreamloom.eval_run_id"
@@ -41,7 +42,6 @@ class Tag(StrEnum):
     PREVIOUS_CHAMPION = "dreamloom.previous_champion"
     FORCED_REASON = "dreamloom.forced_reason"
     ROLLED_BACK_AT = "dreamloom.rolled_back_at"
-    CHAMPION_STACK = "dreamloom.champion_stack"  # champions in promotion order; rollback pops
 
 
 class Lineage(BaseModel):

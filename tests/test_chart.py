@@ -108,8 +108,7 @@ def test_triton_probes_model_control_and_graceful_shutdown():
     documents = objects()
     spec = one(documents, "Deployment", "-triton")["spec"]["template"]["spec"]
     (server,) = spec["containers"]
-    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    for probe in ("readinessProbe", "startupProbe"):  # the model, not only the process
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):  # the model, not only the process
         assert server[probe]["httpGet"]["path"] == "/v2/models/dreamloom/ready"
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model loads take minutes
@@ -149,6 +148,32 @@ def test_tritons_admin_apis_need_the_key_from_its_secret_and_only_deploy_steps_g
         )
         expected = {"personalize": ["exec-deploy"], "augment": ["exec-synthesize-and-compare"], "batch_ads": []}
         assert with_key == expected[pipeline], pipeline
+
+
+def test_the_init_container_writes_the_releases_serving_limits_into_the_model_config(tmp_path):
+    """Run the rendered init command (paths pointed here) and read the config Triton would load."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    values = ("triton.maxRequestCost=12", "triton.queueTimeoutSeconds=7", "triton.maxQueueSize=9")
+    (seed,) = one(objects(*values), "Deployment", "-triton")["spec"]["template"]["spec"]["initContainers"]
+    checked_in = Path(__file__).parents[1] / "serving" / "model_repository"
+    script = seed["command"][2].replace("/opt/dreamloom/model_repository", str(checked_in))
+    script = script.replace("/serving/models", str(tmp_path / "models")).replace("python3", sys.executable)
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for _ in range(2):  # the first start seeds the volume; a later one finds it and only reconfigures
+        subprocess.run(["sh", "-c", script], check=True, env=environment, capture_output=True)
+    text = (tmp_path / "models" / "dreamloom" / "config.pbtxt").read_text()
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.parameters["max_request_megapixel_steps"].string_value == "12"
+    queue = config.dynamic_batching.default_queue_policy
+    assert queue.default_timeout_microseconds == 7_000_000 and queue.max_queue_size == 9
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
 
 
 def test_a_grace_period_shorter_than_tritons_exit_timeout_is_refused():
@@ -231,6 +256,43 @@ def test_network_policies_deny_by_default_and_open_what_each_component_serves():
     postgres = policies["dreamloom-postgresql"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert postgres["app.kubernetes.io/component"] == "mlflow"
     assert not [d for d in objects("networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"]
+
+
+def test_no_credential_is_ever_on_a_command_line():
+    """A container's arguments are in its pod spec and every process listing; credentials stay in
+    env (from Secrets) or files. Triton is the one exception, and only for its admin key, which
+    tritonserver takes as a flag alone (readable inside its pod only)."""
+    for name, spec in pod_specs(objects(*ALL_ON)).items():
+        for container in containers(spec):
+            secret_env = {e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+            line = " ".join(container.get("command", []) + container.get("args", []))
+            used = {variable for variable in secret_env if f"$({variable})" in line}
+            allowed = {"DREAMLOOM_TRITON_ADMIN_KEY"} if name.endswith("-triton") else set()
+            assert used <= allowed, (name, container["name"], used)
+            assert "password" not in line.lower() or "${MLFLOW_ADMIN_PASSWORD}" in line, (name, container["name"])
+
+
+def test_mlflow_needs_a_user_and_only_pipeline_steps_ray_and_the_ui_reach_it():
+    documents = objects(*ALL_ON, "networkPolicy.mlflowUiNamespaces[0].kubernetes\\.io/metadata\\.name=ingress-nginx")
+    (server,) = one(documents, "Deployment", "-mlflow")["spec"]["template"]["spec"]["containers"]
+    assert "exec mlflow server --app-name basic-auth" in server["args"][0]
+    env = {entry["name"]: entry for entry in server["env"]}
+    assert env["MLFLOW_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "dreamloom-mlflow-admin",
+        "key": "password",
+    }
+    assert "secretKeyRef" in env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]
+    policies = {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "NetworkPolicy"}
+    sources = policies["dreamloom-mlflow"]["ingress"][0]["from"]
+    assert {"podSelector": {}} not in sources  # not every pod of the namespace
+    assert sources[0] == {"podSelector": {"matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}}}
+    assert sources[1] == {"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}}
+    assert sources[2] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    (jobs_api,) = [rule for rule in policies["dreamloom-ray"]["ingress"] if "ports" in rule]
+    assert jobs_api["from"] == [sources[0]]  # Ray's Jobs API and client port: pipeline steps only
+    plain = objects("mlflow.auth.enabled=false")
+    (open_server,) = one(plain, "Deployment", "-mlflow")["spec"]["template"]["spec"]["containers"]
+    assert "--app-name" not in open_server["args"][0] and "MLFLOW_ADMIN_PASSWORD" not in str(open_server["env"])
 
 
 @pytest.mark.parametrize("values", ["gpu-values.yaml", "dev-with-minio-values.yaml"])

@@ -11,7 +11,7 @@ import sys
 
 from dreamloom import __version__
 from dreamloom.cli import advise, convert, generate, pipeline, registry, serving, train, usecases
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import DreamloomError, credentials_refused
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dreamloom: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        refused = credentials_refused(exc)
+        if refused is None:
+            raise
+        print(f"dreamloom: error: {refused}", file=sys.stderr)
+        return 2
     return code or 0
 
 
