@@ -95,13 +95,15 @@ def test_minio_and_postgres_exist_only_in_development_installs():
     (mlflow,) = one(dev, "Deployment", "-mlflow")["spec"]["template"]["spec"]["containers"]
     endpoint = {e["name"]: e for e in mlflow["env"]}["MLFLOW_S3_ENDPOINT_URL"]
     assert endpoint["value"] == "http://dreamloom-minio:9000"
-    assert "@dreamloom-postgresql:5432/mlflow" in " ".join(mlflow["args"])
+    backend = {e["name"]: e for e in mlflow["env"]}["MLFLOW_BACKEND_STORE_URI"]["value"]
+    assert backend.endswith("@dreamloom-postgresql:5432/mlflow")
 
     production = objects(values="gpu-values.yaml")
     assert not [d for d in production if "minio" in d["metadata"]["name"] or "postgresql" in d["metadata"]["name"]]
     (mlflow,) = one(production, "Deployment", "-mlflow")["spec"]["template"]["spec"]["containers"]
     assert "secretKeyRef" in {e["name"]: e for e in mlflow["env"]}["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]
-    assert "@mlflow-db.example.internal:5432/mlflow" in " ".join(mlflow["args"])
+    backend = {e["name"]: e for e in mlflow["env"]}["MLFLOW_BACKEND_STORE_URI"]["value"]
+    assert backend.endswith("@mlflow-db.example.internal:5432/mlflow")
 
 
 def test_triton_probes_model_control_and_graceful_shutdown():

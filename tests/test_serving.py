@@ -274,8 +274,8 @@ def test_a_request_waiting_longer_than_the_queue_timeout_fails_fast(tmp_path):
 
 
 def test_readiness_follows_the_served_model_not_only_the_process(served):
-    """Triton's own /v2/health/ready stays 200 with the model unloaded; what the chart and
-    `dreamloom serve` wait on is the model's readiness."""
+    """What the chart's probes and `dreamloom serve` wait on is the served model's readiness, so
+    an unloaded model is seen at once (Triton's /v2/health/ready depends on its readiness mode)."""
     server, store, _ = served
     admin = ServingClient(server.http_url, admin_key=store.admin_key())
     try:
@@ -283,7 +283,7 @@ def test_readiness_follows_the_served_model_not_only_the_process(served):
         deadline = time.monotonic() + 60
         while server.ready() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not server.ready() and _raw(server, "/v2/health/ready") == 200
+        assert not server.ready() and _raw(server, "/v2/models/dreamloom/ready") != 200
     finally:
         admin.load_model()
         server.wait_ready(timeout_s=300)

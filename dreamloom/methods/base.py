@@ -20,6 +20,7 @@ grids). Nothing outside ``dreamloom.methods`` branches on a method's name: it as
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,7 +301,9 @@ class TrainingMethod(ABC):
         By default it is loaded the way inference loads it, onto a pipeline of ``arch``'s modules on
         the meta device: every shape is checked and no base weights are read."""
         try:
-            cls.load_into(arch.meta_pipeline(), Path(folder), config)
+            with warnings.catch_warnings():  # torch warns that copying into meta tensors is a no-op: it is meant
+                warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+                cls.load_into(arch.meta_pipeline(), Path(folder), config)
         except Exception as exc:
             raise ArtifactError(f"the {cls.name} artifact does not fit {arch.name}: {_first_line(exc)}") from None
 
