@@ -17,10 +17,10 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
+from dreamloom.models.meta import empty_weights
 
 KNOWN = json.loads(resources.files("dreamloom.models.assets").joinpath("architectures.json").read_text())
 BYTES_FP32 = 4
@@ -74,14 +74,14 @@ class Architecture:
     def unet(self):
         from diffusers import UNet2DConditionModel
 
-        with init_empty_weights():
+        with empty_weights():
             return UNet2DConditionModel.from_config(self.unet_config)
 
     def text_encoders(self) -> list[torch.nn.Module]:
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
         encoders = []
-        with init_empty_weights():
+        with empty_weights():
             for config in self.text_configs:
                 projected = "CLIPTextModelWithProjection" in config.get("architectures", [])
                 cls = CLIPTextModelWithProjection if projected else CLIPTextModel
@@ -92,7 +92,7 @@ class Architecture:
     def vae(self):
         from diffusers import AutoencoderKL
 
-        with init_empty_weights():
+        with empty_weights():
             return AutoencoderKL.from_config(self.vae_config)
 
     def meta_pipeline(self):

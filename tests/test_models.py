@@ -95,3 +95,17 @@ def test_pickled_weights_are_never_loaded(tmp_path: Path):
     unet_weights.unlink()
     with pytest.raises(DreamloomError, match="safetensors"):
         load_base_model(resolve_base_model(str(copy)))
+
+
+def test_meta_device_builds_in_threads_leave_torch_unpatched():
+    """accelerate patches nn.Module.register_parameter while it builds on the meta device; two
+    threads inside at once left it patched for good, and every later model load failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dreamloom.sizing import Architecture
+
+    original = torch.nn.Module.register_parameter
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: Architecture.known("sd15").meta_pipeline(), range(4)))
+    assert torch.nn.Module.register_parameter is original
+    load_base_model(resolve_base_model("tiny"))  # and real loads still work

@@ -30,6 +30,7 @@ import torch
 
 from dreamloom.errors import ArtifactError, DreamloomError
 from dreamloom.models.base import BaseModelRef, LoadedBaseModel, pipeline_from_components
+from dreamloom.models.meta import META_LOCK
 from dreamloom.schema import Section
 
 if TYPE_CHECKING:  # the run config and the layers above are only types here
@@ -301,8 +302,9 @@ class TrainingMethod(ABC):
         By default it is loaded the way inference loads it, onto a pipeline of ``arch``'s modules on
         the meta device: every shape is checked and no base weights are read."""
         try:
-            with warnings.catch_warnings():  # torch warns that copying into meta tensors is a no-op: it is meant
-                warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+            # peft patches torch while it loads onto meta modules: one thread at a time (models.meta)
+            with META_LOCK, warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")  # meant
                 cls.load_into(arch.meta_pipeline(), Path(folder), config)
         except Exception as exc:
             raise ArtifactError(f"the {cls.name} artifact does not fit {arch.name}: {_first_line(exc)}") from None

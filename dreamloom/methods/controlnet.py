@@ -88,10 +88,11 @@ class ControlNetMethod(TrainingMethod):
 
     @classmethod
     def trainable_params(cls, arch, config) -> int:
-        from accelerate import init_empty_weights
         from diffusers import ControlNetModel
 
-        with init_empty_weights():
+        from dreamloom.models.meta import empty_weights
+
+        with empty_weights():
             controlnet = ControlNetModel.from_unet(
                 arch.unet(),
                 conditioning_embedding_out_channels=condition_channels(arch.vae_scale_factor),

@@ -208,9 +208,9 @@ class HypernetworkMethod(TrainingMethod):
 
     @classmethod
     def trainable_params(cls, arch, config) -> int:
-        from accelerate import init_empty_weights
+        from dreamloom.models.meta import empty_weights
 
-        with init_empty_weights():
+        with empty_weights():
             hypernetwork = Hypernetwork(
                 cross_attention_widths(arch.unet()), **structure_from_settings(config.hypernetwork)
             )

@@ -105,7 +105,7 @@ class PeftAdapterMethod(TrainingMethod):
 
     @classmethod
     def trainable_params(cls, arch, config: RunConfig) -> int:
-        from accelerate import init_empty_weights
+        from dreamloom.models.meta import empty_weights
 
         settings = getattr(config, cls.section_name)
         modules = [(arch.unet(), settings.target_modules)]
@@ -114,7 +114,7 @@ class PeftAdapterMethod(TrainingMethod):
         total = 0
         for module, targets in modules:
             module.requires_grad_(False)
-            with init_empty_weights():
+            with empty_weights():
                 module.add_adapter(cls.peft_config(settings, targets))
             total += sum(p.numel() for p in module.parameters() if p.requires_grad)
         return total
