@@ -24,7 +24,7 @@ def check_classes(data: str, eval_data: str, preset: str = "default", settings: 
     """
     from pathlib import Path
 
-    from components._step import run_step
+    from dreamloom.steps import run_step
     from dreamloom.usecases.augment import augment_settings, check_inputs
 
     def work():
@@ -59,7 +59,7 @@ def teach_class(
     import tempfile
     from pathlib import Path
 
-    from components._step import run_step
+    from dreamloom.steps import run_step
     from dreamloom.usecases.augment import augment_settings, read_classes, teach_class
 
     def work():
@@ -109,8 +109,8 @@ def synthesize_and_compare(
     from collections import namedtuple
     from pathlib import Path
 
-    from components._step import run_step
     from dreamloom.serving.repository import ServingStore
+    from dreamloom.steps import run_step
     from dreamloom.usecases.augment import augment_settings, synthesize_and_compare
 
     def work():

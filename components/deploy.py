@@ -19,9 +19,9 @@ def deploy(reference: str, triton_url: str, store: str = "") -> str:
     Returns:
         Output: What requests pass as ADAPTER (empty for a DreamBooth model, served as its own model).
     """
-    from components._step import run_step
     from dreamloom.serving.deploy import deploy as deploy_version
     from dreamloom.serving.repository import ServingStore
+    from dreamloom.steps import run_step
 
     def work():
         result = deploy_version(reference, triton_url, store=ServingStore(store or None), restore_champion=True)

@@ -29,8 +29,8 @@ def evaluate(
     """
     from pathlib import Path
 
-    from components._step import run_step
     from dreamloom.evaluation import evaluate_artifact, grids_html, log_evaluation
+    from dreamloom.steps import run_step
 
     def work():
         artifact = Path(model.path)

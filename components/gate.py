@@ -16,8 +16,8 @@ def gate(name: str, version: str, gate_config: dict) -> bool:
     Returns:
         Output: Whether the version may be promoted.
     """
-    from components._step import run_step
     from dreamloom.registry import GateConfig, judge
+    from dreamloom.steps import run_step
 
     def work():
         result = judge(name, version, GateConfig.parse(gate_config))

@@ -23,8 +23,8 @@ def prepare_data(config: dict, dataset: Output[Dataset]) -> NamedTuple("Prepared
     """
     from collections import namedtuple
 
-    from components._step import run_step
     from dreamloom.config import pipeline_run_config
+    from dreamloom.steps import run_step
     from dreamloom.training.job import training_data
 
     def work():

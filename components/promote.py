@@ -15,10 +15,10 @@ def promote(name: str, version: str, gate_config: dict) -> str:
     Returns:
         Output: The reference serving deploys: `NAME@champion`.
     """
-    from components._step import run_step
     from dreamloom.errors import DreamloomError
     from dreamloom.registry import GateConfig
     from dreamloom.registry import promote as promote_version
+    from dreamloom.steps import run_step
 
     def work():
         result = promote_version(name, version, GateConfig.parse(gate_config))

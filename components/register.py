@@ -21,9 +21,9 @@ def register(model: Input[Model], name: str, eval_run_id: str) -> str:
     """
     from pathlib import Path
 
-    from components._step import run_step
     from dreamloom.registry import register as register_version
     from dreamloom.registry.store import evaluation_of_run
+    from dreamloom.steps import run_step
 
     def work():
         return str(register_version(Path(model.path), name, evaluation_of_run(eval_run_id)).version)

@@ -40,8 +40,8 @@ def render_ads(
     """
     from pathlib import Path
 
-    from components._step import run_step
     from dreamloom.serving.client import ServingClient
+    from dreamloom.steps import run_step
     from dreamloom.usecases.ad import Brief, plan_ads
     from dreamloom.usecases.jobs import inline_html, parse_size, render
 

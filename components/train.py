@@ -33,8 +33,8 @@ def train(
     """
     from collections import namedtuple
 
-    from components._step import run_step
     from dreamloom.config import pipeline_run_config
+    from dreamloom.steps import run_step
     from dreamloom.training.launcher import launch
 
     def work():

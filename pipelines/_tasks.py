@@ -17,7 +17,7 @@ SERVING_CLAIM, SERVING_MOUNT = "dreamloom-serving", "/serving"  # Triton's model
 def talks_to_services(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """No caching (side effects) and the service credentials as env. No KFP retries: KFP cannot tell
     a user's error from a service's hiccup, so steps retry transient failures themselves and stop
-    at once on a refusal (components/_step.py)."""
+    at once on a refusal (dreamloom/steps.py)."""
     task.set_caching_options(False)
     for secret, keys in SECRET_ENV.items():
         kubernetes.use_secret_as_env(task, secret, keys, optional=True)

@@ -65,7 +65,7 @@ def test_the_pipeline_is_kfp_ir_2_1_with_the_steps_in_order(compiled):
 
 def test_side_effect_steps_are_not_cached_and_kfp_retries_nothing(compiled):
     """KFP would retry a user's error as readily as a service's hiccup; steps retry the transient
-    failures themselves (components/_step.py)."""
+    failures themselves (dreamloom/steps.py)."""
     spec = compiled["documents"][0]
     tasks = dict(spec["root"]["dag"]["tasks"])
     for condition in ("condition-1", "condition-2"):
@@ -76,11 +76,33 @@ def test_side_effect_steps_are_not_cached_and_kfp_retries_nothing(compiled):
     assert tasks["prepare-data"]["cachingOptions"] == {"enableCache": True}
 
 
+def test_every_components_imports_work_where_kfp_runs_them():
+    """KFP runs a component's function source with ``_KFP_RUNTIME=true``, where ``kfp.dsl`` has no
+    ``component`` decorator: an import inside a component that reaches ``components/__init__.py``
+    (which decorates) fails there, though it works in a test that calls ``python_func``."""
+    import ast
+    import inspect
+    import subprocess
+    import sys
+
+    import components
+
+    imports = set()
+    for name in components.__all__:
+        tree = ast.parse(inspect.getsource(getattr(components, name).python_func))
+        imports |= {ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)}
+    assert any("dreamloom.steps" in line for line in imports)
+    script = "import kfp.dsl\nassert not hasattr(kfp.dsl, 'component')\n" + "\n".join(sorted(imports))
+    env = os.environ | {"_KFP_RUNTIME": "true"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_step_retries_transient_failures_and_stops_at_once_on_a_refusal(capsys):
     from mlflow.exceptions import MlflowException
 
-    from components._step import run_step
     from dreamloom.serving.client import ServingError
+    from dreamloom.steps import run_step
 
     calls = []
 

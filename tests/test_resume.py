@@ -46,11 +46,12 @@ def _wait_for_committed_checkpoint(
 
 
 def _train_workers() -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in process.info["cmdline"] or []):
-            found.append(process)
-    return found
+    """This run's live training workers, asked of its own Ray cluster: a process scan would also
+    count the workers of another test's cluster running beside it (pytest-xdist)."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return [psutil.Process(actor.pid) for actor in sorted(alive, key=lambda actor: actor.pid)]
 
 
 def test_a_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(tmp_path):

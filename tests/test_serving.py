@@ -537,7 +537,8 @@ def _stored_copy(name: str, version: str) -> Path:
     from dreamloom.registry.store import client as registry
 
     mlflow = registry()
-    logged = mlflow.get_logged_model(mlflow.get_model_version(name, version).model_id)
+    stored = mlflow.get_model_version(name, version)  # the SQL store keeps the model in ``source`` only
+    logged = mlflow.get_logged_model(stored.model_id or stored.source.removeprefix("models:/"))
     (manifest,) = Path(urlparse(logged.artifact_location).path).rglob("dreamloom.json")
     return manifest.parent
 
@@ -549,7 +550,8 @@ def test_refused_deploys_lose_no_request_and_leave_the_champion_answering(served
     from dreamloom.registry import register
 
     server, store, client = served
-    champion = ImageRequest(INSTANCE_PROMPT, seed=3, adapter="hex-lora@champion", **FAST)
+    # solo: two callers' requests would otherwise share a batch, whose floating-point order differs
+    champion = ImageRequest(INSTANCE_PROMPT, seed=3, adapter="hex-lora@champion", solo=True, **FAST)
     expected = client.generate(champion)
     routes_before, versions_before = store.latest_routes("dreamloom"), store.versions("dreamloom")
     failures, served_count, stop = [], [0], threading.Event()

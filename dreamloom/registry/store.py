@@ -320,12 +320,32 @@ class Promotion:
         return all(check.passed for check in self.checks)
 
 
+# What SQLite, MySQL and PostgreSQL say when two writers insert the same alias row at once.
+_ALIAS_RACE = re.compile(r"UNIQUE constraint failed|Duplicate entry|duplicate key value", re.IGNORECASE)
+
+
+def _point_alias(registry, name: str, alias: str, version: str, attempts: int = 5) -> None:
+    """Point ``alias`` at ``version``. MLflow's SQL store reads the alias row, then inserts it:
+    two promotions at once can both read "absent" and one insert fails on the unique key. The
+    row exists by then, so writing again updates it (the last writer wins, as with no race)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            registry.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as error:
+            if attempt == attempts - 1 or not _ALIAS_RACE.search(str(error)):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def judge(name: str, version: str, config: GateConfig | None = None) -> Promotion:
     """Make ``version`` the challenger and hold it against the champion; moves nothing else.
     ``previous_champion == version`` means it already is the champion (nothing to judge)."""
     registry = client()
     challenger = resolve(name, version)
-    registry.set_registered_model_alias(name, CHALLENGER, str(challenger.version))
+    _point_alias(registry, name, CHALLENGER, str(challenger.version))
     champion = _alias(registry, name, CHAMPION)
     if champion is not None and champion.version == challenger.version:
         return Promotion(name, str(challenger.version), str(champion.version), [], moved=False)
@@ -348,7 +368,7 @@ def promote(
     # own record, so none is lost (the history is read from these records, never kept as a list).
     version_number = str(challenger.version)
     registry.set_model_version_tag(name, version_number, str(Tag.PROMOTED_AT), _now())
-    registry.set_registered_model_alias(name, CHAMPION, version_number)
+    _point_alias(registry, name, CHAMPION, version_number)
     if champion is not None:
         registry.set_model_version_tag(name, str(challenger.version), str(Tag.PREVIOUS_CHAMPION), str(champion.version))
     if not result.passed:
@@ -393,7 +413,7 @@ def rollback(name: str) -> tuple[str, str]:
     if not earlier:
         raise DreamloomError(f"model {name!r} has no earlier champion than version {current}")
     previous = earlier[-1].version
-    registry.set_registered_model_alias(name, CHAMPION, previous)
+    _point_alias(registry, name, CHAMPION, previous)
     registry.set_model_version_tag(name, current, str(Tag.ROLLED_BACK_AT), _now())
     return current, previous
 
