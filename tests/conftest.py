@@ -61,4 +61,8 @@ def lora_run(tmp_path_factory):
         data__trigger_token="sks",
         scaling__workers=2,
     )
-    return train(config), config, photos
+    # Tracked in the session's default store, whichever test asks first: under pytest-xdist a
+    # module that points MLFLOW_TRACKING_URI at its own mlflow server may be the first.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return train(config), config, photos
