@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # On GPU nodes: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
-.PHONY: setup test test-fast lint chart-lint cluster-up format demo bench bench-methods toy-base toy-evaluator clean
+.PHONY: setup test test-fast test-realsize lint chart-lint cluster-up format demo bench bench-methods toy-base toy-evaluator clean
 
 setup: $(STAMP)
 
@@ -20,10 +20,14 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Two workers, a test file each at a time (module fixtures such as one Triton per file start once).
 test: setup lint chart-lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile -m "not realsize"
 
 test-fast: setup
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not realsize"
+
+# The real architectures (SD 1.5, 2.1, SDXL shapes with random weights): builds gigabytes of weights.
+test-realsize: setup
+	$(BIN)/pytest -m realsize
 
 # Renders the Helm chart with the real helm (installed under .tools/) and validates every object.
 chart-lint: setup

@@ -90,6 +90,7 @@ class ArtifactManifest(BaseModel):
             artifact_kind=self.artifact_kind,
             base_model=self.base_model.spec,
             base_model_revision=str(self.base_model.revision),
+            base_model_weights=self.base_model.weights,
             dataset_hash=self.dataset_hash,
             trigger_token=self.trigger_token or "",
             resolution=self.resolution,

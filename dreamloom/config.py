@@ -80,7 +80,7 @@ class TrainingSettings(Section):
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     seed: int = Field(0, ge=0)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
-        "auto", description="auto: bf16 (or fp16) on GPUs that support it, fp32 on CPU"
+        "auto", description="auto: bf16 (or fp16) on GPUs; bf16 on CPUs with AMX or AVX512-BF16; fp32 on other CPUs"
     )
     gradient_checkpointing: bool = False
     cache_latents: bool = Field(True, description="Encode each image with the VAE once")

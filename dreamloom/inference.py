@@ -14,6 +14,7 @@ from dreamloom.artifacts import ArtifactManifest, read_manifest
 from dreamloom.errors import ArtifactError, DreamloomError
 from dreamloom.generation import GenerationRequest
 from dreamloom.models.base import BaseModelRef, load_base_model, pipeline_from_components, resolve_base_model
+from dreamloom.models.precision import inference_dtype
 
 
 def artifact_base(manifest: ArtifactManifest) -> BaseModelRef:
@@ -38,7 +39,7 @@ def load_artifact_pipeline(artifact: Path, strength: float | None = None, device
     if strength is not None and strength != 1.0 and not method.has_strength:
         raise DreamloomError(f"a {manifest.method} artifact has no strength to set; leave --scale out")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    dtype = inference_dtype(device)
     model = load_base_model(artifact_base(manifest), device, dtype)
     if strength is None:
         strength = method.default_strength(manifest.config)

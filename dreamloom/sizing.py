@@ -13,16 +13,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
+from dreamloom.models import architectures
+from dreamloom.models.architectures import KNOWN
 from dreamloom.models.meta import empty_weights
 
-KNOWN = json.loads(resources.files("dreamloom.models.assets").joinpath("architectures.json").read_text())
 BYTES_FP32 = 4
 BYTES_HALF = 2
 # AdamW keeps two fp32 moments per trainable parameter; the parameter and its gradient are fp32 too.
@@ -46,11 +46,8 @@ class Architecture:
     @classmethod
     def for_base(cls, spec: str) -> Architecture:
         """``sd15``/``sd21``/``sdxl``, one of their hub ids, or a local diffusers folder (incl. tiny)."""
-        for name, entry in KNOWN.items():
-            if name.startswith("_"):
-                continue
-            if spec == name or spec in entry["hub_ids"]:
-                return cls.known(name)
+        if name := architectures.known_architecture(spec):
+            return cls.known(name)
         from dreamloom.models.base import resolve_base_model
 
         ref = resolve_base_model(spec)
@@ -72,43 +69,28 @@ class Architecture:
     # ----- modules on the meta device -----
 
     def unet(self):
-        from diffusers import UNet2DConditionModel
-
         with empty_weights():
-            return UNet2DConditionModel.from_config(self.unet_config)
+            return architectures.build_unet(self.unet_config)
 
     def text_encoders(self) -> list[torch.nn.Module]:
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-        encoders = []
         with empty_weights():
-            for config in self.text_configs:
-                projected = "CLIPTextModelWithProjection" in config.get("architectures", [])
-                cls = CLIPTextModelWithProjection if projected else CLIPTextModel
-                fields = {k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
-                encoders.append(cls(CLIPTextConfig(**fields)))
-        return encoders
+            return [architectures.build_text_encoder(config) for config in self.text_configs]
 
     def vae(self):
-        from diffusers import AutoencoderKL
-
         with empty_weights():
-            return AutoencoderKL.from_config(self.vae_config)
+            return architectures.build_vae(self.vae_config)
 
     def meta_pipeline(self):
         """A diffusers pipeline of this architecture with every module on the meta device: loading
         an artifact into it checks every tensor's shape and reads no base weights."""
-        from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import DDPMScheduler
 
-        from dreamloom.models.tokenizer import build_clip_tokenizer
-
+        entry = {"text_encoders": self.text_configs, **KNOWN.get(self.name, {})}
+        tokenizers = architectures.build_tokenizers(entry)
         encoders = self.text_encoders()
-        parts = {"vae": self.vae(), "unet": self.unet(), "scheduler": DDPMScheduler(), "text_encoder": encoders[0]}
-        parts["tokenizer"] = build_clip_tokenizer()
-        if self.family == "sdxl":
-            return StableDiffusionXLPipeline(**parts, text_encoder_2=encoders[1], tokenizer_2=build_clip_tokenizer())
-        no_checker = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-        return StableDiffusionPipeline(**parts, **no_checker)
+        return architectures.assemble_pipeline(
+            self.family, self.unet(), self.vae(), encoders, tokenizers, DDPMScheduler()
+        )
 
     # ----- counts -----
 

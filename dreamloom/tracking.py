@@ -29,6 +29,7 @@ class Tag(StrEnum):
     BASE_MODEL = "dreamloom.base_model"
     BASE_MODEL_LOCATION = "dreamloom.base_model_location"
     BASE_MODEL_REVISION = "dreamloom.base_model_revision"
+    BASE_MODEL_WEIGHTS = "dreamloom.base_model_weights"  # "random" for sd15-random and its kin
     DATASET_HASH = "dreamloom.dataset_hash"
     TRIGGER_TOKEN = "dreamloom.trigger_token"
     RESOLUTION = "dreamloom.resolution"
@@ -54,6 +55,7 @@ class Lineage(BaseModel):
     base_model: str
     base_model_revision: str
     dataset_hash: str
+    base_model_weights: str = "pretrained"
     trigger_token: str = ""
     resolution: int = 0
     dreamloom_version: str = __version__
@@ -65,6 +67,7 @@ class Lineage(BaseModel):
             Tag.ARTIFACT_KIND: self.artifact_kind,
             Tag.BASE_MODEL: self.base_model,
             Tag.BASE_MODEL_REVISION: self.base_model_revision,
+            Tag.BASE_MODEL_WEIGHTS: self.base_model_weights,
             Tag.DATASET_HASH: self.dataset_hash,
             Tag.TRIGGER_TOKEN: self.trigger_token,
             Tag.RESOLUTION: str(self.resolution),
@@ -81,6 +84,7 @@ class Lineage(BaseModel):
             artifact_kind=tags.get(Tag.ARTIFACT_KIND, "?"),
             base_model=tags.get(Tag.BASE_MODEL, "?"),
             base_model_revision=tags.get(Tag.BASE_MODEL_REVISION, "?"),
+            base_model_weights=tags.get(Tag.BASE_MODEL_WEIGHTS, "pretrained"),
             dataset_hash=tags.get(Tag.DATASET_HASH, "?"),
             trigger_token=tags.get(Tag.TRIGGER_TOKEN, ""),
             resolution=int(tags.get(Tag.RESOLUTION, "0") or 0),

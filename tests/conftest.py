@@ -8,6 +8,9 @@ import pytest
 
 # Read by huggingface_hub when it is first imported, which happens while tests are collected.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# `mixed_precision: auto` picks bf16 on CPUs with AMX/AVX512-BF16: tests compare numbers across
+# runs and machines, so every test (and every process it starts) computes as a plain CPU does.
+os.environ["DREAMLOOM_CPU_BF16"] = "0"
 # Under pytest-xdist (`make test` runs two workers on two cores), each worker and everything it
 # starts (Ray workers, Triton, pipeline steps) computes on one thread: the tiny models gain ~10%
 # from a second thread, and two busy workers on two threads each would fight over the cores.

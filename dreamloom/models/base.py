@@ -2,7 +2,9 @@
 
 ``--base-model`` takes a Hugging Face hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``,
 ``stabilityai/stable-diffusion-2-1``, ``stabilityai/stable-diffusion-xl-base-1.0``), a local
-diffusers folder, or ``tiny`` / ``tiny-sdxl`` (built offline, see ``dreamloom.models.tiny``).
+diffusers folder, ``tiny`` / ``tiny-sdxl`` (built offline, see ``dreamloom.models.tiny``) or
+``sd15-random`` / ``sd21-random`` / ``sdxl-random`` (the real architectures with random weights,
+see ``dreamloom.models.random_init``).
 Weights are only ever read from safetensors files (``use_safetensors=True``).
 """
 
@@ -18,6 +20,7 @@ from typing import Literal
 import torch
 
 from dreamloom.errors import DreamloomError
+from dreamloom.models.random_init import RANDOM_BASES, ensure_random_base, is_random_weights
 from dreamloom.models.tiny import TINY_KINDS, ensure_tiny
 
 Family = Literal["sd", "sdxl"]
@@ -37,17 +40,24 @@ class BaseModelRef:
     location: str  # hub id or absolute folder
     revision: str | None  # hub commit, or a content fingerprint for folders
     family: Family
+    random_weights: bool = False  # built from the architecture's configs, not trained: it draws noise
 
     @property
     def is_local(self) -> bool:
         return Path(self.location).is_dir()
+
+    @property
+    def weights(self) -> str:
+        """``random`` or ``pretrained``: recorded beside the base wherever the base is recorded."""
+        return "random" if self.random_weights else "pretrained"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> BaseModelRef:
-        return cls(**{key: data.get(key) for key in ("spec", "location", "revision", "family")})
+        known = {key: data.get(key) for key in ("spec", "location", "revision", "family")}
+        return cls(**known, random_weights=bool(data.get("random_weights", False)))
 
 
 def resolve_base_model(spec: str, revision: str | None = None) -> BaseModelRef:
@@ -55,24 +65,30 @@ def resolve_base_model(spec: str, revision: str | None = None) -> BaseModelRef:
     if spec == TOY:
         return _toy_base()
     if spec in TINY_KINDS:
-        folder = ensure_tiny(spec)
-        return BaseModelRef(spec, str(folder), _folder_fingerprint(folder), _family_of(folder / "model_index.json"))
+        return _folder_base(spec, ensure_tiny(spec), revision)
+    if spec in RANDOM_BASES:
+        return _folder_base(spec, ensure_random_base(spec), revision)
     folder = Path(spec).expanduser()
     if folder.is_dir():
-        index = folder / "model_index.json"
-        if not index.is_file():
-            raise DreamloomError(
-                f"base model folder {folder} has no model_index.json: it is not a diffusers "
-                "pipeline folder (save one with pipe.save_pretrained(folder))"
-            )
-        return BaseModelRef(spec, str(folder.absolute()), revision or _folder_fingerprint(folder), _family_of(index))
+        return _folder_base(spec, folder, revision)
     if not _HUB_ID.match(spec):
         raise DreamloomError(
             f"base model {spec!r} is neither a folder nor a hub id (owner/name); "
-            f"use a diffusers folder, a hub id, or one of: {', '.join(TINY_KINDS)}"
+            f"use a diffusers folder, a hub id, or one of: {', '.join((*TINY_KINDS, *RANDOM_BASES))}"
         )
     index = _download_model_index(spec, revision)
     return BaseModelRef(spec, spec, _snapshot_commit(index) or revision, _family_of(index))
+
+
+def _folder_base(spec: str, folder: Path, revision: str | None) -> BaseModelRef:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise DreamloomError(
+            f"base model folder {folder} has no model_index.json: it is not a diffusers "
+            "pipeline folder (save one with pipe.save_pretrained(folder))"
+        )
+    fingerprint = revision or _folder_fingerprint(folder)
+    return BaseModelRef(spec, str(folder.absolute()), fingerprint, _family_of(index), is_random_weights(folder))
 
 
 def _toy_base() -> BaseModelRef:

@@ -129,7 +129,9 @@ def _metrics(evaluation: Evaluation):
 
 
 def _describe(manifest: ArtifactManifest, registry) -> str:
-    lines = [f"{manifest.method} artifact on {manifest.base_model.spec}, trigger `{manifest.trigger_token}`."]
+    random = " (random weights: it draws noise)" if manifest.base_model.random_weights else ""
+    base = manifest.base_model.spec + random
+    lines = [f"{manifest.method} artifact on {base}, trigger `{manifest.trigger_token}`."]
     if manifest.mlflow_run_id:
         try:
             run = registry.get_run(manifest.mlflow_run_id)
@@ -164,7 +166,10 @@ def _claim_name(mlflow, name: str, manifest: ArtifactManifest) -> bool:
     model and the other is refused here, before it writes anything. True when this call created it."""
     from mlflow.exceptions import MlflowException
 
-    tags = plain({Tag.BASE_MODEL: manifest.base_model.spec, Tag.BASE_MODEL_REVISION: manifest.base_model.revision})
+    base = manifest.base_model
+    tags = plain(
+        {Tag.BASE_MODEL: base.spec, Tag.BASE_MODEL_REVISION: base.revision, Tag.BASE_MODEL_WEIGHTS: base.weights}
+    )
     try:
         mlflow.create_registered_model(name, tags=tags, description=f"dreamloom concept {name!r}")
         return True

@@ -46,10 +46,11 @@ class Engine:
 
         from dreamloom.artifacts import read_manifest
         from dreamloom.models.base import load_base_model, pipeline_from_components, resolve_base_model
+        from dreamloom.models.precision import inference_dtype
 
         self.config = config
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        dtype = inference_dtype(device)
         self.base = resolve_base_model(config.base_model)
         if self.base.family != "sd":
             raise RequestError(f"serving supports Stable Diffusion 1.x/2.x bases; {config.base_model} is SDXL")

@@ -28,6 +28,7 @@ def open_tracking_run(mlflow, config: RunConfig, base: BaseModelRef, dataset: Pr
         Tag.METHOD: config.method,
         Tag.BASE_MODEL: base.spec,
         Tag.BASE_MODEL_LOCATION: base.location,
+        Tag.BASE_MODEL_WEIGHTS: base.weights,
         Tag.BASE_MODEL_REVISION: str(base.revision),
         Tag.DATASET_HASH: dataset.dataset_hash,
     }

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from dreamloom.errors import DreamloomError
+from dreamloom.models.precision import cpu_supports_bf16, fastest_half_dtype
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,22 @@ class Precision:
 
 
 def resolve_precision(setting: str, device: torch.device) -> Precision:
-    """``auto``: bf16 (fp16 on GPUs without bf16) on CUDA, full precision on CPU."""
+    """``auto``: bf16 on GPUs that have it (else fp16) and on CPUs with native bf16 (AMX,
+    AVX512-BF16), full precision on other CPUs. Trainable weights and optimizer state stay fp32;
+    the frozen weights are stored in the half precision where it runs natively."""
     on_cuda = device.type == "cuda"
     if setting == "auto":
-        setting = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_cuda else "no"
+        half = fastest_half_dtype(device)
+        setting = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "no"}[half]
     if setting == "fp16" and not on_cuda:
         raise DreamloomError("mixed_precision fp16 needs a GPU; use bf16 or no on CPU")
     if setting == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
         raise DreamloomError("this GPU does not support bf16; use mixed_precision fp16")
     dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
-    # On CPU the frozen weights stay fp32: half-precision CPU kernels are slower, not faster.
-    frozen = dtype if (dtype is not None and on_cuda) else torch.float32
+    # A CPU without native bf16 emulates it: there bf16 weights would be cast on every call and
+    # compute slower, so the frozen weights stay fp32 even when autocast is asked for.
+    native = on_cuda or cpu_supports_bf16()
+    frozen = dtype if (dtype is not None and native) else torch.float32
     return Precision(setting, dtype, frozen, device.type)
 
 

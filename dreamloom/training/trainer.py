@@ -133,7 +133,7 @@ class Trainer:
         )
 
     def _place_frozen_weights(self) -> None:
-        """Frozen weights in the half-precision dtype on GPUs (trainable ones stay fp32)."""
+        """Frozen weights in the half-precision dtype where it runs natively (trainable ones stay fp32)."""
         dtype = self.precision.frozen_dtype
         if dtype == torch.float32:
             return

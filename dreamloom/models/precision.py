@@ -1,0 +1,60 @@
+"""Which half precision this machine runs fast, for training (``mixed_precision: auto``) and serving.
+
+On CUDA: bf16 where the GPU has it, else fp16. On a CPU: bf16 only where the CPU has native bf16
+instructions (Intel AMX or AVX512-BF16; Arm's BF16 extension), where a bf16 matmul runs several
+times faster than fp32; elsewhere bf16 is emulated and slower than fp32, so fp32 stays.
+``DREAMLOOM_CPU_BF16=1`` or ``0`` overrides the detection (tests pin it to 0 so that they compute
+the same numbers on every machine).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+
+CPU_BF16_ENV = "DREAMLOOM_CPU_BF16"
+# /proc/cpuinfo flags of native bf16 arithmetic: Intel AMX, AVX512-BF16, Arm's BF16 extension.
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (the environment variable decides when set)."""
+    override = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if override in {"1", "true", "yes"}:
+        return True
+    if override in {"0", "false", "no"}:
+        return False
+    return _cpuinfo_has_bf16(Path("/proc/cpuinfo"))
+
+
+@cache
+def _cpuinfo_has_bf16(cpuinfo: Path) -> bool:
+    return bf16_in_cpuinfo(cpuinfo.read_text()) if cpuinfo.is_file() else False
+
+
+def bf16_in_cpuinfo(text: str) -> bool:
+    """Whether a /proc/cpuinfo text lists a native bf16 flag (x86 ``flags``, Arm ``Features``)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in {"flags", "Features"} and BF16_CPU_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def fastest_half_dtype(device: torch.device) -> torch.dtype | None:
+    """The half precision that runs fastest on ``device``, or None where fp32 is fastest."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else None
+
+
+def inference_dtype(device: str | torch.device) -> torch.dtype:
+    """The dtype generation loads a base in: fp16 on CUDA (as diffusers serves SD), bf16 on CPUs
+    with native bf16, fp32 elsewhere. Serving, sample grids and ``dreamloom generate`` share it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
