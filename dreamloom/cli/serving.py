@@ -18,7 +18,9 @@ def add_commands(commands) -> None:
 
 def _add_serve(commands) -> None:
     command = commands.add_parser("serve", help="start a local Triton serving a base model and its adapters")
-    command.add_argument("--base-model", default="toy", help="the shared base (hub id, folder, toy, tiny)")
+    command.add_argument(
+        "--base-model", default="toy", help="the shared base, SD 1.x/2.x or SDXL (hub id, folder, toy, tiny-sdxl, ...)"
+    )
     command.add_argument("--store", type=Path, help="serving store (default: $DREAMLOOM_HOME/serving)")
     command.add_argument("--model-name", default="dreamloom", help="the Triton model name")
     command.add_argument("--http-port", type=int, default=8000)

@@ -42,7 +42,7 @@ class EngineConfig:
 
 class Engine:
     def __init__(self, config: EngineConfig):
-        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
         from dreamloom.artifacts import read_manifest
         from dreamloom.models.base import load_base_model, pipeline_from_components, resolve_base_model
@@ -52,15 +52,15 @@ class Engine:
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = inference_dtype(device)
         self.base = resolve_base_model(config.base_model)
-        if self.base.family != "sd":
-            raise RequestError(f"serving supports Stable Diffusion 1.x/2.x bases; {config.base_model} is SDXL")
         self.txt2img = pipeline_from_components(load_base_model(self.base, device, dtype))
         if config.dreambooth:
             folder = Path(config.dreambooth)
             manifest = read_manifest(folder)
             manifest.method_type.load_into(self.txt2img, folder, manifest.config)
-        self.img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.txt2img)
-        self.inpaint = StableDiffusionInpaintPipeline.from_pipe(self.txt2img)
+        # The family's own img2img and inpainting pipelines (SD or SDXL), sharing every component;
+        # SDXL's size and crop conditioning is left to them, as diffusers sets it.
+        self.img2img = AutoPipelineForImage2Image.from_pipe(self.txt2img)
+        self.inpaint = AutoPipelineForInpainting.from_pipe(self.txt2img)
         for pipe in (self.img2img, self.inpaint):
             pipe.set_progress_bar_config(disable=True)
         self.adapters = AdapterCache(self.txt2img, config.adapter_budget_mib * 2**20)

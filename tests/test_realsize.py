@@ -1,0 +1,72 @@
+"""The paths users run, on the real architectures (random weights built offline from the shipped
+configs): train 2 steps at 128 px, register in MLflow, deploy to the real tritonserver, one image
+per mode. Gigabytes of weights and minutes on a CPU: `make test-realsize`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamloom.serving.client import ServingClient
+from dreamloom.serving.deploy import deploy
+from dreamloom.serving.protocol import ImageRequest, encode_image
+from dreamloom.serving.repository import ServingStore
+from dreamloom.serving.server import TritonServer, free_port
+from dreamloom.training.local import train_in_process
+from dreamloom.training.precision import peak_rss_bytes
+from tests.helpers import draw_images, register_champion, run_config
+
+pytestmark = [pytest.mark.realsize, pytest.mark.slow, pytest.mark.timeout(3600)]
+SIZE = 128
+
+
+@pytest.mark.parametrize("base", ["sd15-random", "sd21-random"])
+def test_a_real_architecture_trains_registers_deploys_and_serves_every_mode(base, tmp_path, capsys):
+    from dreamloom.artifacts import read_manifest
+    from dreamloom.registry.store import resolve
+
+    started = time.monotonic()
+    photos = draw_images(tmp_path / "photos", count=2, size=(160, 160))
+    config = run_config(
+        photos,
+        tmp_path / "lora",
+        base_model=base,
+        data__resolution=SIZE,
+        training__steps=2,
+        training__batch_size=1,
+        validation__steps=2,
+    )
+    artifact = train_in_process(config)
+    assert read_manifest(artifact).base_model.random_weights
+    trained = time.monotonic()
+    name = f"real-{base}"
+    version = register_champion(artifact, name)
+    assert resolve(f"{name}@champion").tags["dreamloom.base_model_weights"] == "random"
+
+    store = ServingStore(tmp_path / "store")
+    store.ensure_model("dreamloom", base, max_batch_size=1, adapter_budget_mib=256)
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
+    server.start(timeout_s=900)
+    try:
+        deploy(f"{name}@champion", server.http_url, store=store)
+        scene = encode_image(Image.new("RGB", (SIZE, SIZE), (200, 40, 40)))
+        mask = Image.new("L", (SIZE, SIZE), 0)
+        mask.paste(255, (32, 32, 96, 96))
+        inpaint = {"init_image": scene, "mask": encode_image(mask)}
+        modes = {"txt2img": {}, "img2img": {"init_image": scene}, "inpaint": inpaint}
+        with ServingClient(server.http_url) as client:
+            for mode, images in modes.items():
+                request = ImageRequest("a photo of sks ball", mode=mode, width=SIZE, height=SIZE, steps=2,
+                                       adapter=f"{name}@champion", **images)  # fmt: skip
+                image = client.generate(request)
+                assert image.shape == (SIZE, SIZE, 3) and np.isfinite(image).all()
+    finally:
+        server.stop()
+    with capsys.disabled():
+        print(
+            f"\n[realsize] {base}: trained in {trained - started:.0f} s, registered v{version}, "
+            f"served 3 modes in {time.monotonic() - trained:.0f} s; peak RSS {peak_rss_bytes() / 2**30:.1f} GiB"
+        )
