@@ -48,9 +48,11 @@ def _wait_for_committed_checkpoint(
 def _train_workers() -> list[psutil.Process]:
     """This run's live training workers, asked of its own Ray cluster: a process scan would also
     count the workers of another test's cluster running beside it (pytest-xdist)."""
+    import ray
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    filters = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=filters)
     return [psutil.Process(actor.pid) for actor in sorted(alive, key=lambda actor: actor.pid)]
 
 
