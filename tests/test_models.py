@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreamloom.errors import DreamloomError
-from dreamloom.models import load_base_model, resolve_base_model
+from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
 from dreamloom.models.tiny import build_tiny_pipeline, ensure_tiny
 from dreamloom.models.tokenizer import build_clip_tokenizer
 
@@ -158,6 +158,7 @@ def test_random_bases_are_seeded_labelled_and_load_as_their_family(tmp_path, arc
     model = load_base_model(ref)
     assert model.unet.dtype == torch.float32  # cast to the run's dtype on load
     assert model.noise_scheduler.config.prediction_type == prediction  # sd21 trains on v
+    assert pipeline_from_components(model).scheduler.config.prediction_type == prediction  # and samples on v
     text = model.encode_text(["a photo of sks dog"])
     assert text.embeds.shape[-1] == model.unet.config.cross_attention_dim
     assert (text.pooled is not None) == (family == "sdxl")
