@@ -20,7 +20,6 @@ import torch
 from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
 from dreamloom.models import architectures
-from dreamloom.models.architectures import KNOWN
 from dreamloom.models.meta import empty_weights
 
 BYTES_FP32 = 4
@@ -40,7 +39,7 @@ class Architecture:
 
     @classmethod
     def known(cls, name: str) -> Architecture:
-        entry = KNOWN[name]
+        entry = architectures.KNOWN[name]
         return cls(name, entry["family"], entry["unet"], entry["text_encoders"], entry["vae"], entry["resolution"])
 
     @classmethod
@@ -85,7 +84,7 @@ class Architecture:
         an artifact into it checks every tensor's shape and reads no base weights."""
         from diffusers import DDPMScheduler
 
-        entry = {"text_encoders": self.text_configs, **KNOWN.get(self.name, {})}
+        entry = {"text_encoders": self.text_configs, **architectures.KNOWN.get(self.name, {})}
         tokenizers = architectures.build_tokenizers(entry)
         encoders = self.text_encoders()
         return architectures.assemble_pipeline(

@@ -1,10 +1,11 @@
-"""Small builders for test inputs: image folders and run configs."""
+"""Small builders for test inputs (image folders, run configs, serving requests) and comparisons."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from dreamloom.config import RunConfig, load_run_config
@@ -113,3 +114,28 @@ def register_champion(artifact: Path, name: str) -> str:
     version = register(artifact, name)
     promote(name, str(version.version), force=True, reason="test")
     return str(version.version)
+
+
+def square_mask_png(size: tuple[int, int] = (64, 64)) -> bytes:
+    """An encoded inpainting mask: white (repaint) in the middle half of a 64 px image."""
+    from dreamloom.serving.protocol import encode_image
+
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (16, 16, 48, 48))
+    return encode_image(mask)
+
+
+def pixel_difference(first: np.ndarray, second: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 images, in pixel levels (0-255)."""
+    return float(np.abs(first.astype(int) - second.astype(int)).mean())
+
+
+def mode_cases(scene_png: bytes) -> list[tuple[str, tuple[int, int], dict]]:
+    """(mode, size, images) for one request per serving mode, txt2img at two sizes."""
+    return [
+        ("txt2img", (64, 64), {}),
+        ("txt2img", (96, 64), {}),
+        ("img2img", (64, 64), {"init_image": scene_png}),
+        ("inpaint", (64, 64), {"init_image": scene_png, "mask": square_mask_png()}),
+        ("controlnet", (64, 64), {"control_image": scene_png}),
+    ]

@@ -31,7 +31,7 @@ from dreamloom.serving.server import TritonServer, free_port
 from dreamloom.toy import world
 from dreamloom.toy.concepts import INSTANCE_PROMPT, write_concept
 from dreamloom.training.local import train_in_process
-from tests.helpers import register_champion, train_toy
+from tests.helpers import mode_cases, pixel_difference, register_champion, square_mask_png, train_toy
 
 pytestmark = pytest.mark.slow
 FAST = {"steps": 4, "guidance": 5.0}
@@ -87,29 +87,10 @@ def _png(image: Image.Image) -> bytes:
     return encode_image(image)
 
 
-def _mask(size=(64, 64)) -> bytes:
-    mask = Image.new("L", size, 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return _png(mask)
-
-
-def _differs(first: np.ndarray, second: np.ndarray) -> float:
-    return float(np.abs(first.astype(int) - second.astype(int)).mean())
-
-
 # ----- modes -----
 
 
-@pytest.mark.parametrize(
-    "mode, size, images",
-    [
-        ("txt2img", (64, 64), {}),
-        ("txt2img", (96, 64), {}),
-        ("img2img", (64, 64), {"init_image": _png(SCENE)}),
-        ("inpaint", (64, 64), {"init_image": _png(SCENE), "mask": _mask()}),
-        ("controlnet", (64, 64), {"control_image": _png(SCENE)}),
-    ],
-)
+@pytest.mark.parametrize("mode, size, images", mode_cases(_png(SCENE)))
 def test_every_mode_returns_an_image_of_the_requested_size(served, mode, size, images):
     _, _, client = served
     adapter = "hex-controlnet@champion" if mode == "controlnet" else "hex-lora@champion"
@@ -302,7 +283,7 @@ def test_an_adapter_changes_the_output_and_switching_back_restores_it(served, na
     before = client.generate(plain)
     adapted = client.generate(ImageRequest(prompt, seed=5, adapter=f"hex-{name}@champion", **FAST))
     after = client.generate(plain)
-    assert _differs(adapted, before) > 2.0
+    assert pixel_difference(adapted, before) > 2.0
     assert np.array_equal(before, after)
 
 
@@ -310,7 +291,7 @@ def test_adapter_scale_zero_is_the_base(served):
     _, _, client = served
     base = client.generate(ImageRequest(INSTANCE_PROMPT, seed=9, **FAST))
     scaled = client.generate(ImageRequest(INSTANCE_PROMPT, seed=9, adapter="hex-lora", adapter_scale=0.0, **FAST))
-    assert _differs(base, scaled) < 0.5
+    assert pixel_difference(base, scaled) < 0.5
 
 
 def test_adapters_act_together_with_their_own_weights(served):
@@ -322,12 +303,12 @@ def test_adapters_act_together_with_their_own_weights(served):
 
     lora, hypernetwork = ask("hex-lora"), ask("hex-hypernetwork")
     both = ask("hex-lora, hex-hypernetwork")
-    assert _differs(both, lora) > 1.0 and _differs(both, hypernetwork) > 1.0
+    assert pixel_difference(both, lora) > 1.0 and pixel_difference(both, hypernetwork) > 1.0
     assert np.array_equal(ask("hex-lora, hex-hypernetwork*0"), lora)  # a weight of 0 switches one off
-    assert _differs(ask("hex-lora*0.3, hex-hypernetwork"), both) > 0.5
+    assert pixel_difference(ask("hex-lora*0.3, hex-hypernetwork"), both) > 0.5
     control = {"mode": "controlnet", "control_image": _png(SCENE)}
     guided = ask("hex-lora, hex-controlnet", **control)
-    assert _differs(guided, ask("hex-controlnet", **control)) > 1.0
+    assert pixel_difference(guided, ask("hex-controlnet", **control)) > 1.0
     assert np.array_equal(ask("hex-lora", adapter_scale=1.0), lora)  # and nothing stays switched on
 
 
@@ -339,10 +320,10 @@ def test_a_lokr_and_a_lora_mix_in_one_request_each_with_its_weight(served):
         return client.generate(ImageRequest(INSTANCE_PROMPT, seed=6, adapter=adapter, **FAST))
 
     lora, lokr, both = ask("hex-lora"), ask("hex-lokr@champion"), ask("hex-lora, hex-lokr@champion")
-    assert _differs(lokr, lora) > 1.0
-    assert _differs(both, lora) > 1.0 and _differs(both, lokr) > 1.0
+    assert pixel_difference(lokr, lora) > 1.0
+    assert pixel_difference(both, lora) > 1.0 and pixel_difference(both, lokr) > 1.0
     assert np.array_equal(ask("hex-lora, hex-lokr*0"), lora)  # a weight of 0 switches the LoKr off
-    assert _differs(ask("hex-lora, hex-lokr*0.4"), both) > 0.3
+    assert pixel_difference(ask("hex-lora, hex-lokr*0.4"), both) > 0.3
     assert np.array_equal(ask("hex-lokr"), lokr)  # and the LoRA left nothing behind
 
 
@@ -392,7 +373,7 @@ def _bad_requests() -> list[tuple[dict, str]]:
         ({"mode": "img2img"}, "needs INIT_IMAGE"),
         ({"mode": "img2img", "init_image": b"not an image"}, "cannot be decoded"),
         ({"mode": "img2img", "init_image": bomb}, "pixels"),
-        ({"mode": "inpaint", "init_image": _png(SCENE), "mask": _mask((32, 32))}, "MASK is 32x32"),
+        ({"mode": "inpaint", "init_image": _png(SCENE), "mask": square_mask_png((32, 32))}, "MASK is 32x32"),
         ({"mode": "controlnet", "control_image": _png(SCENE)}, "ControlNet"),
         ({"adapter": "hex-lora, hex-controlnet"}, "is a ControlNet: use mode controlnet"),
         ({"adapter": "hex-lora*lots"}, "is not a number"),
@@ -470,7 +451,7 @@ def test_a_dreambooth_model_is_deployed_as_its_own_triton_model(served, artifact
     assert result.triton_model == "hex-db" and result.adapter == ""
     own = client.generate(ImageRequest(INSTANCE_PROMPT, seed=4, **FAST), model="hex-db")
     base = client.generate(ImageRequest(INSTANCE_PROMPT, seed=4, **FAST))
-    assert _differs(own, base) > 1.0
+    assert pixel_difference(own, base) > 1.0
 
 
 def test_refused_deploys_leave_the_serving_version_alone(served, tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from dreamloom.serving.client import ServingClient
 from dreamloom.serving.deploy import deploy
@@ -19,7 +18,7 @@ from dreamloom.serving.repository import ServingStore
 from dreamloom.serving.server import TritonServer, free_port
 from dreamloom.toy import world
 from dreamloom.toy.concepts import INSTANCE_PROMPT, write_concept
-from tests.helpers import register_champion, train_toy
+from tests.helpers import mode_cases, pixel_difference, register_champion, train_toy
 
 pytestmark = pytest.mark.slow
 MODEL = "dreamloom-xl"
@@ -71,26 +70,7 @@ def served(tmp_path_factory, artifacts):
         server.stop()
 
 
-def _mask() -> bytes:
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return encode_image(mask)
-
-
-def _differs(first: np.ndarray, second: np.ndarray) -> float:
-    return float(np.abs(first.astype(int) - second.astype(int)).mean())
-
-
-@pytest.mark.parametrize(
-    "mode, size, images",
-    [
-        ("txt2img", (64, 64), {}),
-        ("txt2img", (96, 64), {}),
-        ("img2img", (64, 64), {"init_image": SCENE}),
-        ("inpaint", (64, 64), {"init_image": SCENE, "mask": _mask()}),
-        ("controlnet", (64, 64), {"control_image": SCENE}),
-    ],
-)
+@pytest.mark.parametrize("mode, size, images", mode_cases(SCENE))
 def test_every_mode_serves_sdxl_at_the_requested_size(served, mode, size, images):
     _, _, client = served
     adapter = "xl-controlnet@champion" if mode == "controlnet" else "xl-lora@champion"
@@ -112,11 +92,11 @@ def test_sdxl_adapters_act_per_request_with_their_own_weights(served):
     base = ask()
     lora, embedding = ask("xl-lora"), ask("xl-textual-inversion")
     both = ask("xl-lora, xl-textual-inversion")
-    assert _differs(lora, base) > 1.0 and _differs(embedding, base) > 1.0
+    assert pixel_difference(lora, base) > 1.0 and pixel_difference(embedding, base) > 1.0
     # One request alone is bit-exact from call to call, so any difference is the other adapter's.
-    assert _differs(both, lora) > 0.25 and _differs(both, embedding) > 0.25
+    assert pixel_difference(both, lora) > 0.25 and pixel_difference(both, embedding) > 0.25
     assert np.array_equal(ask("xl-lora*0"), base)  # a weight of 0 switches it off
-    assert 0.25 < _differs(ask("xl-lora*0.3"), lora) < _differs(base, lora)
+    assert 0.25 < pixel_difference(ask("xl-lora*0.3"), lora) < pixel_difference(base, lora)
     assert np.array_equal(ask(), base)  # and nothing stays switched on
 
 
@@ -127,4 +107,4 @@ def test_a_dreambooth_sdxl_is_deployed_as_its_own_triton_model(served, artifacts
     assert result.triton_model == "xl-db" and result.adapter == ""
     own = client.generate(ImageRequest(INSTANCE_PROMPT, seed=4, **FAST), model="xl-db")
     base = client.generate(ImageRequest(INSTANCE_PROMPT, seed=4, **FAST))
-    assert own.shape == base.shape and _differs(own, base) > 1.0
+    assert own.shape == base.shape and pixel_difference(own, base) > 1.0

@@ -57,4 +57,4 @@ def inference_dtype(device: str | torch.device) -> torch.dtype:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    return fastest_half_dtype(device) or torch.float32

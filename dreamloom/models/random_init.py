@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from dreamloom.files import staged_folder
 from dreamloom.models import architectures
-from dreamloom.settings import cache_dir
+from dreamloom.models.cached import cached_pipeline_folder
 
 RANDOM_BASES = {"sd15-random": "sd15", "sd21-random": "sd21", "sdxl-random": "sdxl"}
 MARKER = "dreamloom-random-weights.json"
@@ -35,12 +34,11 @@ def ensure_random_base(spec: str, seed: int = DEFAULT_SEED) -> Path:
     """The folder of the random-weight base ``spec``, building it into the cache on first use."""
     if spec not in RANDOM_BASES:
         raise ValueError(f"unknown random base {spec!r}; choose one of {', '.join(RANDOM_BASES)}")
-    target = cache_dir() / "models" / f"{spec}-v{BUILDER_VERSION}-seed{seed}"
-    if (target / "model_index.json").is_file():
-        return target
-    with staged_folder(target, exists="keep") as staging:  # another process may finish first: same weights
-        save_random_base(staging, RANDOM_BASES[spec], seed)
-    return target
+    return cached_pipeline_folder(
+        f"{spec}-v{BUILDER_VERSION}-seed{seed}",
+        lambda folder: save_random_base(folder, RANDOM_BASES[spec], seed),
+        announce=f"building {spec} (the real architecture with random weights, stored in bf16)",
+    )
 
 
 def save_random_base(folder: Path, architecture: str, seed: int = DEFAULT_SEED, entry: dict | None = None) -> None:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from dreamloom.files import staged_folder
+from dreamloom.models.cached import cached_pipeline_folder
 from dreamloom.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
-from dreamloom.settings import cache_dir
 
 TINY_KINDS = ("tiny", "tiny-sdxl")
 # Bump when the builder changes, so that caches built by older code are not reused.
@@ -29,12 +28,10 @@ def ensure_tiny(kind: str = "tiny", seed: int = DEFAULT_SEED) -> Path:
     """The folder of the tiny pipeline of this kind, building it into the cache on first use."""
     if kind not in TINY_KINDS:
         raise ValueError(f"unknown tiny model {kind!r}; choose one of {', '.join(TINY_KINDS)}")
-    target = cache_dir() / "models" / f"{kind}-v{BUILDER_VERSION}-seed{seed}"
-    if (target / "model_index.json").is_file():
-        return target
-    with staged_folder(target, exists="keep") as staging:  # another process may finish first: same weights
-        build_tiny_pipeline(kind, seed).save_pretrained(staging, safe_serialization=True)
-    return target
+    return cached_pipeline_folder(
+        f"{kind}-v{BUILDER_VERSION}-seed{seed}",
+        lambda folder: build_tiny_pipeline(kind, seed).save_pretrained(folder, safe_serialization=True),
+    )
 
 
 def build_tiny_pipeline(kind: str = "tiny", seed: int = DEFAULT_SEED):
