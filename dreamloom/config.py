@@ -99,8 +99,16 @@ class TrainingSettings(Section):
 class ValidationSettings(Section):
     prompts: list[str] = Field(default_factory=list, description="Prompts for sample grids (default: instance prompt)")
     every: int = Field(0, ge=0, description="Steps between sample grids (0: only at the end)")
-    images_per_prompt: int = Field(2, ge=1, le=16)
-    steps: int = Field(25, ge=1, le=200)
+    final_grid: bool = Field(True, description="Render a sample grid when training ends (off: end at the artifact)")
+    images_per_prompt: int | None = Field(
+        None, ge=1, le=16, description="Images per prompt (default: sized for the hardware, see steps)"
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        le=200,
+        description="Denoising steps per image (default: 25 steps x 2 images, or 10 x 1 for a real-size UNet on a CPU)",
+    )
     guidance: float = Field(7.5, ge=0, le=50)
     seed: int = Field(0, ge=0)
 
@@ -108,7 +116,13 @@ class ValidationSettings(Section):
 class ScalingSettings(Section):
     workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (DDP ranks)")
     gpus_per_worker: float = Field(0, ge=0, le=8, description="0 trains on CPU")
-    cpus_per_worker: int = Field(1, ge=1, le=256)
+    cpus_per_worker: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="CPU cores (and torch threads) per worker (default: on this machine's Ray, its cores shared "
+        "among the workers; on a cluster, 1)",
+    )
     max_failures: int = Field(1, ge=-1, description="Worker failures to recover from (-1: unlimited)")
     storage_path: str | None = Field(
         None, description="Ray run storage (default: the work folder; shared storage on clusters)"
@@ -119,7 +133,12 @@ class _SharedSections(Section):
     """The run config without the method sections (RunConfig below adds them from the registry)."""
 
     method: str = Field(description="How the concept is taught")
-    base_model: str = Field("tiny", min_length=1, description="Hub id, local diffusers folder, 'tiny' or 'tiny-sdxl'")
+    base_model: str = Field(
+        "tiny",
+        min_length=1,
+        description="Hub id, local diffusers folder, tiny, tiny-sdxl, or a real architecture with random weights "
+        "(sd15-random, sd21-random, sdxl-random)",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
     data: DataSettings
     output: Path = Field(description="Folder the final artifact is written to")

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from dreamloom.errors import DreamloomError
+from dreamloom.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,16 @@ class GenerationRequest:
 
 
 @torch.no_grad()
-def generate(pipe, request: GenerationRequest, default_size: int | None = None) -> list[list[Image.Image]]:
-    """Images per prompt; image ``i`` of every prompt uses seed ``request.seed + i``."""
+def generate(
+    pipe, request: GenerationRequest, default_size: int | None = None, progress: str | None = None
+) -> list[list[Image.Image]]:
+    """Images per prompt; image ``i`` of every prompt uses seed ``request.seed + i``. With
+    ``progress`` (a label), each denoising step advances a progress bar of that name."""
     size = default_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width, height = request.width or size, request.height or size
     control = _control_arguments(pipe, request, width, height)
+    if progress:
+        control["callback_on_step_end"] = _advance(Progress(len(request.prompts) * request.steps, progress))
     rows = []
     for prompt in request.prompts:
         generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.images_per_prompt)]
@@ -65,6 +71,14 @@ def generate(pipe, request: GenerationRequest, default_size: int | None = None) 
             ).images
         )
     return rows
+
+
+def _advance(progress: Progress):
+    def on_step_end(pipe, step, timestep, tensors):
+        progress.update()
+        return tensors
+
+    return on_step_end
 
 
 def _control_arguments(pipe, request: GenerationRequest, width: int, height: int) -> dict:

@@ -43,6 +43,7 @@ def run_config(data: Path, output: Path, **overrides) -> RunConfig:
         "training.checkpoint_every": 0,
         "validation.steps": 2,
         "validation.images_per_prompt": 1,
+        "scaling.cpus_per_worker": 1,  # pytest-xdist runs two trainings at once on CI's two cores
     }
     document.update({key.replace("__", "."): value for key, value in overrides.items()})
     return load_run_config(None, document)

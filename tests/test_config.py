@@ -4,6 +4,7 @@ import pytest
 
 from dreamloom.config import dump_run_config, load_run_config, parse_override, validate_run_config
 from dreamloom.errors import ConfigError
+from tests.helpers import run_config
 
 MINIMAL = {
     "method": "lora",
@@ -98,3 +99,16 @@ def test_config_file_problems_are_reported_plainly(tmp_path: Path):
 def test_example_configs_are_valid(example: Path):
     config = load_run_config(example)
     assert config.output.parts[0] == "out"
+
+
+def test_workers_share_the_local_rays_cores_unless_told(tmp_path, monkeypatch):
+    from dreamloom.training.local import cpus_per_worker
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    shared = run_config(tmp_path, tmp_path / "out", scaling__cpus_per_worker=None, scaling__workers=2)
+    assert cpus_per_worker(shared, ray_cpus=16) == 8
+    assert cpus_per_worker(shared, ray_cpus=1) == 1  # never zero
+    told = run_config(tmp_path, tmp_path / "out", scaling__cpus_per_worker=3, scaling__workers=2)
+    assert cpus_per_worker(told, ray_cpus=16) == 3
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster: its pods are sized there
+    assert cpus_per_worker(shared, ray_cpus=64) == 1

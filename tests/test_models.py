@@ -227,7 +227,7 @@ def test_native_bf16_is_read_from_the_cpus_own_flags(cpuinfo, native):
 @pytest.mark.parametrize(("native", "setting", "autocast", "frozen"), [
     ("1", "auto", torch.bfloat16, torch.bfloat16),  # AMX / AVX512-BF16: bf16 weights, bf16 compute
     ("0", "auto", None, torch.float32),  # emulated bf16 is slower than fp32
-    ("0", "bf16", torch.bfloat16, torch.float32),  # asked for: autocast, but no per-call weight casts
+    ("0", "bf16", torch.bfloat16, torch.bfloat16),  # asked for: frozen weights in bf16, as diffusers' scripts keep them
     ("1", "no", None, torch.float32),
 ])  # fmt: skip
 def test_auto_precision_on_cpu_follows_the_hardware(monkeypatch, native, setting, autocast, frozen):

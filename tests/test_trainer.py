@@ -214,3 +214,27 @@ def test_no_checkpoint_and_no_artifact_holds_a_weight_that_is_not_finite(photos,
     ):
         publish(staged, tmp_path / "published", manifest)
     assert not (tmp_path / "published").exists()
+
+
+def test_sample_grids_are_sized_for_the_hardware_unless_the_config_says(photos, tmp_path):
+    from dreamloom.models.architectures import KNOWN, build_unet
+    from dreamloom.models.meta import empty_weights
+    from dreamloom.training.trainer import sample_grid_size
+
+    trainer = _trainer(photos, tmp_path)
+    validation = trainer.config.validation.model_copy(update={"images_per_prompt": None, "steps": None})
+    cpu = torch.device("cpu")
+    with empty_weights():
+        sd15_unet = build_unet(KNOWN["sd15"]["unet"])
+    assert sample_grid_size(validation, cpu, trainer.model.unet) == (2, 25)
+    assert sample_grid_size(validation, cpu, sd15_unet) == (1, 10)  # a real-size UNet on a CPU
+    assert sample_grid_size(validation, torch.device("cuda"), sd15_unet) == (2, 25)
+    asked = validation.model_copy(update={"images_per_prompt": 3, "steps": 7})
+    assert sample_grid_size(asked, cpu, sd15_unet) == (3, 7)
+
+
+def test_the_sample_grid_shows_its_denoising_progress(photos, tmp_path, capsys):
+    trainer = _trainer(photos, tmp_path, validation__steps=3, validation__images_per_prompt=2)
+    grid = trainer.render_samples()
+    assert grid.size == (2 * 64, 64)
+    assert "[samples] ████████████████████ 3/3 (100%)" in capsys.readouterr().out

@@ -15,7 +15,9 @@ def _add_train(commands) -> None:
     )
     command.add_argument("--config", type=Path, help="run config YAML")
     command.add_argument("--method", help=" | ".join(METHODS))
-    command.add_argument("--base-model", help="hub id, local diffusers folder, tiny or tiny-sdxl")
+    command.add_argument(
+        "--base-model", help="hub id, local diffusers folder, tiny, tiny-sdxl, sd15-random, sd21-random or sdxl-random"
+    )
     command.add_argument("--revision", help="hub revision of the base model")
     command.add_argument("--data", help="folder of instance images (captions as name.txt)")
     command.add_argument("--instance-prompt", help="prompt for images without a caption")
@@ -74,7 +76,8 @@ def _train(args) -> None:
     if result.resumed_from_step:
         print(f"\nresumed from step {result.resumed_from_step}; finished at step {result.steps}")
     print(f"\nartifact:      {result.artifact}")
-    print(f"sample grid:   {result.artifact / 'samples' / 'final.png'}")
+    grid = result.artifact / "samples" / "final.png"
+    print(f"sample grid:   {grid if grid.is_file() else 'none (validation.final_grid is off)'}")
     print(f"MLflow run:    {result.mlflow_run_id} ({redacted(tracking_uri())})")
     if tracking_uri().startswith("sqlite:"):
         print(f"open the UI:   mlflow ui --backend-store-uri {tracking_uri()}")

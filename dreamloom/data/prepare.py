@@ -18,7 +18,6 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from diffusers.training_utils import find_nearest_bucket, generate_aspect_ratio_buckets
 from PIL import Image
 
 from dreamloom.data import conditions
@@ -56,12 +55,16 @@ class PrepareOptions:
 
     def buckets(self) -> list[tuple[int, int]]:
         """(width, height) sizes of about resolution^2 pixels over common aspect ratios."""
+        from diffusers.training_utils import generate_aspect_ratio_buckets  # imports torch: not at start-up
+
         return [(w, h) for h, w in generate_aspect_ratio_buckets(self.resolution, self.step)]
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         if not self.bucketing:
             return (self.resolution, self.resolution)
         options = self.buckets()
+        from diffusers.training_utils import find_nearest_bucket
+
         nearest = find_nearest_bucket(height, width, [(h, w) for w, h in options])
         return options[nearest]
 

@@ -102,7 +102,7 @@ def ensure_ray(config: RunConfig) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
-    needed_cpus = config.scaling.workers * config.scaling.cpus_per_worker
+    needed_cpus = config.scaling.workers * (config.scaling.cpus_per_worker or 1)
     ray.init(
         num_cpus=max(os.cpu_count() or 1, needed_cpus),
         # The dashboard hosts the state API that Ray Train's placement-group cleaner polls.
@@ -114,18 +114,30 @@ def ensure_ray(config: RunConfig) -> None:
     )
 
 
+def cpus_per_worker(config: RunConfig, ray_cpus: float) -> int:
+    """The configured cores per worker; by default, on a Ray started here, its cores shared among
+    the workers (Ray would give each worker one core and one torch thread, leaving the rest idle),
+    and 1 on a cluster, where the pod's size decides."""
+    if config.scaling.cpus_per_worker:
+        return config.scaling.cpus_per_worker
+    if os.environ.get("RAY_ADDRESS"):
+        return 1
+    return max(1, int(ray_cpus) // config.scaling.workers)
+
+
 def _fit(job: TrainJob, storage: str, run_name: str):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     scaling = job.config.scaling
     ensure_ray(job.config)
-    resources = {"CPU": scaling.cpus_per_worker}
+    cpus = cpus_per_worker(job.config, ray.cluster_resources().get("CPU", 1))
+    resources = {"CPU": cpus}
     if scaling.gpus_per_worker:
         resources["GPU"] = scaling.gpus_per_worker
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"job": job.model_dump(mode="json")},
+        train_loop_config={"job": job.model_dump(mode="json"), "cpus": cpus},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.workers, use_gpu=scaling.gpus_per_worker > 0, resources_per_worker=resources
         ),

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from dreamloom.errors import DreamloomError
-from dreamloom.models.precision import cpu_supports_bf16, fastest_half_dtype
+from dreamloom.models.precision import fastest_half_dtype
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,10 @@ class Precision:
 
 def resolve_precision(setting: str, device: torch.device) -> Precision:
     """``auto``: bf16 on GPUs that have it (else fp16) and on CPUs with native bf16 (AMX,
-    AVX512-BF16), full precision on other CPUs. Trainable weights and optimizer state stay fp32;
-    the frozen weights are stored in the half precision where it runs natively."""
+    AVX512-BF16), full precision on other CPUs. Under mixed precision the frozen weights are
+    stored in the half precision, as diffusers' training scripts keep them (autocast would
+    otherwise cast every frozen weight on every call); trainable weights and optimizer state stay
+    fp32."""
     on_cuda = device.type == "cuda"
     if setting == "auto":
         half = fastest_half_dtype(device)
@@ -42,11 +44,7 @@ def resolve_precision(setting: str, device: torch.device) -> Precision:
     if setting == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
         raise DreamloomError("this GPU does not support bf16; use mixed_precision fp16")
     dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
-    # A CPU without native bf16 emulates it: there bf16 weights would be cast on every call and
-    # compute slower, so the frozen weights stay fp32 even when autocast is asked for.
-    native = on_cuda or cpu_supports_bf16()
-    frozen = dtype if (dtype is not None and native) else torch.float32
-    return Precision(setting, dtype, frozen, device.type)
+    return Precision(setting, dtype, dtype or torch.float32, device.type)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -19,7 +19,7 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from dreamloom.config import RunConfig
+from dreamloom.config import RunConfig, ValidationSettings
 from dreamloom.data.prepare import PreparedDataset
 from dreamloom.errors import DreamloomError
 from dreamloom.generation import GenerationRequest, generate
@@ -29,12 +29,12 @@ from dreamloom.models.base import (
     TextConditioning,
     load_base_model,
 )
+from dreamloom.progress import Progress
 from dreamloom.training.checkpoint import TrainingState
 from dreamloom.training.diffusion import denoising_target, per_sample_loss, sample_noise, sample_timesteps
 from dreamloom.training.examples import Batch, BatchPlan, ExampleSet, load_class_images
 from dreamloom.training.precision import resolve_precision
 from dreamloom.training.prior import generate_class_images, missing_class_images
-from dreamloom.training.progress import Progress
 
 
 class TrainJob(BaseModel):
@@ -315,10 +315,11 @@ class Trainer:
     def render_samples(self) -> Image.Image:
         """A grid: one row per validation prompt, ``images_per_prompt`` seeded images each."""
         validation, resolution = self.config.validation, self.config.data.resolution
+        images, steps = sample_grid_size(validation, self.device, self.model.unet)
         request = GenerationRequest(
             list(self.config.validation_prompts),
-            images_per_prompt=validation.images_per_prompt,
-            steps=validation.steps,
+            images_per_prompt=images,
+            steps=steps,
             guidance=validation.guidance,
             seed=validation.seed,
             width=resolution,
@@ -330,7 +331,7 @@ class Trainer:
             module.eval()
         try:
             with self.precision.autocast():
-                rows = generate(self.method.sample_pipeline(self.model), request)
+                rows = generate(self.method.sample_pipeline(self.model), request, progress="samples")
         finally:
             for module in modules:
                 module.train()
@@ -338,6 +339,19 @@ class Trainer:
 
     def save_artifact(self, folder: Path) -> None:
         self.method.save_artifact(self.model, folder)
+
+
+# SD 1.5's UNet has 860M parameters; on a CPU each of its denoising steps takes seconds.
+REAL_SIZE_UNET_PARAMS = 100_000_000
+
+
+def sample_grid_size(validation: ValidationSettings, device: torch.device, unet: torch.nn.Module) -> tuple[int, int]:
+    """(images per prompt, denoising steps) of a sample grid: what the config says, else 2 x 25
+    where sampling is cheap (a GPU, a small UNet) and 1 x 10 for a real-size UNet on a CPU, where
+    the default grid would cost minutes, more than a short run's training."""
+    cheap = device.type == "cuda" or sum(p.numel() for p in unet.parameters()) < REAL_SIZE_UNET_PARAMS
+    images, steps = (2, 25) if cheap else (1, 10)
+    return validation.images_per_prompt or images, validation.steps or steps
 
 
 class TrainingDiverged(DreamloomError):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from dreamloom.progress import Progress
 from dreamloom.training.checkpoint import TrainingState, load_training_state, save_training_state
 from dreamloom.training.precision import peak_memory_bytes
-from dreamloom.training.progress import Progress
 from dreamloom.training.trainer import Trainer, TrainJob
 
 ARTIFACT_FOLDER = "artifact"
@@ -38,7 +38,7 @@ def train_worker(job_document: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(job.config.scaling.cpus_per_worker)
+        torch.set_num_threads(job_document["cpus"])
     is_main = rank == 0
     trainer = Trainer(
         job, device, rank, world, wrap=ray.train.torch.prepare_model, barrier=_barrier, show_progress=is_main
@@ -105,10 +105,11 @@ def _report(trainer: Trainer, step: int, start: int, final: bool, reporting: _Ra
         if final:
             artifact = Path(folder) / ARTIFACT_FOLDER
             trainer.save_artifact(artifact)
-            grid = trainer.render_samples()
-            (artifact / FINAL_SAMPLES).parent.mkdir(parents=True, exist_ok=True)
-            grid.save(artifact / FINAL_SAMPLES)
-            reporting.grid(grid, step)
+            if trainer.config.validation.final_grid:
+                grid = trainer.render_samples()
+                (artifact / FINAL_SAMPLES).parent.mkdir(parents=True, exist_ok=True)
+                grid.save(artifact / FINAL_SAMPLES)
+                reporting.grid(grid, step)
         reporting.flush()
         ray.train.report(
             metrics,
