@@ -22,10 +22,25 @@ memory, the size of the artifact it writes on this base, and the artifact size a
 memory computed for SD 1.5 and SDXL from their real architectures (``dreamloom.sizing``).
 
 Peak memory is measured in a fresh subprocess per variant (peak RSS on CPU, peak allocated on
-CUDA). Prints JSON and a markdown table; ``--out`` also writes the JSON to a file.
+CUDA). ``--isolated`` (the default on a real architecture, where one process cannot hold a model
+per method) runs each method and precision alone in a subprocess that reports both its step time
+and its peak memory; those step times are medians of separate runs, not paired rounds.
+``--precisions no bf16`` adds a column per precision.
 
-    .venv/bin/python bench/train.py                                  # everything
+``script`` (``--diffusers CHECKOUT``): ``dreamloom train`` end to end (the CLI, this machine's
+Ray, MLflow, the artifact; no final grid) against diffusers' own
+``examples/dreambooth/train_dreambooth_lora.py`` from that checkout, run as a subprocess
+(``bench/diffusers_script.py``) on the same base folder, images, resolution, batch, rank and
+precision. Both run a short and a long step count, alternating; the slope is the time per step,
+the intercept the fixed cost of a run. Ray's own start (a one-step TorchTrainer that does nothing)
+is timed beside them.
+
+Prints JSON and a markdown table; ``--out`` also writes the JSON to a file.
+
+    .venv/bin/python bench/train.py                                  # everything, on tiny
     .venv/bin/python bench/train.py --compare lora --no-methods --rounds 30 --no-memory
+    .venv/bin/python bench/train.py --base-model sd15-random --resolution 256 --batch-size 1 \
+        --compare --precisions no bf16 --rounds 3 --warmup 1 --diffusers ~/src/diffusers
 """
 
 from __future__ import annotations
@@ -48,7 +63,19 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 VARIANTS = ("ours", "ours_compiled", "baseline", "floor")
-ALL_METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork", "controlnet")
+ALL_METHODS = (
+    "lora",
+    "loha",
+    "lokr",
+    "dreambooth",
+    "dreambooth-lora",
+    "textual-inversion",
+    "pivotal",
+    "hypernetwork",
+    "controlnet",
+)
+SCRIPT = "examples/dreambooth/train_dreambooth_lora.py"
+PROMPT = "a photo of sks ball"
 
 
 def main() -> None:
@@ -58,9 +85,11 @@ def main() -> None:
     from dreamloom.logs import quiet_library_logging
 
     quiet_library_logging()
-    data = _draw_data(Path(os.environ["DREAMLOOM_HOME"]) / "bench-data")
-    if args.memory_probe:
-        print(json.dumps(_memory_probe(args, data, *args.memory_probe)))
+    side = max(96, args.resolution)
+    data = _draw_data(Path(os.environ["DREAMLOOM_HOME"]) / f"bench-data-{side}", side=side)
+    if args.probe:
+        variant = args.probe[0]
+        print(json.dumps(_ray_start() if variant == "ray-start" else _probe(args, data, *args.probe)))
         return
     report = {
         "machine": {
@@ -75,15 +104,19 @@ def main() -> None:
             "batch_size": args.batch_size,
             "rounds": args.rounds,
             "warmup": args.warmup,
+            "precisions": args.precisions,
+            "gradient_checkpointing": args.gradient_checkpointing,
         },
         "compare": {method: _measure(args, data, method) for method in args.compare},
     }
     if args.methods:
         report["methods"] = _methods_table(args, data)
+    if args.diffusers:
+        report["script"] = _versus_script(args, data)
     text = json.dumps(report, indent=2)
     print(text)
     if args.methods:
-        print(_markdown(report["methods"]))
+        print(_markdown(report["methods"], args.precisions))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
@@ -101,15 +134,28 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    parser.add_argument("--only", nargs="+", choices=ALL_METHODS, help="methods of the methods table")
+    parser.add_argument(
+        "--precisions", nargs="+", default=None, choices=["no", "bf16", "fp16", "auto"], help="mixed_precision values"
+    )
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--isolated", action="store_true", default=None, help="one subprocess per method")
+    parser.add_argument("--diffusers", type=Path, help="a checkout of huggingface/diffusers: adds the script section")
+    parser.add_argument("--script-steps", nargs=2, type=int, default=[4, 12], metavar=("SHORT", "LONG"))
+    parser.add_argument("--script-rounds", type=int, default=1)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--memory-probe", nargs=2, metavar=("VARIANT", "METHOD"), help=argparse.SUPPRESS)
-    return parser.parse_args()
+    parser.add_argument("--probe", nargs=3, metavar=("VARIANT", "METHOD", "PRECISION"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.precisions = args.precisions or ["bf16" if args.device == "cuda" else "no"]
+    if args.isolated is None:
+        args.isolated = args.base_model.endswith("-random")  # a real architecture: one model per process
+    return args
 
 
 # ----- the three variants -----
 
 
-def _job(args, data: Path, method: str, workdir: Path, compile_unet: bool = False):
+def _job(args, data: Path, method: str, workdir: Path, compile_unet: bool = False, precision: str | None = None):
     from dreamloom.config import load_run_config
     from dreamloom.training.preflight import plan_job
 
@@ -126,7 +172,8 @@ def _job(args, data: Path, method: str, workdir: Path, compile_unet: bool = Fals
             "training.batch_size": args.batch_size,
             "training.steps": 100_000,
             "training.compile": compile_unet,
-            "training.mixed_precision": "bf16" if args.device == "cuda" else "no",
+            "training.gradient_checkpointing": args.gradient_checkpointing,
+            "training.mixed_precision": precision or args.precisions[0],
         },
     )
     return plan_job(config)
@@ -135,10 +182,10 @@ def _job(args, data: Path, method: str, workdir: Path, compile_unet: bool = Fals
 class Ours:
     compiled = False
 
-    def __init__(self, args, data, method, workdir):
+    def __init__(self, args, data, method, workdir, precision: str | None = None):
         from dreamloom.training.trainer import Trainer
 
-        self.trainer = Trainer(_job(args, data, method, workdir, self.compiled), device=args.device)
+        self.trainer = Trainer(_job(args, data, method, workdir, self.compiled, precision), device=args.device)
         self.count = 0
 
     def step(self) -> None:
@@ -153,14 +200,14 @@ class OursCompiled(Ours):
 class ExampleStyleBaseline:
     """One step the way diffusers' DreamBooth(-LoRA) examples do it (no accelerate wrapper)."""
 
-    def __init__(self, args, data, method, workdir):
+    def __init__(self, args, data, method, workdir, precision: str | None = None):
         from diffusers.optimization import get_scheduler
         from peft import LoraConfig
 
         from dreamloom.data.prepare import PreparedDataset
         from dreamloom.models.base import load_base_model
 
-        job = _job(args, data, method, workdir)
+        job = _job(args, data, method, workdir, precision=precision)
         self.model = load_base_model(job.base_model, args.device)
         self.device = torch.device(args.device)
         unet = self.model.unet
@@ -179,7 +226,7 @@ class ExampleStyleBaseline:
         dataset = PreparedDataset.load(Path(job.dataset_root))
         self.images = [Image.open(dataset.root / item.image).convert("RGB") for item in dataset.items]
         self.resolution, self.batch_size = args.resolution, args.batch_size
-        self.prompt = "a photo of sks ball"
+        self.prompt = PROMPT
         self.index = 0
 
     def _example(self):
@@ -223,8 +270,8 @@ class ExampleStyleBaseline:
 class ComputeFloor:
     """UNet forward + backward on fixed inputs: what any loop must at least spend."""
 
-    def __init__(self, args, data, method, workdir):
-        baseline = ExampleStyleBaseline(args, data, method, workdir)  # same trainable setup
+    def __init__(self, args, data, method, workdir, precision: str | None = None):
+        baseline = ExampleStyleBaseline(args, data, method, workdir, precision)  # same trainable setup
         self.unet, self.params = baseline.model.unet, baseline.params
         generator = torch.Generator().manual_seed(0)
         side = args.resolution // baseline.model.vae_scale_factor
@@ -289,46 +336,54 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _memory_in_subprocess(args, variant: str, method: str) -> dict:
-    command = [sys.executable, __file__, "--memory-probe", variant, method, "--threads", str(args.threads)]
-    command += [
-        "--base-model",
-        args.base_model,
-        "--resolution",
-        str(args.resolution),
-        "--batch-size",
-        str(args.batch_size),
-    ]
-    command += ["--device", args.device]
+def _memory_in_subprocess(args, variant: str, method: str, precision: str | None = None) -> dict:
+    """Peak memory (and the step time) of one variant of one method, alone in a fresh process."""
+    command = [sys.executable, __file__, "--probe", variant, method, precision or args.precisions[0]]
+    command += ["--threads", str(args.threads), "--base-model", args.base_model, "--device", args.device]
+    command += ["--resolution", str(args.resolution), "--batch-size", str(args.batch_size)]
+    command += ["--rounds", str(args.rounds), "--warmup", str(args.warmup)]
+    if args.gradient_checkpointing:
+        command.append("--gradient-checkpointing")
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
-def _memory_probe(args, data: Path, variant: str, method: str) -> dict:
+def _probe(args, data: Path, variant: str, method: str, precision: str) -> dict:
     from dreamloom.training.precision import peak_rss_bytes
 
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     before = peak_rss_bytes()
+    seconds = []
     with tempfile.TemporaryDirectory() as workdir:
-        runner = BUILDERS[variant](args, data, method, Path(workdir))
-        for _ in range(args.warmup + 5):
+        runner = BUILDERS[variant](args, data, method, Path(workdir), precision)
+        for _ in range(args.warmup):
             runner.step()
+        for _ in range(args.rounds):
+            _sync(args.device)
+            started = time.perf_counter()
+            runner.step()
+            _sync(args.device)
+            seconds.append(time.perf_counter() - started)
     peak = peak_rss_bytes()
-    result = {"peak_rss": round(peak / 2**20, 1), "growth_over_imports": round((peak - before) / 2**20, 1)}
+    result = {
+        "step_ms": round(statistics.median(seconds) * 1000, 2),
+        "peak_rss": round(peak / 2**20, 1),
+        "growth_over_imports": round((peak - before) / 2**20, 1),
+    }
     if args.device.startswith("cuda"):
         result["peak_cuda_allocated"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return result
 
 
-def _draw_data(folder: Path, count: int = 8) -> Path:
+def _draw_data(folder: Path, count: int = 8, side: int = 96) -> Path:
     if len(list(folder.glob("*.png"))) == count:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     for index in range(count):
-        image = Image.new("RGB", (96, 96), tuple(rng.randint(100, 255) for _ in range(3)))
-        ImageDraw.Draw(image).ellipse((20, 20, 70, 70), fill=(200, 30, 30))
+        image = Image.new("RGB", (side, side), tuple(rng.randint(100, 255) for _ in range(3)))
+        ImageDraw.Draw(image).ellipse((side // 5, side // 5, side * 3 // 4, side * 3 // 4), fill=(200, 30, 30))
         image.save(folder / f"{index}.png")
     return folder
 
@@ -337,38 +392,64 @@ def _draw_data(folder: Path, count: int = 8) -> Path:
 
 
 def _methods_table(args, data: Path) -> dict:
-    from dreamloom.sizing import Architecture, estimate
+    methods = tuple(args.only or ALL_METHODS)
+    if args.isolated:
+        steps = {(m, p): _memory_in_subprocess(args, "ours", m, p) for m in methods for p in args.precisions}
+        seconds = {key: [probe["step_ms"] / 1000] for key, probe in steps.items()}
+        with tempfile.TemporaryDirectory() as workdir:  # artifact sizes come from the first precision
+            artifact_bytes, configs = {}, {}
+            for method in methods:
+                runner = Ours(args, data, method, Path(workdir), args.precisions[0])
+                artifact_bytes[method] = _artifact_bytes(runner, Path(workdir) / f"artifact-{method}")
+                configs[method] = runner.trainer.config
+                del runner
+        memory = {key: probe for key, probe in steps.items()}
+    else:
+        seconds, artifact_bytes, configs = _interleaved(args, data, methods)
+        memory = {}
+        if not args.no_memory:
+            memory = {(m, p): _memory_in_subprocess(args, "ours", m, p) for m in methods for p in args.precisions}
+    return _rows(methods, args.precisions, seconds, memory, artifact_bytes, configs)
 
+
+def _interleaved(args, data: Path, methods: tuple[str, ...]):
+    keys = [(m, p) for m in methods for p in args.precisions]
     with tempfile.TemporaryDirectory() as workdir:
-        runners = {method: Ours(args, data, method, Path(workdir)) for method in ALL_METHODS}
+        runners = {(m, p): Ours(args, data, m, Path(workdir) / p, p) for m, p in keys}
         for runner in runners.values():
             for _ in range(args.warmup):
                 runner.step()
-        seconds = {method: [] for method in ALL_METHODS}
-        order = list(ALL_METHODS)
+        seconds = {key: [] for key in keys}
+        order = list(keys)
         for _ in range(args.rounds):
             random.shuffle(order)
-            for method in order:
+            for key in order:
                 _sync(args.device)
                 started = time.perf_counter()
-                runners[method].step()
+                runners[key].step()
                 _sync(args.device)
-                seconds[method].append(time.perf_counter() - started)
-        artifact_bytes = {
-            method: _artifact_bytes(runner, Path(workdir) / f"artifact-{method}") for method, runner in runners.items()
-        }
+                seconds[key].append(time.perf_counter() - started)
+        first = args.precisions[0]
+        artifact_bytes = {m: _artifact_bytes(runners[(m, first)], Path(workdir) / f"artifact-{m}") for m in methods}
+        configs = {m: runners[(m, first)].trainer.config for m in methods}
+    return seconds, artifact_bytes, configs
+
+
+def _rows(methods, precisions, seconds, memory, artifact_bytes, configs) -> dict:
+    from dreamloom.sizing import Architecture, estimate
+
     bases = {name: Architecture.for_base(name) for name in ("sd15", "sdxl")}
     table = {}
-    for method in ALL_METHODS:
-        config = runners[method].trainer.config
-        row = {
-            "step_ms": round(statistics.median(seconds[method]) * 1000, 2),
-            "artifact_bytes": artifact_bytes[method],
-        }
-        if not args.no_memory:
-            row["peak_memory_mib"] = _memory_in_subprocess(args, "ours", method)
+    for method in methods:
+        row = {"artifact_bytes": artifact_bytes[method]}
+        for precision in precisions:
+            row[f"step_ms_{precision}"] = round(statistics.median(seconds[(method, precision)]) * 1000, 2)
+            if (method, precision) in memory:
+                row[f"peak_memory_mib_{precision}"] = memory[(method, precision)]
+        if "no" in precisions and "bf16" in precisions:
+            row["bf16_vs_fp32"] = round(row["step_ms_bf16"] / row["step_ms_no"], 3)
         for name, arch in bases.items():
-            computed = estimate(arch, config)
+            computed = estimate(arch, configs[method])
             row[f"{name}_artifact_bytes"] = computed.artifact_bytes
             row[f"{name}_training_state_bytes"] = computed.training_state_bytes
         table[method] = row
@@ -380,22 +461,121 @@ def _artifact_bytes(runner: Ours, folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def _markdown(table: dict) -> str:
+def _markdown(table: dict, precisions: list[str]) -> str:
     from dreamloom.sizing import human_bytes
 
+    names = {"no": "fp32", "bf16": "bf16", "fp16": "fp16", "auto": "auto"}
+    step_columns = " | ".join(f"step {names[p]} (ms) | peak RSS {names[p]} (MiB)" for p in precisions)
     lines = [
-        "| method | step (ms) | peak RSS (MiB) | artifact (tiny) | artifact SD 1.5 | artifact SDXL "
+        f"| method | {step_columns} | artifact (this base) | artifact SD 1.5 | artifact SDXL "
         "| train state SD 1.5 | train state SDXL |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- " * (6 + 2 * len(precisions)) + "|",
     ]
     for method, row in table.items():
-        memory = row.get("peak_memory_mib", {}).get("peak_rss", "-")
+        steps = " | ".join(
+            f"{row[f'step_ms_{p}']} | {row.get(f'peak_memory_mib_{p}', {}).get('peak_rss', '-')}" for p in precisions
+        )
         lines.append(
-            f"| {method} | {row['step_ms']} | {memory} | {human_bytes(row['artifact_bytes'])} | "
+            f"| {method} | {steps} | {human_bytes(row['artifact_bytes'])} | "
             f"{human_bytes(row['sd15_artifact_bytes'])} | {human_bytes(row['sdxl_artifact_bytes'])} | "
             f"{human_bytes(row['sd15_training_state_bytes'])} | {human_bytes(row['sdxl_training_state_bytes'])} |"
         )
     return "\n".join(lines)
+
+
+# ----- end to end against diffusers' script -----
+
+
+def _versus_script(args, data: Path) -> dict:
+    from dreamloom.models import resolve_base_model
+
+    base = resolve_base_model(args.base_model)
+    precision = {"no": "no", "bf16": "bf16", "fp16": "fp16", "auto": "bf16"}[args.precisions[0]]
+    short, long = args.script_steps
+    tools = {"dreamloom": _dreamloom_command, "diffusers": _script_command}
+    seconds = {tool: {short: [], long: []} for tool in tools}
+    with tempfile.TemporaryDirectory(prefix="dreamloom-bench-script-") as workdir:
+        for round_ in range(args.script_rounds):
+            for steps in (short, long):
+                for tool in sorted(tools, key=lambda _: random.random()):
+                    output = Path(workdir) / f"{tool}-{round_}-{steps}"
+                    command = tools[tool](args, base.location, data, output, steps, precision)
+                    seconds[tool][steps].append(_timed_run(command, tool, steps))
+        ray_start = _timed_run([sys.executable, __file__, "--probe", "ray-start", "-", "-"], "ray start", 1)
+    result = {"precision": precision, "steps": [short, long], "ray_start_seconds": round(ray_start, 2)}
+    for tool, times in seconds.items():
+        t_short, t_long = statistics.median(times[short]), statistics.median(times[long])
+        per_step = (t_long - t_short) / (long - short)
+        result[tool] = {
+            "seconds": {str(n): [round(t, 2) for t in ts] for n, ts in times.items()},
+            "step_seconds": round(per_step, 3),
+            "fixed_seconds": round(t_short - short * per_step, 2),
+        }
+    result["step_ratio"] = round(result["dreamloom"]["step_seconds"] / result["diffusers"]["step_seconds"], 3)
+    result["fixed_over_script_plus_ray"] = round(
+        result["dreamloom"]["fixed_seconds"] - result["diffusers"]["fixed_seconds"] - ray_start, 2
+    )
+    result["diffusers_commit"] = _commit(args.diffusers)
+    return result
+
+
+def _dreamloom_command(args, base: str, data: Path, output: Path, steps: int, precision: str) -> list[str]:
+    settings = {
+        "validation.final_grid": "false",
+        "training.mixed_precision": precision,
+        "training.checkpoint_every": "0",
+        "training.gradient_checkpointing": str(args.gradient_checkpointing).lower(),
+        "lora.rank": "4",
+    }
+    command = [sys.executable, "-m", "dreamloom.cli", "train", "--method", "lora", "--base-model", base]
+    command += ["--data", str(data), "--instance-prompt", PROMPT, "--resolution", str(args.resolution)]
+    command += ["--steps", str(steps), "--batch-size", str(args.batch_size), "--output", str(output)]
+    return command + [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
+def _script_command(args, base: str, data: Path, output: Path, steps: int, precision: str) -> list[str]:
+    runner = Path(__file__).with_name("diffusers_script.py")
+    command = [sys.executable, str(runner), str(args.diffusers), SCRIPT, "--"]
+    command += ["--pretrained_model_name_or_path", base, "--instance_data_dir", str(data)]
+    command += ["--instance_prompt", PROMPT, "--output_dir", str(output), "--resolution", str(args.resolution)]
+    command += ["--train_batch_size", str(args.batch_size), "--max_train_steps", str(steps), "--rank", "4"]
+    command += ["--learning_rate", "1e-4", "--mixed_precision", precision, "--seed", "0"]
+    command += ["--checkpointing_steps", "1000000", "--report_to", "tensorboard"]
+    if args.gradient_checkpointing:
+        command.append("--gradient_checkpointing")
+    return command
+
+
+def _timed_run(command: list[str], label: str, steps: int) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{label} ({steps} steps) failed:\n{done.stderr[-3000:]}")
+    print(f"[bench] {label}: {steps} steps in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return seconds
+
+
+def _ray_start() -> dict:
+    """Ray's own start and stop around a TorchTrainer whose one worker does nothing."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    with tempfile.TemporaryDirectory() as storage:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+        TorchTrainer(
+            lambda _: None,
+            scaling_config=ray.train.ScalingConfig(num_workers=1),
+            run_config=ray.train.RunConfig(storage_path=storage),
+        ).fit()
+        ray.shutdown()
+    return {}
+
+
+def _commit(checkout: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 if __name__ == "__main__":

@@ -95,6 +95,11 @@ class TrainingSettings(Section):
     channels_last: bool = Field(False, description="Run the UNet in channels-last memory format")
     compile: bool = Field(False, description="torch.compile the UNet (slow start, faster steps)")
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_a_string(cls, value):
+        return "no" if value is False else value  # YAML reads a bare `no` (here and in --set) as false
+
 
 class ValidationSettings(Section):
     prompts: list[str] = Field(default_factory=list, description="Prompts for sample grids (default: instance prompt)")

@@ -112,3 +112,8 @@ def test_workers_share_the_local_rays_cores_unless_told(tmp_path, monkeypatch):
     assert cpus_per_worker(told, ray_cpus=16) == 3
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster: its pods are sized there
     assert cpus_per_worker(shared, ray_cpus=64) == 1
+
+
+def test_a_bare_yaml_no_for_mixed_precision_means_full_precision():
+    config = load_run_config(None, {**MINIMAL, "training.mixed_precision": parse_override("x=no")[1]})
+    assert config.training.mixed_precision == "no"
