@@ -162,7 +162,12 @@ def test_the_init_container_writes_the_releases_serving_limits_into_the_model_co
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    values = ("triton.maxRequestCost=12", "triton.queueTimeoutSeconds=7", "triton.maxQueueSize=9")
+    values = (
+        "triton.maxRequestCost=12",
+        "triton.queueTimeoutSeconds=7",
+        "triton.maxQueueSize=9",
+        "triton.precision=bf16",
+    )
     (seed,) = one(objects(*values), "Deployment", "-triton")["spec"]["template"]["spec"]["initContainers"]
     checked_in = Path(__file__).parents[1] / "serving" / "model_repository"
     script = seed["command"][2].replace("/opt/dreamloom/model_repository", str(checked_in))
@@ -175,6 +180,7 @@ def test_the_init_container_writes_the_releases_serving_limits_into_the_model_co
     assert config.parameters["max_request_megapixel_steps"].string_value == "12"
     queue = config.dynamic_batching.default_queue_policy
     assert queue.default_timeout_microseconds == 7_000_000 and queue.max_queue_size == 9
+    assert config.parameters["precision"].string_value == "bf16"
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
 
 

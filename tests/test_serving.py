@@ -346,6 +346,16 @@ def test_the_adapter_cache_evicts_least_recently_used_under_its_budget(served, a
     assert np.array_equal(first, again)
 
 
+def test_the_engine_serves_the_base_in_the_deployments_precision(served):
+    _, store, _ = served
+    routes = store.latest_routes("dreamloom")
+    engine = Engine(EngineConfig("toy", routes, precision="bf16"))
+    assert {engine.txt2img.unet.dtype, engine.txt2img.vae.dtype, engine.inpaint.unet.dtype} == {torch.bfloat16}
+    (image,) = engine.run([ImageRequest(INSTANCE_PROMPT, **FAST)])
+    assert image.dtype == np.uint8 and image.std() > 0
+    assert Engine(EngineConfig("toy", routes)).txt2img.unet.dtype == torch.float32  # auto, without native bf16
+
+
 def test_a_dreambooth_artifact_is_not_an_adapter(served, artifacts):
     _, store, _ = served
     engine_routes = store.latest_routes("dreamloom").with_adapter("db", "1", artifacts["dreambooth"], {"champion": "1"})

@@ -96,6 +96,20 @@ def test_the_store_adds_versions_whole_and_never_rewrites_them(tmp_path):
     assert others and all(tensor.optional for tensor in others)
     assert list(config.output[0].dims) == [-1, -1, 3] and config.output[0].data_type == model_config_pb2.TYPE_UINT8
     assert config.parameters["adapter_budget_mib"].string_value == "512"
+    assert config.parameters["precision"].string_value == "auto"
+
+
+def test_serving_precision_is_a_deployment_setting_checked_before_it_is_written(tmp_path):
+    store = ServingStore(tmp_path / "store")
+    store.ensure_model("xl", "toy", precision="bf16")
+    config = text_format.Parse((store.model_folder("xl") / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.parameters["precision"].string_value == "bf16"
+    with pytest.raises(DreamloomError, match="fp16 inference needs a GPU; use bf16 or fp32"):
+        store.ensure_model("cpu-fp16", "toy", precision="fp16")
+    with pytest.raises(DreamloomError, match="unknown precision 'int4'"):
+        store.ensure_model("int4", "toy", precision="int4")
+    assert not store.versions("cpu-fp16") and not store.versions("int4")  # nothing half-written
+    assert model_config("gpu", gpu=True, precision="fp16")  # fine where it runs
 
 
 def test_the_checked_in_model_repository_is_what_the_code_writes(tmp_path):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from dreamloom.errors import DreamloomError
+
 CPU_BF16_ENV = "DREAMLOOM_CPU_BF16"
 # /proc/cpuinfo flags of native bf16 arithmetic: Intel AMX, AVX512-BF16, Arm's BF16 extension.
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
@@ -51,10 +53,21 @@ def fastest_half_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
-def inference_dtype(device: str | torch.device) -> torch.dtype:
-    """The dtype generation loads a base in: fp16 on CUDA (as diffusers serves SD), bf16 on CPUs
-    with native bf16, fp32 elsewhere. Serving, sample grids and ``dreamloom generate`` share it."""
+SERVING_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def inference_dtype(device: str | torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype generation loads a base in. ``auto``: fp16 on CUDA (as diffusers serves SD), bf16
+    on CPUs with native bf16, fp32 elsewhere; a deployment may name one instead (bf16 halves the
+    memory of an SDXL on any CPU, at emulated speed where the CPU lacks bf16). Serving, sample
+    grids and ``dreamloom generate`` share it."""
     device = torch.device(device)
+    if precision not in SERVING_PRECISIONS:
+        raise DreamloomError(f"unknown precision {precision!r}; choose one of {', '.join(SERVING_PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise DreamloomError("fp16 inference needs a GPU; use bf16 or fp32 on a CPU")
+    if precision != "auto":
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if device.type == "cuda":
         return torch.float16
     return fastest_half_dtype(device) or torch.float32

@@ -38,6 +38,7 @@ class EngineConfig:
     max_batch: int = 8
     device: str | None = None
     max_request_cost: float | None = None  # megapixel-steps one request may cost; None: no limit
+    precision: str = "auto"  # the dtype the base is loaded in (models.precision.inference_dtype)
 
 
 class Engine:
@@ -50,7 +51,7 @@ class Engine:
 
         self.config = config
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = inference_dtype(device)
+        dtype = inference_dtype(device, config.precision)
         self.base = resolve_base_model(config.base_model)
         self.txt2img = pipeline_from_components(load_base_model(self.base, device, dtype))
         if config.dreambooth:

@@ -21,6 +21,7 @@ from pathlib import Path
 from dreamloom.artifacts import MANIFEST_FILE, read_manifest
 from dreamloom.errors import DreamloomError
 from dreamloom.files import staged_file, staged_folder
+from dreamloom.models.precision import SERVING_PRECISIONS, inference_dtype
 from dreamloom.serving.protocol import OUTPUT, TENSORS
 from dreamloom.serving.routes import ROUTES_FILE, Routes
 from dreamloom.settings import work_dir
@@ -51,11 +52,13 @@ def model_config(
     max_request_cost: float | None = None,
     queue_timeout_s: float = 60.0,
     max_queue_size: int | None = None,
+    precision: str = "auto",
 ) -> str:
     """config.pbtxt, built with Triton's own protobuf: every input but PROMPT optional, one UINT8
     H x W x 3 image out; a request costing more than ``max_request_cost`` megapixel-steps is refused
     (default by hardware); one waiting longer than ``queue_timeout_s`` or beyond ``max_queue_size``
-    waiting requests (default 4 batches) is rejected at once with UNAVAILABLE (HTTP 503)."""
+    waiting requests (default 4 batches) is rejected at once with UNAVAILABLE (HTTP 503). The base
+    is loaded in ``precision`` (auto: by hardware; see ``models.precision.inference_dtype``)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as triton
 
@@ -75,6 +78,8 @@ def model_config(
     kind = triton.ModelInstanceGroup.KIND_GPU if gpu else triton.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=1)
     config.parameters["adapter_budget_mib"].string_value = str(adapter_budget_mib)
+    inference_dtype("cuda" if gpu else "cpu", precision)  # refuses unknown or impossible ones before writing
+    config.parameters["precision"].string_value = precision
     cost = max_request_cost if max_request_cost is not None else DEFAULT_REQUEST_COST["gpu" if gpu else "cpu"]
     config.parameters["max_request_megapixel_steps"].string_value = f"{cost:g}"
     return text_format.MessageToString(config)
@@ -192,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-request-cost", type=float, help="megapixel-steps per request (default by hardware)")
     parser.add_argument("--queue-timeout-s", type=float, default=60.0)
     parser.add_argument("--max-queue-size", type=int)
+    parser.add_argument("--precision", choices=SERVING_PRECISIONS, default="auto", help="dtype of the served base")
     parser.add_argument("--config-only", action="store_true", help="rewrite config.pbtxt of an existing model")
     args = parser.parse_args(argv)
     store = ServingStore(Path(args.out).parent)
@@ -201,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         "max_request_cost": args.max_request_cost,
         "queue_timeout_s": args.queue_timeout_s,
         "max_queue_size": args.max_queue_size,
+        "precision": args.precision,
     }
     if args.config_only:
         if not store.versions(args.model_name):

@@ -37,6 +37,7 @@ class TritonPythonModel:
                 routes=routes,
                 dreambooth=routes.dreambooth,
                 adapter_budget_mib=int(parameters.get("adapter_budget_mib", 512)),
+                precision=parameters.get("precision", "auto"),
                 max_batch=max(1, int(config.get("max_batch_size", 1))),
                 max_request_cost=float(parameters["max_request_megapixel_steps"])
                 if "max_request_megapixel_steps" in parameters
