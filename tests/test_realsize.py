@@ -1,10 +1,13 @@
 """The paths users run, on the real architectures (random weights built offline from the shipped
 configs): train 2 steps at 128 px, register in MLflow, deploy to the real tritonserver, one image
-per mode. About 80 s and 6-8 GiB each on 2 cores, so SD 1.5 and SD 2.1 run in `make test`."""
+per mode. About 80 s and 6-8 GiB each on 2 cores, so SD 1.5 and SD 2.1 run in `make test`; SDXL
+(3.5 B parameters) trains and serves in bf16 to fit beside its Triton, and runs in
+`make test-realsize` only (the xl marker)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +26,7 @@ pytestmark = [pytest.mark.realsize, pytest.mark.slow, pytest.mark.timeout(3600)]
 SIZE = 128
 
 
-@pytest.mark.parametrize("base", ["sd15-random", "sd21-random"])
+@pytest.mark.parametrize("base", ["sd15-random", "sd21-random", pytest.param("sdxl-random", marks=pytest.mark.xl)])
 def test_a_real_architecture_trains_registers_deploys_and_serves_every_mode(base, tmp_path, capsys):
     from dreamloom.artifacts import read_manifest
     from dreamloom.registry.store import resolve
@@ -38,6 +41,7 @@ def test_a_real_architecture_trains_registers_deploys_and_serves_every_mode(base
         training__steps=2,
         training__batch_size=1,
         validation__steps=2,
+        training__mixed_precision="bf16" if base == "sdxl-random" else "no",
     )
     artifact = train_in_process(config)
     assert read_manifest(artifact).base_model.random_weights
@@ -47,7 +51,8 @@ def test_a_real_architecture_trains_registers_deploys_and_serves_every_mode(base
     assert resolve(f"{name}@champion").tags["dreamloom.base_model_weights"] == "random"
 
     store = ServingStore(tmp_path / "store")
-    store.ensure_model("dreamloom", base, max_batch_size=1, adapter_budget_mib=256)
+    precision = "bf16" if base == "sdxl-random" else "auto"
+    store.ensure_model("dreamloom", base, max_batch_size=1, adapter_budget_mib=256, precision=precision)
     server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
     server.start(timeout_s=900)
     try:
@@ -63,10 +68,28 @@ def test_a_real_architecture_trains_registers_deploys_and_serves_every_mode(base
                                        adapter=f"{name}@champion", **images)  # fmt: skip
                 image = client.generate(request)
                 assert image.shape == (SIZE, SIZE, 3) and np.isfinite(image).all()
+        serving_peak = _peak_rss_of_tree(server.process.pid)
     finally:
         server.stop()
     with capsys.disabled():
         print(
             f"\n[realsize] {base}: trained in {trained - started:.0f} s, registered v{version}, "
-            f"served 3 modes in {time.monotonic() - trained:.0f} s; peak RSS {peak_rss_bytes() / 2**30:.1f} GiB"
+            f"served 3 modes in {time.monotonic() - trained:.0f} s; peak RSS {peak_rss_bytes() / 2**30:.1f} GiB "
+            f"(training), {serving_peak / 2**30:.1f} GiB (Triton and its python backend)"
         )
+
+
+def _peak_rss_of_tree(pid: int) -> int:
+    """The summed resident-memory high-water marks of a process and its descendants (Triton runs
+    each python-backend model in a stub process of its own)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total
