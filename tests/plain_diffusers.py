@@ -43,13 +43,14 @@ def render(pipe, case: dict) -> np.ndarray:
 
 def load(case: dict):
     xl, kind, path = case["family"] == "sdxl", case["kind"], case["path"]
-    base = {"safety_checker": None, "requires_safety_checker": False} if not xl else {}
+    fp32 = {"torch_dtype": torch.float32}  # as users name a dtype (diffusers keeps a folder's own otherwise)
+    base = {**fp32, "safety_checker": None, "requires_safety_checker": False} if not xl else fp32
     if kind == "controlnet":
         pipeline = StableDiffusionXLControlNetPipeline if xl else StableDiffusionControlNetPipeline
-        pipe = pipeline.from_pretrained(case["base"], controlnet=ControlNetModel.from_pretrained(path), **base)
+        pipe = pipeline.from_pretrained(case["base"], controlnet=ControlNetModel.from_pretrained(path, **fp32), **base)
     elif kind == "dreambooth":
         pipeline = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
-        pipe = pipeline.from_pretrained(case["base"], unet=UNet2DConditionModel.from_pretrained(path), **base)
+        pipe = pipeline.from_pretrained(case["base"], unet=UNet2DConditionModel.from_pretrained(path, **fp32), **base)
     else:
         pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_pretrained(case["base"], **base)
     if kind in ("lora", "kohya", "pivotal"):

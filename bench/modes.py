@@ -1,0 +1,109 @@
+"""Seconds per serving mode through the real tritonserver: one image each of txt2img, img2img and
+inpaint on one base at one size, with the base served in a chosen precision. Each mode is asked
+twice and the second answer timed (the first pays for the pipeline's warm-up). The images go to
+``--images``: what a person looks at, beside the numbers. (ControlNet needs a ControlNet trained
+on the base; an SDXL one is beyond a 24 GB CPU machine, so it is not part of this bench.)
+
+    .venv/bin/python bench/modes.py --base-model sdxl-random --size 256 --steps 4 --precision bf16 --images out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def main() -> None:
+    args = _parse()
+    os.environ.setdefault("DREAMLOOM_HOME", tempfile.mkdtemp(prefix="dreamloom-bench-modes-"))
+    torch.set_num_threads(args.threads)
+    from dreamloom.logs import quiet_library_logging
+
+    quiet_library_logging()
+    report = {
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+        "setup": {"base_model": args.base_model, "size": args.size, "steps": args.steps, "precision": args.precision},
+        "seconds": _serve_each_mode(args),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-model", default="tiny")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--images", type=Path, help="folder for one PNG per mode")
+    parser.add_argument("--out", type=Path)
+    return parser.parse_args()
+
+
+def _scene(size: int) -> tuple[Image.Image, Image.Image]:
+    scene = Image.new("RGB", (size, size), (230, 225, 210))
+    draw = ImageDraw.Draw(scene)
+    draw.ellipse((size // 4, size // 4, size * 3 // 4, size * 3 // 4), fill=(200, 40, 40))
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).rectangle((size // 3, size // 3, size * 2 // 3, size * 2 // 3), fill=255)
+    return scene, mask
+
+
+def _serve_each_mode(args) -> dict:
+    from dreamloom.serving.client import ServingClient
+    from dreamloom.serving.protocol import ImageRequest, encode_image
+    from dreamloom.serving.repository import ServingStore
+    from dreamloom.serving.server import TritonServer, free_port
+
+    store = ServingStore(Path(os.environ["DREAMLOOM_HOME"]) / "store")
+    store.ensure_model("dreamloom", args.base_model, max_batch_size=1, precision=args.precision)
+    scene, mask = _scene(args.size)
+    modes = {
+        "txt2img": {},
+        "img2img": {"init_image": encode_image(scene)},
+        "inpaint": {"init_image": encode_image(scene), "mask": encode_image(mask)},
+    }
+    seconds = {}
+    server = TritonServer.for_store(store, ["dreamloom"], free_port(), free_port(), free_port())
+    started = time.perf_counter()
+    server.start(timeout_s=1800)
+    seconds["triton_ready"] = round(time.perf_counter() - started, 1)
+    try:
+        with ServingClient(server.http_url) as client:
+            for mode, extra in modes.items():
+                request = ImageRequest(
+                    "a product photo of a red ball on a table",
+                    mode=mode,
+                    width=args.size,
+                    height=args.size,
+                    steps=args.steps,
+                    seed=1,
+                    **extra,
+                )
+                client.generate(request)
+                began = time.perf_counter()
+                image = client.generate(request)
+                seconds[mode] = round(time.perf_counter() - began, 2)
+                if args.images:
+                    args.images.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(args.images / f"{mode}.png")
+    finally:
+        server.stop()
+    return seconds
+
+
+if __name__ == "__main__":
+    main()
