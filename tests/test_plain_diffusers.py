@@ -40,7 +40,7 @@ TRAINED = {
     "controlnet": {},
     "dreambooth": {"prior__enabled": False},
 }
-FAMILIES = {"tiny": "sd", "tiny-sdxl": "sdxl", "sd15-random": "sd", "sdxl-random": "sdxl"}
+FAMILIES = {"tiny": "sd", "tiny-sdxl": "sdxl", "sdxl-random": "sdxl", "sd15-random": "sd"}  # the largest first
 REAL_SIZE = ("sd15-random", "sdxl-random")
 ADAPTERS_ONLY = ("sdxl-random",)  # see the module's docstring
 HEAVY = [pytest.mark.realsize, pytest.mark.xl]
