@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Two workers, a test file each at a time (module fixtures such as one Triton per file start once).
 test: setup lint chart-lint
-	$(BIN)/pytest -n 2 --dist loadfile -m "not xl"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not xl" --durations=15
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow and not realsize"

@@ -238,3 +238,21 @@ def test_the_sample_grid_shows_its_denoising_progress(photos, tmp_path, capsys):
     grid = trainer.render_samples()
     assert grid.size == (2 * 64, 64)
     assert "[samples] ████████████████████ 3/3 (100%)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["lora", "hypernetwork", "controlnet", "dreambooth"])
+def test_under_bf16_the_base_loads_in_bf16_and_what_trains_is_fp32(photos, tmp_path, method):
+    from dreamloom.models import load_base_model, resolve_base_model
+    from tests.helpers import method_config
+
+    config = method_config(method, photos, tmp_path / method, training__mixed_precision="bf16", prior__enabled=False)
+    trainer = Trainer(plan_job(config))
+    trained = [p for group in trainer.method.parameter_groups(trainer.model) for p in group["params"]]
+    assert trained and {p.dtype for p in trained} == {torch.float32}
+    if method == "dreambooth":  # it trains the base's own weights: loaded fp32, not rounded through bf16
+        base = load_base_model(resolve_base_model("tiny")).unet.state_dict()
+        assert all(torch.equal(tensor, base[name]) for name, tensor in trainer.model.unet.state_dict().items())
+    else:
+        assert {p.dtype for p in trainer.model.unet.parameters() if not p.requires_grad} == {torch.bfloat16}
+        assert {p.dtype for p in trainer.model.text_encoders[0].parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert 0 < trainer.train_step(1) < 10

@@ -70,14 +70,20 @@ class Trainer:
         self.device, self.rank, self.world = torch.device(device), rank, world
         settings = self.config.training
         self.precision = resolve_precision(settings.mixed_precision, self.device)
-        self.model: LoadedBaseModel = load_base_model(job.base_model, self.device)
+        # Loaded in the frozen weights' dtype (half the peak memory of loading fp32 and casting
+        # after); what the method adds is brought to fp32 once attached. A method that trains the
+        # base's own weights loads fp32: rounding them to bf16 first would change every one.
+        method_type = self.config.method_type
+        load_dtype = torch.float32 if method_type.trains_base_weights else self.precision.frozen_dtype
+        self.model: LoadedBaseModel = load_base_model(job.base_model, self.device, load_dtype)
         self.class_examples = None
         if self.config.prior_enabled:
             class_images, class_captions = self._class_images(barrier, show_progress)
-        self.method = self.config.method_type(self.config)
+        self.method = method_type(self.config)
         torch.manual_seed(settings.seed)  # new weights (e.g. LoRA matrices) start the same on every run
         self.method.attach(self.model)
         self._place_frozen_weights()
+        self._upcast_trained_weights()
         cache_text = settings.cache_text_embeddings and not self.method.trains_text_encoder
         example_options = {
             "cache_latents": settings.cache_latents,
@@ -143,6 +149,14 @@ class Trainer:
             for parameter in module.parameters():
                 if not parameter.requires_grad:
                     parameter.data = parameter.data.to(dtype)
+
+    def _upcast_trained_weights(self) -> None:
+        """Trainable weights (and so gradients and optimizer state) in fp32, whatever the base was
+        loaded in: an adapter attached to a bf16 layer, or a module copied from one, starts in bf16."""
+        for group in self.method.parameter_groups(self.model):
+            for parameter in group["params"]:
+                if parameter.dtype != torch.float32:
+                    parameter.data = parameter.data.float()
 
     def _optimizer(self) -> torch.optim.Optimizer:
         settings, training = self.config.optimizer, self.config.training
