@@ -84,7 +84,9 @@ def loaded(request, tmp_path_factory):
                 work / method,
                 base_model=base,
                 training__steps=2,
-                optimizer__learning_rate=5e-2,
+                # 5e-2 makes two steps visible on tiny; on a real-size UNet it sends a whole-UNet
+                # fine-tune to NaN images (seen on sd15-random), so DreamBooth takes a real rate there.
+                optimizer__learning_rate=1e-4 if real and method == "dreambooth" else 5e-2,
                 **sizing,
                 **TRAINED[method],
             )
@@ -139,8 +141,9 @@ def _dreamloom_render(artifact: Path, case: dict) -> np.ndarray:
 def test_plain_diffusers_renders_what_dreamloom_renders(loaded, method):
     base, artifacts, cases, images, _ = loaded
     ours = _dreamloom_render(artifacts[method], cases[method])
-    np.testing.assert_allclose(images[method], ours, atol=1e-4)
+    np.testing.assert_allclose(images[method], ours, atol=1e-4, equal_nan=False)
     base_image = images["base"] if method != "controlnet" else _base_with_prompt(base, cases[method])
+    assert np.isfinite(images[method]).all()
     assert np.abs(images[method] - base_image).mean() > 1e-3, "the artifact changed nothing"
 
 
