@@ -54,6 +54,13 @@ def ray_temp_dir() -> Path:
     return fallback
 
 
+def local_ray_cpus() -> int:
+    """The cores a Ray started on this machine offers: ``DREAMLOOM_RAY_CPUS``, else all of them
+    (tests running two processes side by side on two cores give each one)."""
+    value = os.environ.get("DREAMLOOM_RAY_CPUS", "").strip()
+    return max(1, int(value)) if value.isdigit() else os.cpu_count() or 1
+
+
 def apply_quiet_defaults() -> None:
     """Turn off telemetry and phoning home; keep Ray's files contained. User settings win."""
     defaults = {

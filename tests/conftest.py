@@ -23,6 +23,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def isolated_environment(tmp_path_factory):
     os.environ["DREAMLOOM_HOME"] = str(tmp_path_factory.mktemp("home"))
     os.environ["DREAMLOOM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    # pytest-xdist runs two test processes on CI's two cores: each one's Ray (and the KFP steps it
+    # starts) offers one core, so that two trainings side by side do not fight over both.
+    os.environ["DREAMLOOM_RAY_CPUS"] = "1"
     for inherited in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
         os.environ.pop(inherited, None)
     from dreamloom.logs import quiet_library_logging

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,12 @@ def test_workers_share_the_local_rays_cores_unless_told(tmp_path, monkeypatch):
     assert cpus_per_worker(shared, ray_cpus=1) == 1  # never zero
     told = run_config(tmp_path, tmp_path / "out", scaling__cpus_per_worker=3, scaling__workers=2)
     assert cpus_per_worker(told, ray_cpus=16) == 3
+    from dreamloom.settings import local_ray_cpus
+
+    monkeypatch.setenv("DREAMLOOM_RAY_CPUS", "3")
+    assert local_ray_cpus() == 3
+    monkeypatch.delenv("DREAMLOOM_RAY_CPUS")
+    assert local_ray_cpus() == os.cpu_count()
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster: its pods are sized there
     assert cpus_per_worker(shared, ray_cpus=64) == 1
 

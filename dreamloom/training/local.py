@@ -16,7 +16,7 @@ from dreamloom.artifacts import publish
 from dreamloom.config import RunConfig
 from dreamloom.data.prepare import PreparedDataset
 from dreamloom.errors import DreamloomError
-from dreamloom.settings import apply_quiet_defaults, ray_temp_dir
+from dreamloom.settings import apply_quiet_defaults, local_ray_cpus, ray_temp_dir
 from dreamloom.training.bookkeeping import (
     log_final_metrics,
     manifest_for,
@@ -104,7 +104,7 @@ def ensure_ray(config: RunConfig) -> None:
         return
     needed_cpus = config.scaling.workers * (config.scaling.cpus_per_worker or 1)
     ray.init(
-        num_cpus=max(os.cpu_count() or 1, needed_cpus),
+        num_cpus=max(local_ray_cpus(), needed_cpus),
         # The dashboard hosts the state API that Ray Train's placement-group cleaner polls.
         include_dashboard=True,
         dashboard_host="127.0.0.1",
