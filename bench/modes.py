@@ -10,7 +10,6 @@ on the base; an SDXL one is beyond a 24 GB CPU machine, so it is not part of thi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -20,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from report import emit  # bench/report.py: these scripts run with bench/ on sys.path
+
+from dreamloom.models.precision import SERVING_PRECISIONS
 
 
 def main() -> None:
@@ -34,11 +36,7 @@ def main() -> None:
         "setup": {"base_model": args.base_model, "size": args.size, "steps": args.steps, "precision": args.precision},
         "seconds": _serve_each_mode(args),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(report, args.out)
 
 
 def _parse() -> argparse.Namespace:
@@ -46,7 +44,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--base-model", default="tiny")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=SERVING_PRECISIONS)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--images", type=Path, help="folder for one PNG per mode")
     parser.add_argument("--out", type=Path)

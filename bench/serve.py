@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from report import emit  # bench/report.py: these scripts run with bench/ on sys.path
 
 CONCURRENCY = (1, 4, 8)
 
@@ -49,11 +49,7 @@ def main() -> None:
     apply_quiet_defaults()
     quiet_library_logging()
     report = run(args, home)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(report, args.out)
 
 
 def _parse() -> argparse.Namespace:
