@@ -165,3 +165,30 @@ def test_each_method_trains_on_two_workers_and_its_artifact_loads(method, tmp_pa
     mlflow = client(tracking_uri())
     assert mlflow.get_run(result.mlflow_run_id).info.status == "FINISHED"
     assert len(mlflow.get_metric_history(result.mlflow_run_id, "loss")) == 4
+
+
+def test_a_local_ray_too_small_for_the_run_is_restarted_and_a_callers_is_refused(tmp_path, monkeypatch):
+    """Ray Train waits forever for cores a fixed local Ray cannot offer (a one-worker run first, then
+    a two-worker one, hung CI for an hour): a Ray started here grows, one the caller started is refused."""
+    import ray
+
+    from dreamloom.training import local
+
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setattr(local, "_ray_started_here", False)
+    monkeypatch.setenv("DREAMLOOM_RAY_CPUS", "1")
+    one_worker = run_config(tmp_path, tmp_path / "a", scaling__workers=1)
+    two_workers = run_config(tmp_path, tmp_path / "b", scaling__workers=2)
+    try:
+        local.ensure_ray(one_worker)
+        assert ray.cluster_resources()["CPU"] == 1
+        local.ensure_ray(two_workers)
+        assert ray.cluster_resources()["CPU"] == 2
+        ray.shutdown()
+        monkeypatch.setattr(local, "_ray_started_here", False)
+        ray.init(num_cpus=1, include_dashboard=False, _temp_dir=str(local.ray_temp_dir()))
+        with pytest.raises(DreamloomError, match=r"offers 1 CPUs but the run needs 2 .*ray.init\(num_cpus=2\)"):
+            local.ensure_ray(two_workers)
+    finally:
+        ray.shutdown()

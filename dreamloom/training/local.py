@@ -94,15 +94,33 @@ def train_in_process(config: RunConfig, progress: bool = False) -> Path:
     return config.output
 
 
+_ray_started_here = False
+
+
 def ensure_ray(config: RunConfig) -> None:
+    """Join the cluster at ``RAY_ADDRESS``, or make sure the Ray on this machine offers the cores the
+    run's workers need: Ray Train waits forever for a placement group a fixed local Ray can never
+    offer, so a Ray started here for a smaller run is restarted, and one started by the caller is
+    refused with what to change."""
     import ray
 
-    if ray.is_initialized():
-        return
+    global _ray_started_here
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        if not ray.is_initialized():
+            ray.init(log_to_driver=True)
         return
     needed_cpus = config.scaling.workers * (config.scaling.cpus_per_worker or 1)
+    if ray.is_initialized():
+        offered = ray.cluster_resources().get("CPU", 0)
+        if offered >= needed_cpus:
+            return
+        if not _ray_started_here:
+            raise DreamloomError(
+                f"the Ray this process already joined offers {offered:g} CPUs but the run needs {needed_cpus} "
+                f"({config.scaling.workers} workers x {config.scaling.cpus_per_worker or 1}); lower scaling.workers "
+                f"or scaling.cpus_per_worker, or call ray.init(num_cpus={needed_cpus}) instead"
+            )
+        ray.shutdown()
     ray.init(
         num_cpus=max(local_ray_cpus(), needed_cpus),
         # The dashboard hosts the state API that Ray Train's placement-group cleaner polls.
@@ -112,6 +130,7 @@ def ensure_ray(config: RunConfig) -> None:
         logging_level="WARNING",
         log_to_driver=True,
     )
+    _ray_started_here = True
 
 
 def cpus_per_worker(config: RunConfig, ray_cpus: float) -> int:
