@@ -167,12 +167,23 @@ def test_each_method_trains_on_two_workers_and_its_artifact_loads(method, tmp_pa
     assert len(mlflow.get_metric_history(result.mlflow_run_id, "loss")) == 4
 
 
-def test_a_local_ray_too_small_for_the_run_is_restarted_and_a_callers_is_refused(tmp_path, monkeypatch):
-    """Ray Train waits forever for cores a fixed local Ray cannot offer (a one-worker run first, then
-    a two-worker one, hung CI for an hour): a Ray started here grows, one the caller started is refused."""
+def test_a_local_ray_outlives_the_thread_that_started_it_grows_for_a_bigger_run_and_a_callers_is_refused(
+    tmp_path, monkeypatch
+):
+    """Ray Train waits forever for cores a fixed local Ray cannot offer (a one-worker run first, then a
+    two-worker one, hung CI for an hour), and Ray's processes die with the thread that started them
+    (a run on a thread, then a minute later the whole process): a Ray started here lasts and grows;
+    one the caller started is refused."""
+    import threading
+    import time
+
+    import psutil
     import ray
 
     from dreamloom.training import local
+
+    def head_processes() -> list[str]:
+        return [p.name() for p in psutil.Process().children(recursive=True) if p.name().startswith("gcs_server")]
 
     if ray.is_initialized():
         ray.shutdown()
@@ -181,7 +192,11 @@ def test_a_local_ray_too_small_for_the_run_is_restarted_and_a_callers_is_refused
     one_worker = run_config(tmp_path, tmp_path / "a", scaling__workers=1)
     two_workers = run_config(tmp_path, tmp_path / "b", scaling__workers=2)
     try:
-        local.ensure_ray(one_worker)
+        runner = threading.Thread(target=local.ensure_ray, args=(one_worker,))
+        runner.start()
+        runner.join()
+        time.sleep(1.0)
+        assert head_processes(), "Ray's GCS died with the thread that started it"
         assert ray.cluster_resources()["CPU"] == 1
         local.ensure_ray(two_workers)
         assert ray.cluster_resources()["CPU"] == 2

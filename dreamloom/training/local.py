@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from dreamloom.artifacts import publish
@@ -121,16 +123,42 @@ def ensure_ray(config: RunConfig) -> None:
                 f"or scaling.cpus_per_worker, or call ray.init(num_cpus={needed_cpus}) instead"
             )
         ray.shutdown()
-    ray.init(
-        num_cpus=max(local_ray_cpus(), needed_cpus),
-        # The dashboard hosts the state API that Ray Train's placement-group cleaner polls.
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        _temp_dir=str(ray_temp_dir()),
-        logging_level="WARNING",
-        log_to_driver=True,
+    _start_where_it_lasts(
+        lambda: ray.init(
+            num_cpus=max(local_ray_cpus(), needed_cpus),
+            # The dashboard hosts the state API that Ray Train's placement-group cleaner polls.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            _temp_dir=str(ray_temp_dir()),
+            logging_level="WARNING",
+            log_to_driver=True,
+        )
     )
     _ray_started_here = True
+
+
+def _start_where_it_lasts(start: Callable[[], object]) -> None:
+    """Ray binds its head processes to the thread that starts them (Linux's parent-death signal
+    follows the thread): started from a thread that ends (a web handler, a test's runner), they are
+    killed with it, and a minute later Ray ends the whole process. Off the main thread, Ray starts on a
+    thread that lives as long as the process."""
+    if threading.current_thread() is threading.main_thread():
+        start()
+        return
+    started, failure = threading.Event(), []
+
+    def keep() -> None:
+        try:
+            start()
+        except BaseException as exc:
+            failure.append(exc)
+        started.set()
+        threading.Event().wait()
+
+    threading.Thread(target=keep, name="dreamloom-ray-keeper", daemon=True).start()
+    started.wait()
+    if failure:
+        raise failure[0]
 
 
 def cpus_per_worker(config: RunConfig, ray_cpus: float) -> int:
