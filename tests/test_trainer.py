@@ -62,9 +62,27 @@ def test_resuming_from_a_checkpoint_replays_the_same_training(photos, tmp_path):
 def test_cached_latents_and_text_give_the_same_loss_as_encoding_every_step(photos, tmp_path):
     cached = _trainer(photos, tmp_path / "a")
     uncached = _trainer(photos, tmp_path / "b", training__cache_latents=False, training__cache_text_embeddings=False)
-    assert cached.instance_examples.latents is not None and uncached.instance_examples.latents is None
     assert cached.instance_examples.text is not None and uncached.instance_examples.text is None
     assert cached.train_step(1) == pytest.approx(uncached.train_step(1), rel=1e-4)
+    assert uncached.instance_examples.latent_cache is None
+
+
+def test_latents_are_encoded_when_first_drawn_and_then_reused(photos, tmp_path):
+    """A run encodes no image it never draws, and none twice (issue 16: caching every image up
+    front was fixed cost that diffusers' scripts, encoding each step, do not pay on short runs)."""
+    trainer = _trainer(photos, tmp_path, data__random_flip=False)
+    examples = trainer.instance_examples
+    encoded = []
+    encode = examples.model.encode_images
+    examples.model.encode_images = lambda pixels: encoded.append(len(pixels)) or encode(pixels)
+    assert examples.latent_cache == {}
+    trainer.train_step(1)
+    first_draw = trainer.instance_plan.micro_batch(0).indices
+    assert sorted(examples.latent_cache) == sorted((i, False) for i in first_draw)
+    for step in range(2, 2 * trainer.instance_plan.batches_per_epoch + 1):  # two epochs
+        trainer.train_step(step)
+    assert sorted(examples.latent_cache) == [(i, False) for i in range(len(examples))]
+    assert encoded == [1] * len(examples)  # one at a time, once each
 
 
 def test_gradient_checkpointing_and_channels_last_keep_the_numbers(photos, tmp_path):
@@ -96,7 +114,7 @@ def test_accumulation_noise_offset_snr_and_bf16_run(photos, tmp_path):
         data__random_flip=True,
     )
     assert trainer.precision.autocast_dtype == torch.bfloat16
-    assert trainer.instance_examples.flipped_latents is not None
+    assert trainer.instance_examples.with_flips
     loss = trainer.train_step(1)
     assert torch.isfinite(torch.tensor(loss))
     assert trainer.instance_plan.micro_batch(1) != trainer.instance_plan.micro_batch(0)

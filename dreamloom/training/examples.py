@@ -2,9 +2,11 @@
 
 Personalization sets are small (a handful to a few hundred images), so every prepared image is
 held in memory. When the VAE is frozen (always here) each image's latent distribution is encoded
-once (``cache_latents``); when the text encoders are frozen each caption is encoded once
-(``cache_text_embeddings``). The batch order, flips and caption choices are a pure function of
-(seed, epoch, rank), so a resumed run continues with exactly the batches it would have seen.
+the first time a batch draws it and kept (``cache_latents``): a run never encodes more than one
+that encodes every step, and a short run on a large set does not wait for all of it up front. When
+the text encoders are frozen each caption is encoded once (``cache_text_embeddings``). The batch
+order, flips and caption choices are a pure function of (seed, epoch, rank), so a resumed run
+continues with exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from PIL import Image
 from dreamloom.data.prepare import PreparedDataset
 from dreamloom.models.base import LoadedBaseModel, TextConditioning
 
-_ENCODE_CHUNK = 8
+_ENCODE_CHUNK = 8  # captions encoded at once
 
 
 @dataclass
@@ -62,14 +64,14 @@ class ExampleSet:
         self.sizes = [image.size for image in images]
         self.time_ids = time_ids.to(model.device)
         self.pixels = [_to_tensor(image) for image in images]
-        self.flipped_pixels = [p.flip(-1) for p in self.pixels] if with_flips else None
+        self.with_flips = with_flips
         self.conditions = [_to_tensor(image) for image in conditions] if conditions else None
-        self.latents = self._encode_all(self.pixels) if cache_latents else None
-        self.flipped_latents = self._encode_all(self.flipped_pixels) if cache_latents and with_flips else None
+        # (index, flipped) -> the latent distribution's mean and std, filled as batches draw them.
+        self.latent_cache: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] | None = (
+            {} if cache_latents else None
+        )
         self.unique_captions = sorted({text for choices in captions for text in choices})
         self.text = self._encode_captions(self.unique_captions) if cache_text else None
-        if cache_latents:
-            self.pixels = self.flipped_pixels = None  # not needed any more
 
     @classmethod
     def from_prepared(cls, dataset: PreparedDataset, captions_for, model: LoadedBaseModel, **options) -> ExampleSet:
@@ -98,12 +100,12 @@ class ExampleSet:
 
     def batch(self, draw: Draw, text_encoders=None, generator=None) -> Batch:
         indices, flips = draw.indices, draw.flips
-        if self.latents is not None:
-            pairs = [(self.flipped_latents if f else self.latents)[i] for i, f in zip(indices, flips, strict=True)]
+        if self.latent_cache is not None:
+            pairs = [self._cached_distribution(i, f) for i, f in zip(indices, flips, strict=True)]
             mean = torch.stack([m for m, _ in pairs])
             std = torch.stack([s for _, s in pairs])
         else:
-            chosen = [(self.flipped_pixels if f else self.pixels)[i] for i, f in zip(indices, flips, strict=True)]
+            chosen = [self._pixels(i, f) for i, f in zip(indices, flips, strict=True)]
             mean, std = self.model.encode_images(_normalize(torch.stack(chosen)))
         latents = self.model.latents_from_distribution(mean, std, generator)
         captions = [self.caption(i, pick) for i, pick in zip(indices, draw.picks, strict=True)]
@@ -119,18 +121,19 @@ class ExampleSet:
             condition = torch.stack(chosen).to(self.model.device).float().div(255.0)
         return Batch(latents, text, time_ids, condition)
 
-    def _encode_all(self, pixels: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        encoded: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(pixels)
-        by_size: dict[tuple, list[int]] = {}
-        for index, tensor in enumerate(pixels):
-            by_size.setdefault(tuple(tensor.shape), []).append(index)
-        for indices in by_size.values():
-            for start in range(0, len(indices), _ENCODE_CHUNK):
-                chunk = indices[start : start + _ENCODE_CHUNK]
-                mean, std = self.model.encode_images(_normalize(torch.stack([pixels[i] for i in chunk])))
-                for row, index in enumerate(chunk):
-                    encoded[index] = (mean[row], std[row])
-        return encoded
+    def _pixels(self, index: int, flipped: bool) -> torch.Tensor:
+        return self.pixels[index].flip(-1) if flipped else self.pixels[index]
+
+    def _cached_distribution(self, index: int, flipped: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded alone, so an image's latents do not depend on the batch that first drew it (a
+        resumed run draws them in other company and must compute the same numbers), in the VAE's
+        own dtype whatever the step's autocast."""
+        key = (index, flipped)
+        if key not in self.latent_cache:
+            with torch.autocast(self.model.device.type, enabled=False):
+                mean, std = self.model.encode_images(_normalize(self._pixels(index, flipped)[None]))
+            self.latent_cache[key] = (mean[0], std[0])
+        return self.latent_cache[key]
 
     @torch.no_grad()
     def _encode_captions(self, captions: list[str]) -> TextConditioning:
