@@ -50,6 +50,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -494,14 +495,18 @@ def _versus_script(args, data: Path) -> dict:
     short, long = args.script_steps
     tools = {"dreamloom": _dreamloom_command, "diffusers": _script_command}
     seconds = {tool: {short: [], long: []} for tool in tools}
+    phases: list[dict] = []  # where each short dreamloom run's seconds went
     with tempfile.TemporaryDirectory(prefix="dreamloom-bench-script-") as workdir:
         for round_ in range(args.script_rounds):
             for steps in (short, long):
                 for tool in sorted(tools, key=lambda _: random.random()):
                     output = Path(workdir) / f"{tool}-{round_}-{steps}"
                     command = tools[tool](args, base.location, data, output, steps, precision)
-                    seconds[tool][steps].append(_timed_run(command, tool, steps))
-        ray_start = _timed_run([sys.executable, __file__, "--probe", "ray-start", "-", "-"], "ray start", 1)
+                    wall, stdout = _timed_run(command, tool, steps)
+                    seconds[tool][steps].append(wall)
+                    if tool == "dreamloom" and steps == short:
+                        phases.append(_run_phases(stdout, wall))
+        ray_start, _ = _timed_run([sys.executable, __file__, "--probe", "ray-start", "-", "-"], "ray start", 1)
     result = {"precision": precision, "steps": [short, long], "ray_start_seconds": round(ray_start, 2)}
     for tool, times in seconds.items():
         t_short, t_long = statistics.median(times[short]), statistics.median(times[long])
@@ -515,8 +520,24 @@ def _versus_script(args, data: Path) -> dict:
     result["fixed_over_script_plus_ray"] = round(
         result["dreamloom"]["fixed_seconds"] - result["diffusers"]["fixed_seconds"] - ray_start, 2
     )
+    result["dreamloom"]["phase_seconds"] = {
+        name: round(statistics.median(run[name] for run in phases), 2) for name in phases[0]
+    }
     result["diffusers_commit"] = _commit(args.diffusers)
     return result
+
+
+def _run_phases(stdout: str, wall: float) -> dict:
+    """The seconds/<phase> metrics the run logged to MLflow, and what its process spent outside
+    them (interpreter start, imports, shutting Ray down)."""
+    from dreamloom.settings import tracking_uri
+    from dreamloom.tracking import client
+
+    run_id = re.search(r"^MLflow run:\s+(\w+)", stdout, re.MULTILINE).group(1)
+    metrics = client(tracking_uri()).get_run(run_id).data.metrics
+    phases = {key.removeprefix("seconds/"): value for key, value in metrics.items() if key.startswith("seconds/")}
+    phases["process_start_and_exit"] = wall - phases.pop("total")
+    return phases
 
 
 def _dreamloom_command(args, base: str, data: Path, output: Path, steps: int, precision: str) -> list[str]:
@@ -546,14 +567,14 @@ def _script_command(args, base: str, data: Path, output: Path, steps: int, preci
     return command
 
 
-def _timed_run(command: list[str], label: str, steps: int) -> float:
+def _timed_run(command: list[str], label: str, steps: int) -> tuple[float, str]:
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"{label} ({steps} steps) failed:\n{done.stderr[-3000:]}")
     print(f"[bench] {label}: {steps} steps in {seconds:.1f} s", file=sys.stderr, flush=True)
-    return seconds
+    return seconds, done.stdout
 
 
 def _ray_start() -> dict:

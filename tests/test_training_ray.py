@@ -65,6 +65,20 @@ def test_mlflow_holds_config_lineage_metrics_grids_and_artifact(lora_run):
     } <= files
 
 
+def test_a_run_accounts_for_its_seconds_phase_by_phase(lora_run):
+    """Where a run's time goes beyond its steps (issue 16's fixed cost): each phase in MLflow."""
+    result, _, _ = lora_run
+    metrics = client(tracking_uri()).get_run(result.mlflow_run_id).data.metrics
+    phases = {key.removeprefix("seconds/"): value for key, value in metrics.items() if key.startswith("seconds/")}
+    expected = {"checks_and_data", "tracking", "ray_start", "model_and_caches", "steps", "sample_grids"}
+    assert expected | {"checkpoints", "ray_train_workers", "publishing", "total"} == set(phases)
+    assert all(phases[name] > 0 for name in expected | {"checkpoints", "publishing"})
+    assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"))
+    # Rank 0's ten steps, timed one by one, sum to the steps phase.
+    steps = client(tracking_uri()).get_metric_history(result.mlflow_run_id, "step_seconds")
+    assert phases["steps"] == pytest.approx(sum(m.value for m in steps), rel=0.05)
+
+
 def _artifact_paths(mlflow, run_id: str, folder: str | None = None) -> set[str]:
     paths = set()
     for entry in mlflow.list_artifacts(run_id, folder):

@@ -11,8 +11,9 @@ from dreamloom.config import RunConfig, dump_run_config
 from dreamloom.data.prepare import PreparedDataset
 from dreamloom.errors import DreamloomError
 from dreamloom.models.base import BaseModelRef
+from dreamloom.progress import PhaseClock
 from dreamloom.settings import tracking_uri
-from dreamloom.training.worker import ARTIFACT_FOLDER
+from dreamloom.training.job import ARTIFACT_FOLDER, WORKER_PHASE_PREFIX
 
 
 def tracking_client():
@@ -45,13 +46,34 @@ def open_tracking_run(mlflow, config: RunConfig, base: BaseModelRef, dataset: Pr
     return run_id
 
 
-def log_final_metrics(mlflow, run_id: str, metrics: dict, step: int) -> None:
+def run_phases(driver: PhaseClock, worker_metrics: dict) -> PhaseClock:
+    """The driver's phases with Ray Train's share broken down: what rank 0 reported of its own
+    phases, and the rest (starting and stopping the workers, persisting checkpoints) as Ray Train's."""
+    phases = PhaseClock()
+    reported = {
+        key.removeprefix(WORKER_PHASE_PREFIX): float(value)
+        for key, value in worker_metrics.items()
+        if key.startswith(WORKER_PHASE_PREFIX)
+    }
+    for name, seconds in driver.seconds.items():
+        if name != "ray_train":
+            phases.add(name, seconds)
+            continue
+        for worker_phase, worker_seconds in reported.items():
+            phases.add(worker_phase, worker_seconds)
+        phases.add("ray_train_workers", max(0.0, seconds - sum(reported.values())))
+    return phases
+
+
+def log_final_metrics(mlflow, run_id: str, metrics: dict, phases: PhaseClock, step: int) -> None:
+    """The run's steady step time and peak memory, and the seconds of each phase (``seconds/<phase>``)."""
     from mlflow.entities import Metric
 
     keys = ("median_step_seconds", "peak_memory_bytes")
     values = [Metric(f"final_{k}", float(metrics[k]), 0, step) for k in keys if k in metrics]
-    if values:
-        mlflow.log_batch(run_id, metrics=values)
+    values += [Metric(f"seconds/{name}", seconds, 0, step) for name, seconds in phases.seconds.items()]
+    values.append(Metric("seconds/total", phases.total, 0, step))
+    mlflow.log_batch(run_id, metrics=values)
 
 
 def publish_from_checkpoint(config: RunConfig, base: BaseModelRef, dataset: PreparedDataset, result, run_id: str):

@@ -11,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from dreamloom import artifacts
 from dreamloom.config import RunConfig
 from dreamloom.data.prepare import PreparedDataset, PrepareOptions, prepare_dataset, prepare_training_data
 from dreamloom.errors import DreamloomError
+from dreamloom.models.base import BaseModelRef
 from dreamloom.settings import work_dir
 
 # The job entrypoint reads the run config and what to do with earlier state from these; it prints
@@ -24,6 +27,26 @@ CONFIG_ENV = "DREAMLOOM_RUN_CONFIG"
 RESUME_ENV = "DREAMLOOM_RESUME"
 RESULT_MARKER = "dreamloom-result: "
 ERROR_MARKER = "dreamloom: error: "
+
+# What rank 0's last checkpoint holds besides the training state, and how it names the seconds of
+# its phases among the metrics it reports (the driver publishes the one and accounts for the other).
+ARTIFACT_FOLDER = "artifact"
+FINAL_SAMPLES = "samples/final.png"
+WORKER_PHASE_PREFIX = "seconds_"
+
+
+class TrainJob(BaseModel):
+    """Everything a worker needs, resolved by the driver (paths are absolute)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: RunConfig
+    base_model: BaseModelRef
+    dataset_root: str
+    class_images: str | None = None  # generated-class-image cache folder
+    class_dataset_root: str | None = None  # the user's own class images, prepared
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
 
 
 @dataclass

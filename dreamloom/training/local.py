@@ -18,15 +18,18 @@ from dreamloom.artifacts import publish
 from dreamloom.config import RunConfig
 from dreamloom.data.prepare import PreparedDataset
 from dreamloom.errors import DreamloomError
+from dreamloom.models.base import BaseModelRef
+from dreamloom.progress import PhaseClock
 from dreamloom.settings import apply_quiet_defaults, local_ray_cpus, ray_temp_dir
 from dreamloom.training.bookkeeping import (
     log_final_metrics,
     manifest_for,
     open_tracking_run,
     publish_from_checkpoint,
+    run_phases,
     tracking_client,
 )
-from dreamloom.training.job import TrainResult, check_output, run_storage
+from dreamloom.training.job import TrainJob, TrainResult, check_output, run_storage
 from dreamloom.training.preflight import (
     check_devices,
     check_resume,
@@ -35,39 +38,39 @@ from dreamloom.training.preflight import (
     record_run,
     run_record,
 )
-from dreamloom.training.trainer import TrainJob
 
 
 def train(config: RunConfig, resume: bool = False) -> TrainResult:
     apply_quiet_defaults()
+    clock = PhaseClock()
     run_name = config.effective_run_name
     storage = run_storage(config)
-    check_output(config.output)
-    check_run_state(Path(storage) / run_name, run_name, resume)
-    check_devices(config)
-    job = plan_job(config)
-    base, dataset = job.base_model, PreparedDataset.load(Path(job.dataset_root))
-    record = run_record(config, job)
-    if resume:
-        check_resume(Path(storage) / run_name, record)
-    else:
-        record_run(Path(storage) / run_name, record)
-    mlflow = tracking_client()
-    run_id = open_tracking_run(mlflow, config, base, dataset, resume)
+    with clock.phase("checks_and_data"):
+        job, base, dataset = _checked_job(config, storage, resume)
+    with clock.phase("tracking"):
+        mlflow = tracking_client()
+        run_id = open_tracking_run(mlflow, config, base, dataset, resume)
     job.mlflow_run_id = run_id
     print(
         f"[dreamloom] run {run_name}: {config.method} on {base.spec}, {len(dataset.items)} images, MLflow run {run_id}",
         flush=True,
     )
     try:
-        result = _fit(job, storage, run_name)
-        manifest = publish_from_checkpoint(config, base, dataset, result, run_id)
+        with clock.phase("ray_start"):
+            ensure_ray(config)
+        with clock.phase("ray_train"):
+            result = _fit(job, storage, run_name)
+        with clock.phase("publishing"):
+            manifest = publish_from_checkpoint(config, base, dataset, result, run_id)
     except BaseException:
         mlflow.set_terminated(run_id, status="FAILED")
         raise
-    mlflow.log_artifacts(run_id, str(config.output), "artifact")
-    log_final_metrics(mlflow, run_id, result.metrics, manifest.steps)
+    with clock.phase("publishing"):
+        mlflow.log_artifacts(run_id, str(config.output), "artifact")
+    phases = run_phases(clock, result.metrics)
+    log_final_metrics(mlflow, run_id, result.metrics, phases, manifest.steps)
     mlflow.set_terminated(run_id, status="FINISHED")
+    print(f"[dreamloom] run {run_name} took {phases.summary()}", flush=True)
     return TrainResult(
         config.output,
         run_name,
@@ -76,6 +79,21 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         int(result.metrics.get("resumed_from_step", 0)),
         dict(result.metrics),
     )
+
+
+def _checked_job(config: RunConfig, storage: str, resume: bool) -> tuple[TrainJob, BaseModelRef, PreparedDataset]:
+    """Everything checked and the data prepared before any compute or bookkeeping starts."""
+    run_name = config.effective_run_name
+    check_output(config.output)
+    check_run_state(Path(storage) / run_name, run_name, resume)
+    check_devices(config)
+    job = plan_job(config)
+    record = run_record(config, job)
+    if resume:
+        check_resume(Path(storage) / run_name, record)
+    else:
+        record_run(Path(storage) / run_name, record)
+    return job, job.base_model, PreparedDataset.load(Path(job.dataset_root))
 
 
 def train_in_process(config: RunConfig, progress: bool = False) -> Path:
@@ -177,7 +195,6 @@ def _fit(job: TrainJob, storage: str, run_name: str):
     from ray.train.torch import TorchTrainer
 
     scaling = job.config.scaling
-    ensure_ray(job.config)
     cpus = cpus_per_worker(job.config, ray.cluster_resources().get("CPU", 1))
     resources = {"CPU": cpus}
     if scaling.gpus_per_worker:

@@ -12,9 +12,8 @@ from dreamloom.config import RunConfig
 from dreamloom.errors import DreamloomError
 from dreamloom.models.base import BaseModelRef, resolve_base_model
 from dreamloom.settings import redacted, tracking_uri
-from dreamloom.training.job import prepare_class_data, training_data
+from dreamloom.training.job import TrainJob, prepare_class_data, training_data
 from dreamloom.training.prior import class_images_folder
-from dreamloom.training.trainer import TrainJob
 
 
 def plan_job(config: RunConfig) -> TrainJob:

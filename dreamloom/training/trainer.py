@@ -17,14 +17,12 @@ from diffusers import ModelMixin
 from diffusers.optimization import get_scheduler
 from diffusers.utils import make_image_grid
 from PIL import Image
-from pydantic import BaseModel, ConfigDict
 
-from dreamloom.config import RunConfig, ValidationSettings
+from dreamloom.config import ValidationSettings
 from dreamloom.data.prepare import PreparedDataset
 from dreamloom.errors import DreamloomError
 from dreamloom.generation import GenerationRequest, generate
 from dreamloom.models.base import (
-    BaseModelRef,
     LoadedBaseModel,
     TextConditioning,
     load_base_model,
@@ -33,22 +31,9 @@ from dreamloom.progress import Progress
 from dreamloom.training.checkpoint import TrainingState
 from dreamloom.training.diffusion import denoising_target, per_sample_loss, sample_noise, sample_timesteps
 from dreamloom.training.examples import Batch, BatchPlan, ExampleSet, load_class_images
+from dreamloom.training.job import TrainJob
 from dreamloom.training.precision import resolve_precision
 from dreamloom.training.prior import generate_class_images, missing_class_images
-
-
-class TrainJob(BaseModel):
-    """Everything a worker needs, resolved by the driver (paths are absolute)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    config: RunConfig
-    base_model: BaseModelRef
-    dataset_root: str
-    class_images: str | None = None  # generated-class-image cache folder
-    class_dataset_root: str | None = None  # the user's own class images, prepared
-    tracking_uri: str | None = None
-    mlflow_run_id: str | None = None
 
 
 def _identity(module: torch.nn.Module) -> torch.nn.Module:

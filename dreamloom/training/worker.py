@@ -16,13 +16,11 @@ from pathlib import Path
 
 import torch
 
-from dreamloom.progress import Progress
-from dreamloom.training.checkpoint import TrainingState, load_training_state, save_training_state
+from dreamloom.progress import PhaseClock, Progress
+from dreamloom.training.checkpoint import load_training_state, save_training_state
+from dreamloom.training.job import ARTIFACT_FOLDER, FINAL_SAMPLES, WORKER_PHASE_PREFIX, TrainJob
 from dreamloom.training.precision import peak_memory_bytes
-from dreamloom.training.trainer import Trainer, TrainJob
-
-ARTIFACT_FOLDER = "artifact"
-FINAL_SAMPLES = "samples/final.png"
+from dreamloom.training.trainer import Trainer
 
 
 def train_worker(job_document: dict) -> None:
@@ -40,19 +38,24 @@ def train_worker(job_document: dict) -> None:
     if device.type == "cpu":
         torch.set_num_threads(job_document["cpus"])
     is_main = rank == 0
-    trainer = Trainer(
-        job, device, rank, world, wrap=ray.train.torch.prepare_model, barrier=_barrier, show_progress=is_main
-    )
-    start = _restore(trainer, ray.train.get_checkpoint(), device)
-    run = _RankZeroReporting(job, start, device) if is_main else None
+    clock = PhaseClock()
+    with clock.phase("model_and_caches"):
+        trainer = Trainer(
+            job, device, rank, world, wrap=ray.train.torch.prepare_model, barrier=_barrier, show_progress=is_main
+        )
+        start = _restore(trainer, ray.train.get_checkpoint(), device)
+    run = _RankZeroReporting(job, start, device, clock) if is_main else None
     total = job.config.training.steps
     for step in range(start + 1, total + 1):
-        began = time.perf_counter()
-        loss = trainer.train_step(step)
+        with clock.phase("steps"):
+            began = time.perf_counter()
+            loss = trainer.train_step(step)
+            seconds = time.perf_counter() - began
         if run:
-            run.step(step, loss, trainer.learning_rate, time.perf_counter() - began, world)
+            run.step(step, loss, trainer.learning_rate, seconds, world)
             if _due(step, job.config.validation.every) and step != total:
-                run.samples(trainer, step)
+                with clock.phase("sample_grids"):
+                    run.samples(trainer, step)
         if _due(step, job.config.training.checkpoint_every) or step == total:
             _report(trainer, step, start, final=step == total, reporting=run)
     if run:
@@ -98,19 +101,22 @@ def _report(trainer: Trainer, step: int, start: int, final: bool, reporting: _Ra
     if reporting is None:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"checkpoint_{step:07d}")
         return
-    metrics.update(reporting.summary())
+    clock = reporting.clock
     with tempfile.TemporaryDirectory(prefix="dreamloom-ckpt-") as folder:
-        state: TrainingState = trainer.snapshot(step)
-        save_training_state(Path(folder), state)
-        if final:
+        with clock.phase("checkpoints"):
+            save_training_state(Path(folder), trainer.snapshot(step))
             artifact = Path(folder) / ARTIFACT_FOLDER
-            trainer.save_artifact(artifact)
-            if trainer.config.validation.final_grid:
+            if final:
+                trainer.save_artifact(artifact)
+        if final and trainer.config.validation.final_grid:
+            with clock.phase("sample_grids"):
                 grid = trainer.render_samples()
                 (artifact / FINAL_SAMPLES).parent.mkdir(parents=True, exist_ok=True)
                 grid.save(artifact / FINAL_SAMPLES)
                 reporting.grid(grid, step)
         reporting.flush()
+        # Persisting the checkpoint happens inside report: the driver counts it as Ray Train's time.
+        metrics.update(reporting.summary())
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(folder),
@@ -121,9 +127,10 @@ def _report(trainer: Trainer, step: int, start: int, final: bool, reporting: _Ra
 class _RankZeroReporting:
     """Rank 0's view of the run: progress on screen, metrics and grids in MLflow."""
 
-    def __init__(self, job: TrainJob, start: int, device: torch.device):
+    def __init__(self, job: TrainJob, start: int, device: torch.device, clock: PhaseClock):
         from dreamloom.tracking import MetricsLogger
 
+        self.clock = clock
         self.job, self.start = job, start
         self.settings = job.config.training
         self.progress = Progress(self.settings.steps, "train", initial=start)
@@ -155,6 +162,7 @@ class _RankZeroReporting:
             "loss": self.last_loss,
             "median_step_seconds": statistics.median(steady) if steady else float("nan"),
             "peak_memory_bytes": peak_memory_bytes(self.device),
+            **{f"{WORKER_PHASE_PREFIX}{name}": seconds for name, seconds in self.clock.seconds.items()},
         }
 
     def flush(self) -> None:
