@@ -62,11 +62,20 @@ def _base_and_method():
     ]
 
 
-@pytest.fixture(scope="module")
+# One training and one plain-diffusers process per base, shared by that base's tests. Kept here, not
+# in a module-scoped fixture: pytest sets such a fixture up again for every (base, method) pair.
+_LOADED: dict[str, tuple] = {}
+
+
+@pytest.fixture
 def loaded(request, tmp_path_factory):
     """For one base: the artifacts, the cases, and what plain diffusers rendered of each."""
-    base = request.param
-    work = tmp_path_factory.mktemp(base)
+    if request.param not in _LOADED:
+        _LOADED[request.param] = _train_and_load(request.param, tmp_path_factory.mktemp(request.param))
+    return _LOADED[request.param]
+
+
+def _train_and_load(base: str, work: Path) -> tuple:
     real = base in REAL_SIZE
     photos = draw_images(work / "photos", count=2, size=(160, 160) if real else (96, 80))
     sizing = {"data__resolution": 128, "training__batch_size": 1} if real else {}
