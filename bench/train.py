@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -551,6 +552,8 @@ def _dreamloom_command(args, base: str, data: Path, output: Path, steps: int, pr
     command = [sys.executable, "-m", "dreamloom.cli", "train", "--method", "lora", "--base-model", base]
     command += ["--data", str(data), "--instance-prompt", PROMPT, "--resolution", str(args.resolution)]
     command += ["--steps", str(steps), "--batch-size", str(args.batch_size), "--output", str(output)]
+    # Runs keep their state under the work folder by name: an earlier bench's names would be refused.
+    command += ["--run-name", f"bench-{output.name}-{uuid.uuid4().hex[:8]}"]
     return command + [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
 
 
