@@ -18,7 +18,6 @@ from dreamloom.artifacts import publish
 from dreamloom.config import RunConfig
 from dreamloom.data.prepare import PreparedDataset
 from dreamloom.errors import DreamloomError
-from dreamloom.models.base import BaseModelRef
 from dreamloom.progress import PhaseClock
 from dreamloom.settings import apply_quiet_defaults, local_ray_cpus, ray_temp_dir
 from dreamloom.training.bookkeeping import (
@@ -46,7 +45,8 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     run_name = config.effective_run_name
     storage = run_storage(config)
     with clock.phase("checks_and_data"):
-        job, base, dataset = _checked_job(config, storage, resume)
+        job, dataset = _checked_job(config, storage, resume)
+    base = job.base_model
     with clock.phase("tracking"):
         mlflow = tracking_client()
         run_id = open_tracking_run(mlflow, config, base, dataset, resume)
@@ -81,7 +81,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     )
 
 
-def _checked_job(config: RunConfig, storage: str, resume: bool) -> tuple[TrainJob, BaseModelRef, PreparedDataset]:
+def _checked_job(config: RunConfig, storage: str, resume: bool) -> tuple[TrainJob, PreparedDataset]:
     """Everything checked and the data prepared before any compute or bookkeeping starts."""
     run_name = config.effective_run_name
     check_output(config.output)
@@ -93,7 +93,7 @@ def _checked_job(config: RunConfig, storage: str, resume: bool) -> tuple[TrainJo
         check_resume(Path(storage) / run_name, record)
     else:
         record_run(Path(storage) / run_name, record)
-    return job, job.base_model, PreparedDataset.load(Path(job.dataset_root))
+    return job, PreparedDataset.load(Path(job.dataset_root))
 
 
 def train_in_process(config: RunConfig, progress: bool = False) -> Path:
