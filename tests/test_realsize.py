@@ -93,3 +93,69 @@ def _peak_rss_of_tree(pid: int) -> int:
         except (OSError, StopIteration):
             continue
     return total
+
+
+# Everything but DreamBooth and ControlNet on SDXL: those train a UNet (copy) in fp32 with AdamW
+# state, 20-40 GB, more than a 24 GB CPU machine has (see test_plain_diffusers.py).
+_RESUMED_ON_SDXL = ("lora", "textual-inversion", "pivotal", "hypernetwork")
+
+
+def _resume_cases():
+    from dreamloom.methods import METHODS
+
+    heavy = [pytest.mark.xl]
+    cases = [pytest.param("sd15-random", "lora", id="sd15-random-lora")]  # in make test
+    cases += [pytest.param("sd15-random", m, marks=heavy, id=f"sd15-random-{m}") for m in sorted(METHODS) if m != "lora"]
+    cases += [pytest.param("sdxl-random", m, marks=heavy, id=f"sdxl-random-{m}") for m in _RESUMED_ON_SDXL]
+    return cases
+
+
+@pytest.mark.parametrize(("base", "method"), _resume_cases())
+def test_a_real_architecture_resumes_from_a_checkpoint_exactly_in_bf16(base, method, tmp_path):
+    """The real path of a resume: frozen weights stored in bf16, trained ones in fp32, latents
+    encoded when first drawn (in another order after the restart): 2 + 1 steps end where 3
+    straight steps end, bit for bit."""
+    import gc
+
+    import torch
+
+    from dreamloom.training.checkpoint import load_training_state, save_training_state
+    from dreamloom.training.preflight import plan_job
+    from dreamloom.training.trainer import Trainer
+    from tests.helpers import method_config
+
+    photos = draw_images(tmp_path / "photos", count=3, size=(160, 160))
+    options = {
+        "base_model": base,
+        "data__resolution": SIZE,
+        "training__batch_size": 1,
+        "training__steps": 3,
+        "training__mixed_precision": "bf16",
+        "optimizer__learning_rate": 1e-3,
+        "prior__enabled": False,
+    }
+
+    def trained(steps, output: str, checkpoint: Path | None = None, save_at: int | None = None) -> dict:
+        trainer = Trainer(plan_job(method_config(method, photos, tmp_path / output, **options)))
+        first = 1
+        if checkpoint is not None:
+            state = load_training_state(checkpoint)
+            trainer.restore(state)
+            first = state.step + 1
+        for step in range(first, steps + 1):
+            trainer.train_step(step)
+        if save_at is not None:
+            save_training_state(tmp_path / "checkpoint", trainer.snapshot(save_at))
+        state = {name: tensor.detach().clone() for name, tensor in trainer.method.trainable_state(trainer.model).items()}
+        del trainer
+        gc.collect()
+        return state
+
+    straight = trained(3, "straight")
+    after_two = trained(2, "first", save_at=2)
+    resumed = trained(3, "resumed", checkpoint=tmp_path / "checkpoint")
+    assert straight and set(straight) == set(resumed)
+    assert all(tensor.dtype == torch.float32 for tensor in straight.values())  # trained weights stay fp32
+    assert any(not torch.equal(straight[name], after_two[name]) for name in straight)  # the third step trained
+    different = [name for name in straight if not torch.equal(straight[name], resumed[name])]
+    assert not different, f"{len(different)} of {len(straight)} tensors differ after resuming, e.g. {different[0]}"
