@@ -9,6 +9,7 @@ compare it with dreamloom's own rendering of the same artifact.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -85,6 +86,8 @@ def main(cases_file: str, out_file: str) -> None:
         pipe = load(case)
         images[case["name"]] = render(pipe, case)
         adapted[case["name"]] = adapted_components(pipe)
+        del pipe  # before the next loads: two SDXL pipelines in fp32 (14 GB each) do not fit 24 GB
+        gc.collect()
     leaked = sorted(name for name in sys.modules if name.split(".")[0] == "dreamloom")
     if leaked:
         raise SystemExit(f"dreamloom was imported: {leaked[:5]}")

@@ -43,7 +43,9 @@ TRAINED = {
 FAMILIES = {"tiny": "sd", "tiny-sdxl": "sdxl", "sdxl-random": "sdxl", "sd15-random": "sd"}  # the largest first
 REAL_SIZE = ("sd15-random", "sdxl-random")
 ADAPTERS_ONLY = ("sdxl-random",)  # see the module's docstring
-HEAVY = [pytest.mark.realsize, pytest.mark.xl]
+# Training five methods on a real architecture and rendering every case in plain diffusers takes
+# longer than the default timeout on 2 cores.
+HEAVY = [pytest.mark.realsize, pytest.mark.xl, pytest.mark.timeout(3600)]
 
 
 def _methods(base: str) -> list[str]:
@@ -115,7 +117,7 @@ def _train_and_load(base: str, work: Path) -> tuple:
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800 if real else 600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     images = dict(np.load(work / "out.npz"))

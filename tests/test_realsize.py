@@ -105,7 +105,9 @@ def _resume_cases():
 
     heavy = [pytest.mark.xl]
     cases = [pytest.param("sd15-random", "lora", id="sd15-random-lora")]  # in make test
-    cases += [pytest.param("sd15-random", m, marks=heavy, id=f"sd15-random-{m}") for m in sorted(METHODS) if m != "lora"]
+    cases += [
+        pytest.param("sd15-random", m, marks=heavy, id=f"sd15-random-{m}") for m in sorted(METHODS) if m != "lora"
+    ]
     cases += [pytest.param("sdxl-random", m, marks=heavy, id=f"sdxl-random-{m}") for m in _RESUMED_ON_SDXL]
     return cases
 
@@ -146,7 +148,9 @@ def test_a_real_architecture_resumes_from_a_checkpoint_exactly_in_bf16(base, met
             trainer.train_step(step)
         if save_at is not None:
             save_training_state(tmp_path / "checkpoint", trainer.snapshot(save_at))
-        state = {name: tensor.detach().clone() for name, tensor in trainer.method.trainable_state(trainer.model).items()}
+        state = {
+            name: tensor.detach().clone() for name, tensor in trainer.method.trainable_state(trainer.model).items()
+        }
         del trainer
         gc.collect()
         return state
