@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from dreamloom.cli.options import add_sampler_argument
 from dreamloom.errors import DreamloomError
 from dreamloom.models.precision import SERVING_PRECISIONS
 
@@ -126,6 +127,7 @@ def _add_generate(commands) -> None:
     command.add_argument("--num-images", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
     command.add_argument("--steps", type=int, default=25)
     command.add_argument("--guidance", type=float, default=7.5)
+    add_sampler_argument(command)
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--size", help="WxH (default: the base model's size)")
     command.add_argument("--strength", type=float, default=0.75, help="img2img/inpaint: how much to change")
@@ -156,6 +158,7 @@ def _generate(args) -> None:
             adapter_scale=args.scale,
             steps=args.steps,
             guidance=args.guidance,
+            sampler=args.sampler,
             width=width or 0,
             height=height or 0,
             seed=args.seed + index,
