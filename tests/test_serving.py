@@ -445,6 +445,35 @@ def test_concurrent_requests_with_different_adapters_through_triton_each_match_t
         assert pixel_difference(image, alone) < 0.5, request.adapter
 
 
+def _successes(store, server) -> int:
+    with ServingClient(server.http_url, admin_key=store.admin_key()) as admin:
+        versions = admin.statistics()["model_stats"]
+    return sum(int(version["inference_stats"]["success"]["count"]) for version in versions)
+
+
+def test_the_load_tool_drives_triton_with_a_mix_and_reports_rates_percentiles_and_failures(served, tmp_path):
+    import json
+
+    server, store, _ = served
+    before = _successes(store, server)
+    mix = ["--adapter", "hex-lora", "--adapter", "hex-lokr@champion", "--mode", "txt2img", "--mode", "img2img"]
+    common = ["loadtest", "--url", server.http_url, "--steps", "2", "--size", "64", "--concurrency", "3"]
+    assert main([*common, *mix, "--requests", "6", "--out", str(tmp_path / "load.json")]) == 0
+    report = json.loads((tmp_path / "load.json").read_text())
+    assert report["requests"] == 6 and report["failures"] == 0 and report["adapters"] == 2
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert report["images_per_second"] > 0
+    assert _successes(store, server) - before == 6 + 2  # the measured requests and one warm-up per adapter
+
+    refused = ["--adapter", "hex-lora", "--adapter", "no-such-adapter@champion", "--warmup", "0"]
+    assert main([*common, *refused, "--requests", "4", "--out", str(tmp_path / "refused.json")]) == 1
+    report = json.loads((tmp_path / "refused.json").read_text())
+    assert report["failures"] == 2 and report["failures_by_status"] == {"400": 2}
+    assert "unknown adapter 'no-such-adapter'" in report["first_errors"][0]
+    assert report["latency_ms"]["max"] > 0  # the two that succeeded were measured
+
+
 def test_the_adapter_cache_evicts_least_recently_used_under_its_budget(served, artifacts):
     _, store, _ = served
     routes = store.latest_routes("dreamloom")

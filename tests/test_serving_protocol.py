@@ -244,3 +244,30 @@ def test_the_checked_in_triton_model_takes_every_request_field():
     checked_in = Path(__file__).parents[1] / "serving" / "model_repository" / "dreamloom" / "config.pbtxt"
     config = text_format.Parse(checked_in.read_text(), model_config_pb2.ModelConfig())
     assert [item.name for item in config.input] == [name for name, _, _ in TENSORS.values()]
+
+
+# ----- the load tool's plan and arithmetic -----
+
+
+def test_a_load_plan_cycles_adapters_and_modes_and_refuses_what_cannot_run():
+    from dreamloom.serving.loadtest import LoadPlan
+
+    plan = LoadPlan(requests=5, warmup=1, adapters=("a@champion", "b@champion", ""), modes=("txt2img", "inpaint"))
+    requests = plan.build()
+    assert [r.adapter for r in requests] == ["a@champion", "b@champion", "", "a@champion", "b@champion", ""]
+    assert [r.mode for r in requests] == ["txt2img", "inpaint"] * 3
+    assert [r.seed for r in requests] == list(range(6)) and requests[1].mask and requests[1].init_image
+    with pytest.raises(DreamloomError, match="load modes are txt2img, img2img, inpaint"):
+        LoadPlan(modes=("controlnet",))
+    with pytest.raises(DreamloomError, match="concurrency 0 is out of range"):
+        LoadPlan(concurrency=0)
+    with pytest.raises(RequestError, match="unknown sampler"):
+        LoadPlan(sampler="nope").build()
+
+
+def test_latency_percentiles_interpolate_between_ranks():
+    from dreamloom.serving.loadtest import latency_summary
+
+    summary = latency_summary([n / 1000 for n in range(1, 101)])  # 1..100 ms
+    assert summary == {"p50": 50.5, "p95": 95.0, "p99": 99.0, "mean": 50.5, "max": 100.0}
+    assert latency_summary([0.2])["p99"] == 200.0 and latency_summary([]) == {}
