@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamloom.errors import DreamloomError
 from dreamloom.methods.peft_layers import per_sample_adapters
 from dreamloom.samplers import make_scheduler
 from dreamloom.serving.adapters import AdapterCache, LoadedAdapter, sample_adapters, weights_size
@@ -132,7 +133,10 @@ class Engine:
         from dreamloom.artifacts import read_manifest
 
         if key not in self._methods:
-            self._methods[key] = read_manifest(folder).method_type
+            try:
+                self._methods[key] = read_manifest(folder).method_type
+            except DreamloomError as exc:  # a damaged deployed copy fails its own requests only
+                raise RequestError(f"adapter {key} cannot be read: {exc}") from None
         return self._methods[key]
 
     def _bytes(self, folders: dict[str, Path]) -> int:
