@@ -171,16 +171,18 @@ def _compute_ns(client) -> tuple[int, int]:
 
 def _adapter_switch(engine, store, artifact: Path) -> dict:
     from dreamloom.inference import load_artifact_pipeline
+    from dreamloom.methods.peft_layers import per_sample_adapters
+    from dreamloom.serving.adapters import sample_adapters
 
     routes = store.latest_routes("dreamloom")
     loaded = [
         engine.adapters.get(*routes.resolve(f"bench-lora/{v}")) for v in sorted(routes.adapters["bench-lora"].versions)
     ]
     switches = []
-    for index in range(20):
+    for index in range(20):  # what a batch pays to give its samples their adapters
         began = time.perf_counter()
-        engine.adapters.activate([(loaded[index % len(loaded)], 1.0)])
-        switches.append(time.perf_counter() - began)
+        with per_sample_adapters(engine.txt2img, [sample_adapters([(loaded[index % len(loaded)], 1.0)])]):
+            switches.append(time.perf_counter() - began)
     reloads = []
     for _ in range(3):
         began = time.perf_counter()

@@ -12,6 +12,7 @@ from PIL import Image
 
 from dreamloom.errors import DreamloomError
 from dreamloom.progress import Progress
+from dreamloom.samplers import DEFAULT_SAMPLER, make_scheduler, sampler_name
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class GenerationRequest:
     images_per_prompt: int = 1
     steps: int = 25
     guidance: float = 7.5
+    sampler: str = DEFAULT_SAMPLER  # models.samplers: an A1111 or diffusers name
     seed: int = 0
     width: int | None = None
     height: int | None = None
@@ -38,6 +40,7 @@ class GenerationRequest:
             raise DreamloomError(f"images per prompt must be between 1 and 64 (got {self.images_per_prompt})")
         if not 0 <= self.control_scale <= 2:
             raise DreamloomError(f"control scale must be between 0 and 2 (got {self.control_scale})")
+        object.__setattr__(self, "sampler", sampler_name(self.sampler))  # canonical; unknown names refused
         for side in (self.width, self.height):
             if side is not None and (side < 8 or side > 4096 or side % 8):
                 raise DreamloomError(f"width and height must be multiples of 8 between 8 and 4096 (got {side})")
@@ -52,6 +55,7 @@ def generate(
     size = default_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width, height = request.width or size, request.height or size
     control = _control_arguments(pipe, request, width, height)
+    pipe.scheduler = make_scheduler(request.sampler, pipe.scheduler.config)  # fresh: a scheduler keeps state
     if progress:
         control["callback_on_step_end"] = _advance(Progress(len(request.prompts) * request.steps, progress))
     rows = []

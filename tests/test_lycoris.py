@@ -15,9 +15,9 @@ from dreamloom.errors import DreamloomError
 from dreamloom.generation import GenerationRequest, generate
 from dreamloom.inference import load_artifact_pipeline
 from dreamloom.interop import export_kohya, import_kohya
-from dreamloom.methods.peft_layers import component_modules
+from dreamloom.methods.peft_layers import component_modules, per_sample_adapters
 from dreamloom.models import load_base_model, pipeline_from_components, resolve_base_model
-from dreamloom.serving.adapters import AdapterCache
+from dreamloom.serving.adapters import AdapterCache, sample_adapters
 from dreamloom.training.local import train_in_process
 from tests.helpers import draw_images, method_config
 
@@ -172,9 +172,10 @@ def test_a_served_pipeline_mixes_them_and_evicting_leaves_no_empty_layers(traine
     cache = AdapterCache(pipe, budget_bytes=2**30)
     loaded = {name: cache.get(f"{name}/1", trained[name]) for name in ("lora", "lokr", "loha", "dora")}
 
-    def render(*weighted) -> np.ndarray:
-        cache.activate([(loaded[name], weight) for name, weight in weighted])
-        return _render(pipe)
+    def render(*weighted) -> np.ndarray:  # as the serving engine renders one request
+        pairs = [(loaded[name], weight) for name, weight in weighted]
+        with per_sample_adapters(pipe, [sample_adapters(pairs)]):
+            return _render(pipe)
 
     lora, lokr = render(("lora", 1.0)), render(("lokr", 1.0))
     both = render(("lora", 1.0), ("lokr", 1.0))

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ def artifacts(tmp_path_factory):
         "dreambooth": train_toy("dreambooth", data, root / "db", **{"prior.enabled": False}),
         "lokr": train_toy("lokr", data, root / "lokr", **{"training.steps": 20, "lokr.rank": 8}),
         "loha": train_toy("loha", data, root / "loha", **{"training.steps": 20}),
+        "dora": train_toy("lora", data, root / "dora", **{"training.steps": 20, "lora.use_dora": True}),
     }
 
 
@@ -325,6 +327,157 @@ def test_a_lokr_and_a_lora_mix_in_one_request_each_with_its_weight(served):
     assert np.array_equal(ask("hex-lora, hex-lokr*0"), lora)  # a weight of 0 switches the LoKr off
     assert pixel_difference(ask("hex-lora, hex-lokr*0.4"), both) > 0.3
     assert np.array_equal(ask("hex-lokr"), lokr)  # and the LoRA left nothing behind
+
+
+def test_every_sampler_renders_through_triton_and_a_batch_runs_each_request_as_alone(served):
+    """A request names its sampler (A1111's labels work); each gives its own picture; requests with
+    different samplers, sent together, are batched per sampler and each image is the one the
+    request gets alone (the ancestral and SDE samplers draw their noise from the request's seed)."""
+    from dreamloom.samplers import SAMPLERS
+
+    _, store, client = served
+    alone = {
+        name: client.generate(ImageRequest(INSTANCE_PROMPT, seed=2, sampler=name, solo=True, **FAST))
+        for name in SAMPLERS
+    }
+    for name, image in alone.items():
+        assert image.ndim == 3 and image.std() > 1.0, name
+    assert np.array_equal(client.generate(ImageRequest(INSTANCE_PROMPT, seed=2, solo=True, **FAST)), alone["dpmpp_2m"])
+    same_as_label = client.generate(ImageRequest(INSTANCE_PROMPT, seed=2, sampler="DPM++ 2M Karras", solo=True, **FAST))
+    assert np.array_equal(same_as_label, alone["dpmpp_2m_karras"])
+    assert pixel_difference(alone["euler"], alone["ddim"]) > 1.0
+    assert pixel_difference(alone["euler"], alone["euler_a"]) > 1.0
+
+    engine = Engine(EngineConfig("toy", store.latest_routes("dreamloom")))
+    mixed = [
+        ImageRequest(INSTANCE_PROMPT, seed=seed, sampler=name, **FAST)
+        for name in ("euler_a", "ddim")
+        for seed in (2, 3)
+    ]
+    together = engine.run(mixed)
+    for request, image in zip(mixed, together, strict=True):
+        (single,) = engine.run([request])
+        assert pixel_difference(image, single) < 0.5, request.sampler
+    assert pixel_difference(together[0], alone["euler_a"]) < 0.5
+
+
+def _unet_batches(engine) -> list[int]:
+    """The batch size of every UNet call the engine makes from now on."""
+    sizes: list[int] = []
+    engine.txt2img.unet.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+def test_requests_with_different_adapters_and_weights_share_one_batch_each_as_if_alone(served, artifacts):
+    """LoRA, LoHa, LoKr, DoRA, an embedding, a mix of two at their own weights and the bare base:
+    one UNet call per step for all of them, and each image is the one its request gets alone."""
+    _, store, _ = served
+    routes = store.latest_routes("dreamloom").with_adapter("hex-dora", "1", artifacts["dora"], {"champion": "1"})
+    engine = Engine(EngineConfig("toy", routes))
+    mixed = [
+        ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=1, **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=2, adapter="hex-loha*0.7", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=3, adapter="hex-lokr@champion", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=4, adapter="hex-dora", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=5, adapter="hex-lora*0.4, hex-lokr*0.8", **FAST),
+        ImageRequest("a <hex-shape> on a gray background", seed=6, adapter="hex-textual-inversion", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora", adapter_scale=0.5, **FAST),
+    ]
+    batches = _unet_batches(engine)
+    together = engine.run(mixed)
+    assert batches == [2 * len(mixed)] * FAST["steps"]  # one batch (classifier-free guidance doubles it)
+    for request, image in zip(mixed, together, strict=True):
+        (alone,) = engine.run([request])
+        assert pixel_difference(image, alone) < 0.5, request.adapter
+    assert pixel_difference(together[0], together[1]) > 2.0  # the adapters acted inside the batch
+    assert pixel_difference(together[0], together[7]) > 0.5  # and at each request's own weight
+
+
+def test_a_hypernetwork_or_controlnet_batches_only_with_requests_naming_the_same(served):
+    _, store, _ = served
+    engine = Engine(EngineConfig("toy", store.latest_routes("dreamloom")))
+    requests = [
+        ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=2, adapter="hex-hypernetwork", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=3, adapter="hex-hypernetwork, hex-lokr", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=4, adapter="hex-hypernetwork*0.5", **FAST),
+    ]
+    batches = _unet_batches(engine)
+    together = engine.run(requests)
+    assert sorted(batches) == sorted([2] * FAST["steps"] * 2 + [4] * FAST["steps"])
+    for request, image in zip(requests, together, strict=True):
+        assert pixel_difference(image, engine.run([request])[0]) < 0.5, request.adapter
+
+
+def test_a_batch_whose_adapters_exceed_the_budget_runs_in_parts_and_a_broken_one_fails_alone(
+    served, artifacts, tmp_path
+):
+    from dreamloom.serving.adapters import weights_size
+
+    _, store, _ = served
+    broken = tmp_path / "broken"
+    shutil.copytree(artifacts["lora"], broken)
+    _break(broken, "wrong shapes")
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(artifacts["lora"], unreadable)
+    (unreadable / "dreamloom.json").write_text("{")
+    routes = store.latest_routes("dreamloom").with_adapter("hex-broken", "1", broken, {"champion": "1"})
+    routes = routes.with_adapter("hex-unreadable", "1", unreadable, {"champion": "1"})
+    engine = Engine(EngineConfig("toy", routes))
+    engine.adapters.budget_bytes = max(weights_size(artifacts[name]) for name in ("lora", "lokr")) + 1024
+    requests = [
+        ImageRequest(INSTANCE_PROMPT, seed=1, adapter="hex-lora", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=2, adapter="hex-lokr", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=3, adapter="hex-broken", **FAST),
+        ImageRequest(INSTANCE_PROMPT, seed=4, adapter="hex-unreadable", **FAST),
+    ]
+    batches = _unet_batches(engine)
+    first, second, third, fourth = engine.run(requests)
+    assert batches == [2] * FAST["steps"] * 2  # the broken ones never reached the UNet
+    assert isinstance(third, RequestError) and "hex-broken/1 cannot be attached" in str(third)
+    assert isinstance(fourth, RequestError) and "hex-unreadable/1 cannot be read" in str(fourth)
+    assert pixel_difference(first, engine.run(requests[:1])[0]) < 0.5
+    assert pixel_difference(second, engine.run(requests[1:2])[0]) < 0.5
+
+
+def test_concurrent_requests_with_different_adapters_through_triton_each_match_their_solo_image(served):
+    _, _, client = served
+    adapters = ["hex-lora", "hex-lokr", "hex-loha*0.5", "", "hex-lora*0.5, hex-loha"]
+    requests = [ImageRequest(INSTANCE_PROMPT, seed=8, adapter=adapter, **FAST) for adapter in adapters]
+    together = client.generate_many(requests * 2, concurrency=8)
+    for request, image in zip(requests * 2, together, strict=True):
+        alone = client.generate(replace(request, solo=True))
+        assert pixel_difference(image, alone) < 0.5, request.adapter
+
+
+def _successes(store, server) -> int:
+    with ServingClient(server.http_url, admin_key=store.admin_key()) as admin:
+        versions = admin.statistics()["model_stats"]
+    return sum(int(version["inference_stats"]["success"]["count"]) for version in versions)
+
+
+def test_the_load_tool_drives_triton_with_a_mix_and_reports_rates_percentiles_and_failures(served, tmp_path):
+    import json
+
+    server, store, _ = served
+    before = _successes(store, server)
+    mix = ["--adapter", "hex-lora", "--adapter", "hex-lokr@champion", "--mode", "txt2img", "--mode", "img2img"]
+    common = ["loadtest", "--url", server.http_url, "--steps", "2", "--size", "64", "--concurrency", "3"]
+    assert main([*common, *mix, "--requests", "6", "--out", str(tmp_path / "load.json")]) == 0
+    report = json.loads((tmp_path / "load.json").read_text())
+    assert report["requests"] == 6 and report["failures"] == 0 and report["adapters"] == 2
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert report["images_per_second"] > 0
+    assert _successes(store, server) - before == 6 + 2  # the measured requests and one warm-up per adapter
+
+    refused = ["--adapter", "hex-lora", "--adapter", "no-such-adapter@champion", "--warmup", "0"]
+    assert main([*common, *refused, "--requests", "4", "--out", str(tmp_path / "refused.json")]) == 1
+    report = json.loads((tmp_path / "refused.json").read_text())
+    assert report["failures"] == 2 and report["failures_by_status"] == {"400": 2}
+    assert "unknown adapter 'no-such-adapter'" in report["first_errors"][0]
+    assert report["latency_ms"]["max"] > 0  # the two that succeeded were measured
 
 
 def test_the_adapter_cache_evicts_least_recently_used_under_its_budget(served, artifacts):

@@ -176,3 +176,98 @@ def test_refusal_messages_carry_no_server_paths():
     message = "adapter /srv/dreamloom/serving/adapters/shoe/3/pytorch_lora_weights.safetensors is missing"
     assert public_message(message) == "adapter pytorch_lora_weights.safetensors is missing"
     assert public_message("see http://docs.example/a/b and 3/4") == "see http://docs.example/a/b and 3/4"
+
+
+# ----- samplers -----
+
+
+@pytest.mark.parametrize(
+    "written, canonical",
+    [
+        ("", "dpmpp_2m"),
+        ("DPM++ 2M Karras", "dpmpp_2m_karras"),
+        ("dpm++-2m-sde-karras", "dpmpp_2m_sde_karras"),
+        ("Euler a", "euler_a"),
+        ("euler_ancestral", "euler_a"),
+        ("PLMS", "pndm"),
+        ("UniPC", "unipc"),
+        ("lcm", "lcm"),
+    ],
+)
+def test_a_sampler_is_named_the_a1111_or_the_diffusers_way(written, canonical):
+    request = ImageRequest("a cat", sampler=written)
+    request.check()
+    assert request.sampler_name() == canonical
+
+
+def test_an_unknown_sampler_is_refused_naming_the_choices():
+    with pytest.raises(RequestError, match=r"unknown sampler 'k_lms_fast'; choose one of dpmpp_2m, .*euler_a"):
+        ImageRequest("a cat", sampler="k_lms_fast").check()
+
+
+def test_the_sampler_travels_as_a_tensor_and_splits_batches():
+    request = ImageRequest("a cat", sampler="Euler a")
+    arrays = to_arrays(request)
+    assert arrays["SAMPLER"].tolist() == [[b"Euler a"]]
+    assert from_arrays(arrays.get) == request
+    assert request.batch_key() != ImageRequest("a cat", sampler="euler").batch_key()
+    assert ImageRequest("a cat", sampler="dpmpp_2m").batch_key() == ImageRequest("a cat").batch_key()
+
+
+def test_every_sampler_is_built_from_the_bases_config_whatever_it_was_made_from():
+    """SD 2.x's v-prediction and the base's betas carry over to every sampler, and through a
+    chain of samplers (DDIM keeps the base's clip_sample, which DPM-Solver does not take)."""
+    from diffusers import DDPMScheduler
+
+    from dreamloom.samplers import SAMPLERS, make_scheduler
+
+    base = DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction", clip_sample=False).config
+    current = make_scheduler("dpmpp_2m_karras", base)
+    for name, sampler in SAMPLERS.items():
+        current = make_scheduler(name, current.config)
+        assert type(current).__name__ == sampler.scheduler
+        assert current.config.beta_schedule == "scaled_linear"
+        if "prediction_type" in current.config:
+            assert current.config.prediction_type == "v_prediction", name
+        if "use_karras_sigmas" in current.config:
+            assert current.config.use_karras_sigmas == ("karras" in name), name
+    assert make_scheduler("ddim", current.config).config.clip_sample is False
+
+
+def test_the_checked_in_triton_model_takes_every_request_field():
+    """The repository the Triton image seeds its volume from (serving/model_repository) declares
+    every input the protocol sends: a field added to the protocol and not there is refused."""
+    from pathlib import Path
+
+    from dreamloom.serving.protocol import TENSORS
+
+    checked_in = Path(__file__).parents[1] / "serving" / "model_repository" / "dreamloom" / "config.pbtxt"
+    config = text_format.Parse(checked_in.read_text(), model_config_pb2.ModelConfig())
+    assert [item.name for item in config.input] == [name for name, _, _ in TENSORS.values()]
+
+
+# ----- the load tool's plan and arithmetic -----
+
+
+def test_a_load_plan_cycles_adapters_and_modes_and_refuses_what_cannot_run():
+    from dreamloom.serving.loadtest import LoadPlan
+
+    plan = LoadPlan(requests=5, warmup=1, adapters=("a@champion", "b@champion", ""), modes=("txt2img", "inpaint"))
+    requests = plan.build()
+    assert [r.adapter for r in requests] == ["a@champion", "b@champion", "", "a@champion", "b@champion", ""]
+    assert [r.mode for r in requests] == ["txt2img", "inpaint"] * 3
+    assert [r.seed for r in requests] == list(range(6)) and requests[1].mask and requests[1].init_image
+    with pytest.raises(DreamloomError, match="load modes are txt2img, img2img, inpaint"):
+        LoadPlan(modes=("controlnet",))
+    with pytest.raises(DreamloomError, match="concurrency 0 is out of range"):
+        LoadPlan(concurrency=0)
+    with pytest.raises(RequestError, match="unknown sampler"):
+        LoadPlan(sampler="nope").build()
+
+
+def test_latency_percentiles_interpolate_between_ranks():
+    from dreamloom.serving.loadtest import latency_summary
+
+    summary = latency_summary([n / 1000 for n in range(1, 101)])  # 1..100 ms
+    assert summary == {"p50": 50.5, "p95": 95.0, "p99": 99.0, "mean": 50.5, "max": 100.0}
+    assert latency_summary([0.2])["p99"] == 200.0 and latency_summary([]) == {}

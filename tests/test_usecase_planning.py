@@ -169,3 +169,18 @@ def test_a_hub_segmenter_loads_from_safetensors_and_never_from_pickles(tmp_path)
     assert mask.size == (48, 40) and np.asarray(mask).min() == 255
     with pytest.raises(DreamloomError, match="found no Pants; it knows: Upper-clothes"):
         segmentation_mask(person, str(safe), ["Pants"])
+
+
+def test_a_recipe_records_its_sampler_by_name_and_every_request_uses_it(tmp_path):
+    recipe, _ = plan_ads("shoe@champion", ["a", "b"], variants=1)
+    assert recipe.sampler == "dpmpp_2m"  # what rendered before recipes recorded it
+    recipe = recipe.model_validate({**recipe.model_dump(), "sampler": "Euler a"})
+    assert recipe.sampler == "euler_a" and {r.sampler for r in recipe.requests(tmp_path)} == {"euler_a"}
+    document = recipe.model_dump(mode="json")
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(document))
+    assert load_recipe(tmp_path)[0].sampler == "euler_a"
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump({k: v for k, v in document.items() if k != "sampler"}))
+    assert load_recipe(tmp_path)[0].sampler == "dpmpp_2m"
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump({**document, "sampler": "warp drive"}))
+    with pytest.raises(DreamloomError, match="unknown sampler 'warp drive'"):
+        load_recipe(tmp_path)

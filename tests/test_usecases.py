@@ -96,7 +96,7 @@ def test_an_ad_job_writes_its_pictures_and_a_recipe_that_renders_them_again(endp
     _sketch(layout)
     command = ["ad", "--url", url, "--product", "hex@champion", "--style", "zigzag-style@champion", "--style-weight",
                "0.5", "--layout", str(layout), "--layout-adapter", "layout-canny@champion", "--brief", str(brief),
-               "--variants", "2", "--seed", "11", *FAST]  # fmt: skip
+               "--variants", "2", "--seed", "11", "--sampler", "Euler a", *FAST]  # fmt: skip
     assert main([*command, "--out", str(tmp_path / "ads")]) == 0
     out = tmp_path / "ads"
     images = _images(out)
@@ -105,6 +105,7 @@ def test_an_ad_job_writes_its_pictures_and_a_recipe_that_renders_them_again(endp
     recipe, _ = load_recipe(out / "recipe.yaml")
     assert recipe.adapter == "hex@champion*1, zigzag-style@champion*0.5, layout-canny@champion"
     assert [r.seed for r in recipe.renders] == [11, 12, 11, 12] and recipe.mode == "controlnet"
+    assert recipe.sampler == "euler_a"  # by its canonical name; the re-render below replays it
     page = (out / "index.html").read_text()
     assert f"a {SUBJECT} on a black background" in page and "<td>12</td>" in page
 

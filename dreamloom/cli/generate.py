@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from dreamloom.cli.options import add_sampler_argument
 from dreamloom.errors import DreamloomError
 
 
@@ -16,6 +17,7 @@ def _add_generate_local(commands) -> None:
     command.add_argument("--num-images", type=int, default=4, help="images per prompt")
     command.add_argument("--steps", type=int, default=25)
     command.add_argument("--guidance", type=float, default=7.5)
+    add_sampler_argument(command)
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--size", help="WxH (default: the training resolution)")
     command.add_argument("--scale", type=float, help="LoRA scale / hypernetwork strength (default: as trained)")
@@ -43,6 +45,7 @@ def _generate_local(args) -> None:
         images_per_prompt=args.num_images,
         steps=args.steps,
         guidance=args.guidance,
+        sampler=args.sampler,
         seed=args.seed,
         width=width,
         height=height,

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from dreamloom.cli.options import add_sampler_argument
 from dreamloom.errors import DreamloomError
 from dreamloom.models.precision import SERVING_PRECISIONS
 
@@ -15,6 +16,7 @@ def add_commands(commands) -> None:
     _add_serve(commands)
     _add_deploy(commands)
     _add_generate(commands)
+    _add_loadtest(commands)
 
 
 def _add_serve(commands) -> None:
@@ -126,6 +128,7 @@ def _add_generate(commands) -> None:
     command.add_argument("--num-images", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
     command.add_argument("--steps", type=int, default=25)
     command.add_argument("--guidance", type=float, default=7.5)
+    add_sampler_argument(command)
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--size", help="WxH (default: the base model's size)")
     command.add_argument("--strength", type=float, default=0.75, help="img2img/inpaint: how much to change")
@@ -156,6 +159,7 @@ def _generate(args) -> None:
             adapter_scale=args.scale,
             steps=args.steps,
             guidance=args.guidance,
+            sampler=args.sampler,
             width=width or 0,
             height=height or 0,
             seed=args.seed + index,
@@ -185,3 +189,62 @@ def _read(path: Path) -> bytes:
     if not path.is_file():
         raise DreamloomError(f"{path} does not exist")
     return path.read_bytes()
+
+
+def _add_loadtest(commands) -> None:
+    from dreamloom.serving.loadtest import LOAD_MODES
+
+    command = commands.add_parser(
+        "loadtest", help="drive the serving endpoint with a mix of requests; images/s, p50/p95/p99, failures"
+    )
+    command.add_argument("--url", required=True, help="Triton address, e.g. localhost:8000 (HTTP) or :8001 (gRPC)")
+    command.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    command.add_argument("--model-name", default="dreamloom")
+    command.add_argument("--requests", type=int, default=32, help="measured requests")
+    command.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    command.add_argument("--warmup", type=int, help="unmeasured requests first (default: one per adapter)")
+    command.add_argument("--adapter", action="append", default=[], help="NAME@ALIAS, round-robin (repeatable)")
+    command.add_argument("--adapter-template", help="adapters by number, e.g. 'brand-{}@champion'")
+    command.add_argument("--adapter-count", type=int, default=0, help="how many of --adapter-template (1..N)")
+    command.add_argument("--mode", action="append", choices=LOAD_MODES, help="modes, round-robin (repeatable)")
+    command.add_argument("--prompt", default="a photo of a product on a plain background")
+    command.add_argument("--steps", type=int, default=20)
+    command.add_argument("--size", type=int, default=0, help="width and height (default: the model's)")
+    command.add_argument("--guidance", type=float, default=7.5)
+    add_sampler_argument(command)
+    command.add_argument("--out", type=Path, help="also write the report as JSON")
+    command.set_defaults(handler=_loadtest)
+
+
+def _loadtest(args) -> int:
+    """Exit 0 when every request succeeded, 1 when any failed (the report says which and why)."""
+    import json
+
+    from dreamloom.serving.client import ServingClient
+    from dreamloom.serving.loadtest import LoadPlan, run_load
+
+    adapters = list(args.adapter)
+    if args.adapter_template:
+        if "{}" not in args.adapter_template or args.adapter_count < 1:
+            raise DreamloomError("--adapter-template needs a {} for the number and --adapter-count N (1 or more)")
+        adapters += [args.adapter_template.format(number) for number in range(1, args.adapter_count + 1)]
+    plan = LoadPlan(
+        requests=args.requests,
+        concurrency=args.concurrency,
+        adapters=tuple(adapters or [""]),
+        modes=tuple(args.mode or ["txt2img"]),
+        prompt=args.prompt,
+        steps=args.steps,
+        size=args.size,
+        sampler=args.sampler,
+        guidance=args.guidance,
+        warmup=len(adapters or [""]) if args.warmup is None else args.warmup,
+    )
+    with ServingClient(args.url, args.protocol, args.model_name) as client:
+        report = run_load(client, plan, progress=sys.stderr.isatty())
+    document = json.dumps(report.as_dict(), indent=2)
+    print(document)
+    if args.out:
+        args.out.write_text(document + "\n")
+    print(f"[dreamloom] {report.summary()}", file=sys.stderr)
+    return 1 if report.failures else 0

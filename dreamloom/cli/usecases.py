@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dreamloom.cli.options import add_sampler_argument
+
 
 def add_commands(commands) -> None:
     _add_ad(commands)
@@ -29,6 +31,7 @@ def _common(command, kind: str) -> None:
     command.add_argument("--seed", type=int, default=0, help="seed of the first image; the next ones count up")
     command.add_argument("--steps", type=int, default=25)
     command.add_argument("--guidance", type=float, default=7.5)
+    add_sampler_argument(command)
     command.add_argument("--negative-prompt", default="")
     command.set_defaults(handler=_run, kind=kind)
 
@@ -88,6 +91,7 @@ def _add_edit(commands) -> None:
 
 def _run(args) -> None:
     from dreamloom.errors import DreamloomError
+    from dreamloom.samplers import sampler_name
     from dreamloom.serving.client import ServingClient
     from dreamloom.usecases.jobs import load_recipe, render
 
@@ -98,6 +102,7 @@ def _run(args) -> None:
         staged = None
     else:
         recipe, staged = PLANNERS[args.kind](args)
+        recipe = recipe.model_copy(update={"sampler": sampler_name(args.sampler)})
         source = None
     recipe = recipe.model_copy(update={"model": args.model or recipe.model})
     with ServingClient(args.url, args.protocol, recipe.model) as client:

@@ -130,6 +130,10 @@ class TrainingMethod(ABC):
     trains_base_weights: ClassVar[bool] = False
     # Serving: its artifact replaces the whole UNet, so it is served as its own model, not an adapter.
     serves_as_model: ClassVar[bool] = False
+    # Serving: requests through it batch with requests through other adapters of such methods, each
+    # sample with its own (peft adapters and private tokens act per sample); an attention patch or
+    # a ControlNet acts on a whole batch, so only requests naming the same one batch together.
+    mixes_per_sample: ClassVar[bool] = True
     # Serving: the generation mode a request through it uses (a ControlNet needs "controlnet").
     serving_mode: ClassVar[str] = "txt2img"
     # Advisor: the nearest method to recommend instead when this one is over a budget.

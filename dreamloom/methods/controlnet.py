@@ -77,6 +77,7 @@ class ControlNetMethod(TrainingMethod):
     }
     supports_prior = False
     serving_mode = "controlnet"
+    mixes_per_sample = False  # the ControlNet pipeline runs one ControlNet for the whole batch
 
     def __init__(self, config):
         super().__init__(config)

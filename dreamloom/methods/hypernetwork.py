@@ -196,6 +196,7 @@ class HypernetworkedUNet(torch.nn.Module):
 class HypernetworkMethod(TrainingMethod):
     name = "hypernetwork"
     summary = "A1111's residual MLPs on the cross-attention context (hypernetwork.*)"
+    mixes_per_sample = False  # its attention patch acts on the whole batch
     artifact_kind = "hypernetwork"
     artifact_files = (WEIGHTS_FILE,)
     sections = {"hypernetwork": HypernetworkSettings}

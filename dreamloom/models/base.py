@@ -269,9 +269,11 @@ def load_base_model(
 
 def pipeline_from_components(model: LoadedBaseModel, unet: torch.nn.Module | None = None):
     """A diffusers text-to-image pipeline sharing the loaded components (no copies)."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    scheduler = DPMSolverMultistepScheduler.from_config(model.noise_scheduler.config)
+    from dreamloom.samplers import DEFAULT_SAMPLER, make_scheduler
+
+    scheduler = make_scheduler(DEFAULT_SAMPLER, model.noise_scheduler.config)
     parts = {"vae": model.vae, "unet": unet or model.unet, "scheduler": scheduler}
     if model.is_sdxl:
         pipe = StableDiffusionXLPipeline(

@@ -3,7 +3,7 @@ recently used out), switched per request without reloading the base.
 
 An adapter is a published artifact folder (``dreamloom.json`` + safetensors). Its method attaches
 it to the shared pipeline (``TrainingMethod.serve``) and says what it put there: peft adapters
-(LoRA, DoRA, LoHa, LoKr and pivotal tuning's LoRA, mixed by weight), private tokens (textual
+(LoRA, DoRA, LoHa, LoKr and pivotal tuning's LoRA, mixed by weight and per sample of a batch), private tokens (textual
 inversion: they only act on prompts that name them), an attention patch (a hypernetwork), a
 ControlNet (handed to the ControlNet pipeline). A method whose artifact replaces the whole UNet
 (DreamBooth) is served as its own model, not here.
@@ -11,6 +11,7 @@ ControlNet (handed to the ControlNet pipeline). A method whose artifact replaces
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from pathlib import Path
 from dreamloom.artifacts import ArtifactManifest, read_manifest
 from dreamloom.errors import DreamloomError
 from dreamloom.methods.base import ServedAdapter
+from dreamloom.methods.peft_layers import SampleAdapters, component_modules, unwrap_empty_layers
 from dreamloom.serving.protocol import RequestError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,9 +61,10 @@ class AdapterCache:
     def used_bytes(self) -> int:
         return sum(adapter.size_bytes for adapter in self.loaded.values())
 
-    def get_all(self, wanted: list[tuple[str, Path]]) -> list[LoadedAdapter]:
-        """Several adapters for one request, all attached at once (none evicts another)."""
-        keys = {key for key, _ in wanted}
+    def get_all(self, wanted: list[tuple[str, Path]], keep: set[str] = frozenset()) -> list[LoadedAdapter]:
+        """Several adapters for one request, all attached at once (none evicts another, nor any in
+        ``keep``: the other requests of its batch)."""
+        keys = {key for key, _ in wanted} | set(keep)
         return [self.get(key, folder, keep=keys) for key, folder in wanted]
 
     def get(self, key: str, folder: Path, keep: set[str] = frozenset()) -> LoadedAdapter:
@@ -84,8 +89,14 @@ class AdapterCache:
             self.evict(evictable[0])
         try:
             served = method.serve(self.pipe, Path(folder), manifest.config, key)
-        except DreamloomError as exc:
-            raise RequestError(f"adapter {key} cannot be attached: {exc}") from None
+        except Exception as exc:  # a damaged artifact: it fails its own requests, not the server
+            for module in component_modules(self.pipe).values():
+                unwrap_empty_layers(module)  # what a half-done attach left behind
+            log.warning("adapter %s cannot be attached: %s", key, exc)
+            reason = (
+                str(exc) if isinstance(exc, DreamloomError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            )
+            raise RequestError(f"adapter {key} cannot be attached: {reason[:300]}") from None
         adapter = LoadedAdapter(manifest, size, served)
         self.loaded[key] = adapter
         self.loads += 1
@@ -95,19 +106,13 @@ class AdapterCache:
         self.loaded.pop(key).served.detach(self.pipe)
         self.evictions += 1
 
-    def activate(self, weighted: list[tuple[LoadedAdapter, float]]) -> None:
-        """Make exactly these adapters act on the next generation: peft adapters mixed by weight,
-        an attention patch at its weight (embeddings act through prompts, ControlNets elsewhere).
-        An adapter at weight 0 is left out, so that weight 0 is the base for every kind (a DoRA
-        magnitude would still act at scale 0)."""
-        acting = [(adapter.served, weight) for adapter, weight in weighted if weight != 0]
-        peft = [(name, weight) for served, weight in acting for name in served.peft_adapters]
-        if peft:
-            self.pipe.enable_lora()
-            self.pipe.set_adapters([name for name, _ in peft], adapter_weights=[weight for _, weight in peft])
-        elif any(adapter.served.peft_adapters for adapter in self.loaded.values()):
-            self.pipe.disable_lora()
-        patches = [(served, weight) for served, weight in acting if served.attention_patch is not None]
+    def activate_patches(self, weighted: list[tuple[LoadedAdapter, float]]) -> None:
+        """Install the attention patch (a hypernetwork) among these adapters at its weight, and take
+        every other off. Patches act on a whole batch; peft adapters act per sample
+        (``methods.peft_layers.per_sample_adapters``), embeddings through prompts, ControlNets
+        through their pipeline. Weight 0 leaves a patch out."""
+        patches = [(adapter.served, weight) for adapter, weight in weighted if weight != 0]
+        patches = [(served, weight) for served, weight in patches if served.attention_patch is not None]
         if len(patches) > 1:
             raise RequestError("a request can use one hypernetwork at a time; combine it with LoRAs instead")
         for adapter in self.loaded.values():
@@ -116,3 +121,10 @@ class AdapterCache:
         if patches:
             served, weight = patches[0]
             served.attention_patch.install(self.pipe.unet, weight)
+
+
+def sample_adapters(weighted: list[tuple[LoadedAdapter, float]]) -> SampleAdapters:
+    """What one sample applies of its adapters (``methods.peft_layers.per_sample_adapters``): each
+    peft adapter at its weight. Weight 0 leaves an adapter out, so that 0 is the base for every
+    kind (a DoRA magnitude would still act at scale 0)."""
+    return tuple((name, weight) for adapter, weight in weighted if weight != 0 for name in adapter.served.peft_adapters)

@@ -2,8 +2,10 @@
 ControlNet variants sharing every component, and the adapter cache.
 
 It knows nothing about Triton: ``run`` takes checked requests and returns, per request, an image
-(``uint8`` H x W x 3) or the error to send back. Requests that agree on everything but prompt and
-seed run as one batch through the pipeline.
+(``uint8`` H x W x 3) or the error to send back. Requests that agree on the mode, sampler, size,
+steps, guidance and the adapters that act on a whole batch (a hypernetwork, a ControlNet) run as
+one batch through the pipeline, each sample with its own prompt, seed, LoRA-family adapters and
+weights, and embeddings.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamloom.serving.adapters import AdapterCache
+from dreamloom.errors import DreamloomError
+from dreamloom.methods.peft_layers import per_sample_adapters
+from dreamloom.samplers import make_scheduler
+from dreamloom.serving.adapters import AdapterCache, LoadedAdapter, sample_adapters, weights_size
 from dreamloom.serving.protocol import (
     IMAGE_INPUTS,
+    AdapterUse,
     ImageRequest,
     ModelFault,
     OverBudget,
@@ -64,7 +70,10 @@ class Engine:
         self.inpaint = AutoPipelineForInpainting.from_pipe(self.txt2img)
         for pipe in (self.img2img, self.inpaint):
             pipe.set_progress_bar_config(disable=True)
+        self.scheduler_config = self.txt2img.scheduler.config
         self.adapters = AdapterCache(self.txt2img, config.adapter_budget_mib * 2**20)
+        self._methods: dict[str, type] = {}  # adapter key -> its training method
+        self._sizes: dict[str, int] = {}  # adapter key -> bytes of weights
         self.native_size = self.txt2img.unet.config.sample_size * self.txt2img.vae_scale_factor
 
     def run(self, requests: list[ImageRequest]) -> list[np.ndarray | RequestError]:
@@ -73,14 +82,13 @@ class Engine:
         for index, request in enumerate(requests):
             try:
                 self._check(request)
+                key = ("solo", index) if request.solo else self._batch_key(request)
             except RequestError as exc:
                 results[index] = exc
                 continue
-            key = ("solo", index) if request.solo else request.batch_key()
             groups.setdefault(key, []).append(index)
         for indices in groups.values():
-            for start in range(0, len(indices), self.config.max_batch):
-                chunk = indices[start : start + self.config.max_batch]
+            for chunk in self._chunks(requests, indices):
                 try:
                     images = self._generate([requests[i] for i in chunk])
                 except RequestError as exc:
@@ -89,23 +97,97 @@ class Engine:
                     results[index] = image
         return results  # type: ignore[return-value]
 
+    def _batch_key(self, request: ImageRequest) -> tuple:
+        """Requests with equal keys share pipeline calls: what the request's own key holds (mode,
+        sampler, size, steps...) and the adapters that act on a whole batch (a hypernetwork, a
+        ControlNet) with their weights. LoRA-family adapters and embeddings act per sample, so
+        requests naming different ones, or different weights, still batch."""
+        whole_batch = tuple(
+            (key, self._weight(request, use))
+            for use, (key, folder) in self._resolved(request)
+            if not self._method(key, folder).mixes_per_sample
+        )
+        return (*request.batch_key(), whole_batch)
+
+    def _chunks(self, requests: list[ImageRequest], indices: list[int]):
+        """Runs of at most ``max_batch`` requests whose adapters fit the adapter budget together."""
+        chunk: list[int] = []
+        folders: dict[str, Path] = {}
+        for index in indices:
+            mine = {key: folder for _, (key, folder) in self._resolved(requests[index])}
+            together = {**folders, **mine}
+            if chunk and (len(chunk) == self.config.max_batch or self._bytes(together) > self.adapters.budget_bytes):
+                yield chunk
+                chunk, together = [], mine
+            chunk.append(index)
+            folders = together
+        if chunk:
+            yield chunk
+
+    def _resolved(self, request: ImageRequest) -> list[tuple[AdapterUse, tuple[str, Path]]]:
+        return [(use, self.config.routes.resolve(use.reference)) for use in request.adapters()]
+
+    def _method(self, key: str, folder: Path):
+        """The training method of a deployed adapter version (its manifest, read once: versions
+        never change)."""
+        from dreamloom.artifacts import read_manifest
+
+        if key not in self._methods:
+            try:
+                self._methods[key] = read_manifest(folder).method_type
+            except DreamloomError as exc:  # a damaged deployed copy fails its own requests only
+                raise RequestError(f"adapter {key} cannot be read: {exc}") from None
+        return self._methods[key]
+
+    def _bytes(self, folders: dict[str, Path]) -> int:
+        for key, folder in folders.items():
+            if key not in self._sizes:
+                self._sizes[key] = weights_size(folder)
+        return sum(self._sizes[key] for key in folders)
+
+    @staticmethod
+    def _weight(request: ImageRequest, use: AdapterUse) -> float:
+        return request.adapter_scale if use.scale is None else use.scale
+
     @torch.no_grad()
-    def _generate(self, batch: list[ImageRequest]) -> list[np.ndarray]:
+    def _generate(self, batch: list[ImageRequest]) -> list[np.ndarray | RequestError]:
+        """One pipeline call for the batch; a request whose adapters cannot load gets its error and
+        the others still run."""
+        keep = {key for request in batch for _, (key, _) in self._resolved(request)}
+        loaded: list[list[tuple[LoadedAdapter, float]] | RequestError] = []
+        for request in batch:
+            try:
+                wanted = self._resolved(request)
+                adapters = self.adapters.get_all([where for _, where in wanted], keep=keep)
+                loaded.append([(a, self._weight(request, use)) for a, (use, _) in zip(adapters, wanted, strict=True)])
+            except RequestError as exc:
+                loaded.append(exc)
+        runnable = [(r, mine) for r, mine in zip(batch, loaded, strict=True) if not isinstance(mine, Exception)]
+        images = iter(self._render([r for r, _ in runnable], [mine for _, mine in runnable]) if runnable else [])
+        return [mine if isinstance(mine, Exception) else next(images) for mine in loaded]
+
+    def _render(self, batch: list[ImageRequest], adapters: list[list[tuple[LoadedAdapter, float]]]) -> list[np.ndarray]:
         first = batch[0]
         width, height = first.width or self.native_size, first.height or self.native_size
-        pipe, extra, rewrite = self._pipeline_for(batch, width, height)
+        pipe, extra = self._pipeline_for(batch, adapters[0], width, height)
+        pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)  # a fresh one: schedulers keep state
         if first.dry_run:
             return [np.zeros((8, 8, 3), np.uint8) for _ in batch]
-        negative = [rewrite(r.negative_prompt) for r in batch] if any(r.negative_prompt for r in batch) else None
-        output = pipe(
-            prompt=[rewrite(r.prompt) for r in batch],
-            negative_prompt=negative,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance,
-            generator=[torch.Generator("cpu").manual_seed(r.seed) for r in batch],
-            output_type="np",
-            **extra,
-        )
+        prompts = [_rewrite(r.prompt, mine) for r, mine in zip(batch, adapters, strict=True)]
+        negative = None
+        if any(r.negative_prompt for r in batch):
+            negative = [_rewrite(r.negative_prompt, mine) for r, mine in zip(batch, adapters, strict=True)]
+        samples = [sample_adapters(mine) for mine in adapters]
+        with per_sample_adapters(self.txt2img, samples):
+            output = pipe(
+                prompt=prompts,
+                negative_prompt=negative,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
+                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in batch],
+                output_type="np",
+                **extra,
+            )
         if not np.isfinite(output.images).all():
             raise ModelFault("the model produced non-finite pixels (NaN or infinity): its weights are broken")
         return [(np.clip(image, 0, 1) * 255).round().astype(np.uint8) for image in output.images]
@@ -129,53 +211,41 @@ class Engine:
             except Exception as exc:
                 raise ModelFault(f"{what} cannot serve: {exc}") from exc
 
-    def _pipeline_for(self, batch: list[ImageRequest], width: int, height: int):
-        """The pipeline for the batch's mode with its adapters active, the mode's arguments, and
-        the prompt rewrite of its embeddings."""
+    def _pipeline_for(
+        self, batch: list[ImageRequest], first_adapters: list[tuple[LoadedAdapter, float]], width, height
+    ):
+        """The pipeline for the batch's mode with its whole-batch adapters in place (the same for
+        every request of a batch: they are in its key), and the mode's arguments."""
         from dreamloom.methods.controlnet import controlnet_pipeline
 
         first = batch[0]
-        uses = first.adapters()
-        loaded = self.adapters.get_all([self.config.routes.resolve(use.reference) for use in uses])
-        pairs = list(zip(loaded, uses, strict=True))
-        controlnets = [(adapter, use) for adapter, use in pairs if adapter.controlnet is not None]
+        controlnets = [adapter for adapter, _ in first_adapters if adapter.controlnet is not None]
         if len(controlnets) > 1:
             raise RequestError("a request can follow one ControlNet; name only one")
-        if controlnets and controlnets[0][1].scale is not None:
-            raise RequestError(f"{controlnets[0][1].reference} is a ControlNet: set CONTROL_SCALE, not a weight")
-        self.adapters.activate(
-            [
-                (adapter, first.adapter_scale if use.scale is None else use.scale)
-                for adapter, use in pairs
-                if adapter.controlnet is None
-            ]
-        )
-
-        def rewrite(prompt: str) -> str:
-            for adapter in loaded:
-                prompt = adapter.rewrite(prompt)
-            return prompt
-
+        uses = dict(zip((a.key for a, _ in first_adapters), first.adapters(), strict=True))
+        if controlnets and uses[controlnets[0].key].scale is not None:
+            raise RequestError(f"{uses[controlnets[0].key].reference} is a ControlNet: set CONTROL_SCALE, not a weight")
+        self.adapters.activate_patches([(a, w) for a, w in first_adapters if a.controlnet is None])
         if first.mode == "controlnet":
             if not controlnets:
                 raise RequestError("mode controlnet needs ADAPTER naming a deployed ControlNet")
             controls = [_sized(decode_image("control_image", r.control_image), width, height) for r in batch]
-            pipe = controlnet_pipeline(self.txt2img, controlnets[0][0].controlnet)
+            pipe = controlnet_pipeline(self.txt2img, controlnets[0].controlnet)
             pipe.set_progress_bar_config(disable=True)
             arguments = {"image": controls, "controlnet_conditioning_scale": first.control_scale}
-            return pipe, arguments | {"width": width, "height": height}, rewrite
+            return pipe, arguments | {"width": width, "height": height}
         if controlnets:
             raise RequestError(
-                f"adapter {controlnets[0][1].reference} is a ControlNet: use mode controlnet with CONTROL_IMAGE"
+                f"adapter {uses[controlnets[0].key].reference} is a ControlNet: use mode controlnet with CONTROL_IMAGE"
             )
         if first.mode == "txt2img":
-            return self.txt2img, {"width": width, "height": height}, rewrite
+            return self.txt2img, {"width": width, "height": height}
         images = [_sized(decode_image("init_image", r.init_image), width, height) for r in batch]
         if first.mode == "img2img":
-            return self.img2img, {"image": images, "strength": first.strength}, rewrite
+            return self.img2img, {"image": images, "strength": first.strength}
         masks = [_sized(decode_image("mask", r.mask, "L"), width, height) for r in batch]
         arguments = {"image": images, "mask_image": masks, "strength": first.strength}
-        return self.inpaint, arguments | {"width": width, "height": height}, rewrite
+        return self.inpaint, arguments | {"width": width, "height": height}
 
     def _check_cost(self, request: ImageRequest) -> None:
         budget = self.config.max_request_cost
@@ -197,8 +267,12 @@ class Engine:
                 raise RequestError(
                     f"{name} is {count} tokens; this model reads at most {tokenizer.model_max_length}: shorten it"
                 )
-        for use in request.adapters():
-            self.config.routes.resolve(use.reference)
+        for _, (key, folder) in self._resolved(request):
+            if self._method(key, folder).serves_as_model:
+                raise RequestError(
+                    f"adapter {key} is a {self._method(key, folder).name} model, which replaces the whole UNet: it is "
+                    "served as its own model; call that model instead of passing ADAPTER"
+                )
         images = {name: decode_image(name, getattr(request, name)) for name in IMAGE_INPUTS.get(request.mode, ())}
         if "mask" in images and images["mask"].size != images["init_image"].size:
             (mw, mh), (iw, ih) = images["mask"].size, images["init_image"].size
@@ -208,6 +282,13 @@ class Engine:
 def request_cost(width: int, height: int, steps: int) -> float:
     """Megapixel-steps: what a request costs the denoiser, whatever the hardware."""
     return width * height * steps / 1e6
+
+
+def _rewrite(prompt: str, adapters: list[tuple[LoadedAdapter, float]]) -> str:
+    """The prompt with each of the request's embeddings' placeholders turned into its private tokens."""
+    for adapter, _ in adapters:
+        prompt = adapter.rewrite(prompt)
+    return prompt
 
 
 def _sized(image, width: int, height: int):

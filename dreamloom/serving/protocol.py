@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dreamloom.errors import DreamloomError
+from dreamloom.samplers import sampler_name
 
 MODES = ("txt2img", "img2img", "inpaint", "controlnet")
 IMAGE_INPUTS = {"img2img": ("init_image",), "inpaint": ("init_image", "mask"), "controlnet": ("control_image",)}
@@ -84,6 +85,7 @@ class ImageRequest:
     mode: str = "txt2img"
     adapter: str = ""  # "name@alias", "name/version", several joined by commas (parse_adapters), "": the base
     adapter_scale: float = 1.0
+    sampler: str = ""  # an A1111 or diffusers name (models.samplers.SAMPLERS); "": the default, DPM++ 2M
     steps: int = 25
     guidance: float = 7.5
     width: int = 0  # 0: the base model's native size
@@ -113,6 +115,7 @@ class ImageRequest:
         _within("strength", self.strength, 0.01, 1.0)
         _within("control_scale", self.control_scale, 0.0, 2.0)
         self.adapters()
+        self.sampler_name()
         _within("seed", self.seed, 0, 2**63 - 1)
         for side, value in (("width", self.width), ("height", self.height)):
             if value and (value < 64 or value > MAX_SIDE or value % 8):
@@ -127,12 +130,18 @@ class ImageRequest:
     def adapters(self) -> list[AdapterUse]:
         return parse_adapters(self.adapter)
 
+    def sampler_name(self) -> str:
+        try:
+            return sampler_name(self.sampler)
+        except DreamloomError as exc:
+            raise RequestError(str(exc)) from None
+
     def batch_key(self) -> tuple:
-        """Requests with equal keys run as one batch through the pipeline."""
+        """What requests must share to run as one batch through the pipeline, besides the adapters
+        that act on a whole batch (the engine adds those; per-sample adapters need not match)."""
         return (
             self.mode,
-            self.adapter,
-            self.adapter_scale,
+            self.sampler_name(),
             self.steps,
             self.guidance,
             self.width,
@@ -195,6 +204,7 @@ TENSORS = {
     "mode": ("MODE", "BYTES", np.object_),
     "adapter": ("ADAPTER", "BYTES", np.object_),
     "adapter_scale": ("ADAPTER_SCALE", "FP32", np.float32),
+    "sampler": ("SAMPLER", "BYTES", np.object_),
     "steps": ("STEPS", "INT32", np.int32),
     "guidance": ("GUIDANCE", "FP32", np.float32),
     "width": ("WIDTH", "INT32", np.int32),
@@ -208,7 +218,7 @@ TENSORS = {
     "dry_run": ("DRY_RUN", "BOOL", np.bool_),
     "solo": ("SOLO", "BOOL", np.bool_),
 }
-_TEXT_FIELDS = {"prompt", "negative_prompt", "mode", "adapter"}
+_TEXT_FIELDS = {"prompt", "negative_prompt", "mode", "adapter", "sampler"}
 
 
 def to_arrays(request: ImageRequest) -> dict[str, np.ndarray]:

@@ -24,11 +24,12 @@ from typing import Literal
 import numpy as np
 import yaml
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dreamloom import __version__
 from dreamloom.errors import DreamloomError
 from dreamloom.files import staged_folder
+from dreamloom.samplers import DEFAULT_SAMPLER, sampler_name
 from dreamloom.serving.protocol import ImageRequest, RequestError
 
 RECIPE_FILE = "recipe.yaml"
@@ -55,6 +56,7 @@ class Recipe(BaseModel):
     mode: Literal["txt2img", "img2img", "inpaint", "controlnet"] = "txt2img"
     adapter: str = ""  # NAME@ALIAS[*weight], comma-separated
     adapter_scale: float = 1.0
+    sampler: str = DEFAULT_SAMPLER  # recorded by its canonical name (recipes before it was recorded used this one)
     steps: int = 25
     guidance: float = 7.5
     width: int = 0
@@ -69,6 +71,11 @@ class Recipe(BaseModel):
     notes: dict[str, str] = {}  # what the command was asked (brief, condition, region), for people
     dreamloom_version: str = __version__
 
+    @field_validator("sampler")
+    @classmethod
+    def _canonical_sampler(cls, value: str) -> str:
+        return sampler_name(value)  # "DPM++ 2M Karras" -> dpmpp_2m_karras; unknown names refused
+
     def requests(self, folder: Path) -> list[ImageRequest]:
         pictures = {name: read_input(folder, name, self.digests) for name in self._input_files()}
         requests = []
@@ -81,6 +88,7 @@ class Recipe(BaseModel):
                     mode=self.mode,
                     adapter=self.adapter,
                     adapter_scale=self.adapter_scale,
+                    sampler=self.sampler,
                     steps=self.steps,
                     guidance=self.guidance,
                     width=self.width,
@@ -169,7 +177,7 @@ def _check_with_server(requests: list[ImageRequest], client, model: str) -> None
     before any image is generated."""
     from dreamloom.serving.client import ServingError
 
-    distinct = {(r.batch_key(), r.init_image, r.mask, r.control_image): r for r in requests}
+    distinct = {(r.batch_key(), r.adapter, r.adapter_scale, r.init_image, r.mask, r.control_image): r for r in requests}
     print(f"[dreamloom] checking {len(distinct)} distinct requests with {client.url}", flush=True)
     for request in distinct.values():
         try:
