@@ -61,6 +61,14 @@ class PriorSettings(Section):
 
 
 class OptimizerSettings(Section):
+    name: Literal["adamw", "adafactor"] = Field(
+        "adamw",
+        description=(
+            "adamw: two fp32 moments per trained weight (16 bytes each with the weight and its gradient); "
+            "adafactor: factored second moments, no first (about 9 bytes), what a whole SDXL UNet or "
+            "ControlNet needs to train in 24 GB (kohya's choice for SDXL fine-tuning; a fixed learning rate)"
+        ),
+    )
     learning_rate: float = Field(1e-4, gt=0, le=1)
     lr_scheduler: LR_SCHEDULERS = "constant"
     lr_warmup_steps: int = Field(0, ge=0)

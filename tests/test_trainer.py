@@ -38,8 +38,10 @@ def test_lora_steps_change_only_the_lora_weights(photos, tmp_path):
     assert all(torch.equal(frozen_before[k], frozen_after[k]) for k in frozen_before)
 
 
-def test_resuming_from_a_checkpoint_replays_the_same_training(photos, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_resuming_from_a_checkpoint_replays_the_same_training(photos, tmp_path, optimizer):
     options = {"optimizer__learning_rate": 1e-2, "optimizer__lr_scheduler": "cosine", "training__steps": 4}
+    options["optimizer__name"] = optimizer
     straight = _trainer(photos, tmp_path / "a", **options)
     for step in range(1, 5):
         straight.train_step(step)
@@ -57,6 +59,9 @@ def test_resuming_from_a_checkpoint_replays_the_same_training(photos, tmp_path):
 
     expected, actual = _weights(straight), _weights(resumed)
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert type(resumed.optimizer).__name__ == {"adamw": "AdamW", "adafactor": "Adafactor"}[optimizer]
+    slots = {slot for slots in resumed.optimizer.state_dict()["state"].values() for slot in slots}
+    assert ("exp_avg" in slots) == (optimizer == "adamw")  # Adafactor keeps no first moment
 
 
 def test_cached_latents_and_text_give_the_same_loss_as_encoding_every_step(photos, tmp_path):

@@ -149,6 +149,19 @@ class Trainer:
         scale = training.batch_size * training.gradient_accumulation_steps * self.world if settings.scale_lr else 1
         for group in groups:
             group["lr"] = group.get("lr", settings.learning_rate) * scale
+        if settings.name == "adafactor":
+            from transformers.optimization import Adafactor
+
+            # A fixed learning rate, as kohya's sd-scripts run it for SDXL (no relative step, no
+            # parameter scaling): the schedule stays the run's own.
+            return Adafactor(
+                groups,
+                lr=settings.learning_rate * scale,
+                weight_decay=settings.weight_decay,
+                scale_parameter=False,
+                relative_step=False,
+                warmup_init=False,
+            )
         return torch.optim.AdamW(
             groups,
             lr=settings.learning_rate * scale,
