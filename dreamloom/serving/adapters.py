@@ -11,7 +11,6 @@ ControlNet (handed to the ControlNet pipeline). A method whose artifact replaces
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,7 @@ from dreamloom.artifacts import ArtifactManifest, read_manifest
 from dreamloom.errors import DreamloomError
 from dreamloom.methods.base import ServedAdapter
 from dreamloom.methods.peft_layers import SampleAdapters, component_modules, unwrap_empty_layers
-from dreamloom.serving.protocol import RequestError
-
-log = logging.getLogger(__name__)
+from dreamloom.serving.protocol import ModelFault, RequestError
 
 
 @dataclass
@@ -89,14 +86,14 @@ class AdapterCache:
             self.evict(evictable[0])
         try:
             served = method.serve(self.pipe, Path(folder), manifest.config, key)
-        except Exception as exc:  # a damaged artifact: it fails its own requests, not the server
+        except Exception as exc:
             for module in component_modules(self.pipe).values():
                 unwrap_empty_layers(module)  # what a half-done attach left behind
-            log.warning("adapter %s cannot be attached: %s", key, exc)
-            reason = (
-                str(exc) if isinstance(exc, DreamloomError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-            )
-            raise RequestError(f"adapter {key} cannot be attached: {reason[:300]}") from None
+            if isinstance(exc, DreamloomError):  # the artifact does not fit this base: the caller's to fix
+                raise RequestError(f"adapter {key} cannot be attached: {exc}") from None
+            # A damaged deployed copy (deploys verify each adapter, so the store changed since): a
+            # server fault, answered 500 and counted as a failure.
+            raise ModelFault(f"adapter {key} cannot be attached: {type(exc).__name__}") from exc
         adapter = LoadedAdapter(manifest, size, served)
         self.loaded[key] = adapter
         self.loads += 1

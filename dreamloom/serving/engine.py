@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamloom.errors import DreamloomError
 from dreamloom.methods.peft_layers import per_sample_adapters
 from dreamloom.samplers import make_scheduler
 from dreamloom.serving.adapters import AdapterCache, LoadedAdapter, sample_adapters, weights_size
@@ -110,7 +109,10 @@ class Engine:
         return (*request.batch_key(), whole_batch)
 
     def _chunks(self, requests: list[ImageRequest], indices: list[int]):
-        """Runs of at most ``max_batch`` requests whose adapters fit the adapter budget together."""
+        """Runs of at most ``max_batch`` requests whose adapters fit the adapter budget together;
+        requests naming the same adapters are kept together, so a tight budget splits no more
+        than it must."""
+        indices = sorted(indices, key=lambda i: sorted(key for _, (key, _) in self._resolved(requests[i])))
         chunk: list[int] = []
         folders: dict[str, Path] = {}
         for index in indices:
@@ -132,11 +134,8 @@ class Engine:
         never change)."""
         from dreamloom.artifacts import read_manifest
 
-        if key not in self._methods:
-            try:
-                self._methods[key] = read_manifest(folder).method_type
-            except DreamloomError as exc:  # a damaged deployed copy fails its own requests only
-                raise RequestError(f"adapter {key} cannot be read: {exc}") from None
+        if key not in self._methods:  # a damaged deployed copy raises: a server fault (500), not a refusal
+            self._methods[key] = read_manifest(folder).method_type
         return self._methods[key]
 
     def _bytes(self, folders: dict[str, Path]) -> int:
