@@ -1,8 +1,9 @@
 """Seconds per serving mode through the real tritonserver: one image each of txt2img, img2img and
 inpaint on one base at one size, with the base served in a chosen precision. Each mode is asked
 twice and the second answer timed (the first pays for the pipeline's warm-up). The images go to
-``--images``: what a person looks at, beside the numbers. (ControlNet needs a ControlNet trained
-on the base; an SDXL one is beyond a 24 GB CPU machine, so it is not part of this bench.)
+``--images``: what a person looks at, beside the numbers. ``--controlnet ARTIFACT`` adds the
+ControlNet mode: the artifact (a ControlNet trained on the same base) is registered in MLflow,
+promoted and deployed as users deploy it, and follows the scene's edges.
 
     .venv/bin/python bench/modes.py --base-model sdxl-random --size 256 --steps 4 --precision bf16 --images out/
 """
@@ -47,6 +48,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", choices=SERVING_PRECISIONS)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--images", type=Path, help="folder for one PNG per mode")
+    parser.add_argument("--controlnet", type=Path, help="a ControlNet artifact on the same base: adds that mode")
     parser.add_argument("--out", type=Path)
     return parser.parse_args()
 
@@ -80,10 +82,15 @@ def _serve_each_mode(args) -> dict:
     server.start(timeout_s=1800)
     seconds["triton_ready"] = round(time.perf_counter() - started, 1)
     try:
+        adapter = {}
+        if args.controlnet:
+            modes["controlnet"] = {"control_image": encode_image(_edges(scene))}
+            adapter["controlnet"] = _deploy_controlnet(args.controlnet, server, store)
         with ServingClient(server.http_url) as client:
             for mode, extra in modes.items():
                 request = ImageRequest(
                     "a product photo of a red ball on a table",
+                    adapter=adapter.get(mode, ""),
                     mode=mode,
                     width=args.size,
                     height=args.size,
@@ -101,6 +108,22 @@ def _serve_each_mode(args) -> dict:
     finally:
         server.stop()
     return seconds
+
+
+def _edges(scene: Image.Image) -> Image.Image:
+    from dreamloom.usecases.pictures import condition
+
+    return condition(scene, "canny", scene.size)
+
+
+def _deploy_controlnet(artifact: Path, server, store) -> str:
+    from dreamloom.registry import promote, register
+    from dreamloom.serving.deploy import deploy
+
+    version = str(register(artifact, "bench-controlnet").version)
+    promote("bench-controlnet", version, force=True, reason="benchmark")
+    deploy("bench-controlnet@champion", server.http_url, store=store)
+    return "bench-controlnet@champion"
 
 
 if __name__ == "__main__":
