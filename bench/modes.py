@@ -69,7 +69,11 @@ def _serve_each_mode(args) -> dict:
     from dreamloom.serving.server import TritonServer, free_port
 
     store = ServingStore(Path(os.environ["DREAMLOOM_HOME"]) / "store")
-    store.ensure_model("dreamloom", args.base_model, max_batch_size=1, precision=args.precision)
+    # A ControlNet counts against the adapter budget by its file (an SDXL one is 4.7 GB in fp32).
+    budget = 8192 if args.controlnet else 512
+    store.ensure_model(
+        "dreamloom", args.base_model, max_batch_size=1, precision=args.precision, adapter_budget_mib=budget
+    )
     scene, mask = _scene(args.size)
     modes = {
         "txt2img": {},
