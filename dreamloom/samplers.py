@@ -43,18 +43,23 @@ SAMPLERS: dict[str, Sampler] = {
 DEFAULT_SAMPLER = "dpmpp_2m"
 
 
+def _normalized(text: str) -> str:
+    key = re.sub(r"[^a-z0-9]+", "_", text.strip().lower().replace("++", "pp")).strip("_")
+    return re.sub(r"_ancestral$", "_a", key)
+
+
+# Every way a sampler may be written, normalized: its own name and its A1111 label.
+_ALIASES = {**{_normalized(s.a1111): name for name, s in SAMPLERS.items()}, **{name: name for name in SAMPLERS}}
+
+
 def sampler_name(text: str | None) -> str:
     """The canonical name of a sampler written the A1111 or diffusers way; "" or None: the default."""
     if not text or not text.strip():
         return DEFAULT_SAMPLER
-    key = re.sub(r"[^a-z0-9]+", "_", text.strip().lower().replace("++", "pp")).strip("_")
-    key = re.sub(r"_ancestral$", "_a", key)
-    if key in SAMPLERS:
-        return key
-    by_label = {re.sub(r"[^a-z0-9]+", "_", s.a1111.lower().replace("++", "pp")): n for n, s in SAMPLERS.items()}
-    if key in by_label:
-        return by_label[key]
-    raise DreamloomError(f"unknown sampler {text!r}; choose one of {', '.join(SAMPLERS)}")
+    name = _ALIASES.get(_normalized(text))
+    if name is None:
+        raise DreamloomError(f"unknown sampler {text!r}; choose one of {', '.join(SAMPLERS)}")
+    return name
 
 
 # What a sampler sets itself; never carried over from the scheduler a config was read from.

@@ -44,6 +44,15 @@ def weights_size(folder: Path) -> int:
     return sum(path.stat().st_size for path in Path(folder).rglob("*.safetensors"))
 
 
+def check_servable(key: str, method) -> None:
+    """Refuse, naming what to do instead, a method whose artifact replaces the whole UNet."""
+    if method.serves_as_model:
+        raise RequestError(
+            f"adapter {key} is a {method.name} model, which replaces the whole UNet: it is served as its "
+            "own model; call that model instead of passing ADAPTER"
+        )
+
+
 class AdapterCache:
     """Adapters attached to ``pipe`` (the text-to-image pipeline whose components every mode shares)."""
 
@@ -71,11 +80,7 @@ class AdapterCache:
             return self.loaded[key]
         manifest = read_manifest(folder)
         method = manifest.method_type
-        if method.serves_as_model:
-            raise RequestError(
-                f"adapter {key} is a {manifest.method} model, which replaces the whole UNet: it is served as its "
-                "own model; call that model instead of passing ADAPTER"
-            )
+        check_servable(key, method)
         size = weights_size(folder)
         if size > self.budget_bytes:
             raise RequestError(f"adapter {key} ({size >> 20} MiB) is larger than the adapter memory budget")

@@ -19,7 +19,7 @@ import torch
 
 from dreamloom.methods.peft_layers import per_sample_adapters
 from dreamloom.samplers import make_scheduler
-from dreamloom.serving.adapters import AdapterCache, LoadedAdapter, sample_adapters, weights_size
+from dreamloom.serving.adapters import AdapterCache, LoadedAdapter, check_servable, sample_adapters, weights_size
 from dreamloom.serving.protocol import (
     IMAGE_INPUTS,
     AdapterUse,
@@ -267,11 +267,7 @@ class Engine:
                     f"{name} is {count} tokens; this model reads at most {tokenizer.model_max_length}: shorten it"
                 )
         for _, (key, folder) in self._resolved(request):
-            if self._method(key, folder).serves_as_model:
-                raise RequestError(
-                    f"adapter {key} is a {self._method(key, folder).name} model, which replaces the whole UNet: it is "
-                    "served as its own model; call that model instead of passing ADAPTER"
-                )
+            check_servable(key, self._method(key, folder))
         images = {name: decode_image(name, getattr(request, name)) for name in IMAGE_INPUTS.get(request.mode, ())}
         if "mask" in images and images["mask"].size != images["init_image"].size:
             (mw, mh), (iw, ih) = images["mask"].size, images["init_image"].size
