@@ -39,8 +39,6 @@ CONCURRENCY = (1, 4, 8)
 
 def main() -> None:
     args = _parse()
-    home = Path(tempfile.mkdtemp(prefix="dreamloom-bench-serve-"))
-    os.environ["DREAMLOOM_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     from dreamloom.logs import quiet_library_logging
@@ -48,7 +46,11 @@ def main() -> None:
 
     apply_quiet_defaults()
     quiet_library_logging()
-    report = run(args, home)
+    # Trained adapters and a Triton store: gigabytes on a real architecture, gone when the bench ends.
+    with tempfile.TemporaryDirectory(prefix="dreamloom-bench-serve-") as scratch:
+        home = Path(scratch)
+        os.environ["DREAMLOOM_HOME"] = str(home)
+        report = run(args, home)
     emit(report, args.out)
 
 
