@@ -167,6 +167,7 @@ def test_the_init_container_writes_the_releases_serving_limits_into_the_model_co
         "triton.queueTimeoutSeconds=7",
         "triton.maxQueueSize=9",
         "triton.precision=bf16",
+        "triton.compile=true",
     )
     (seed,) = one(objects(*values), "Deployment", "-triton")["spec"]["template"]["spec"]["initContainers"]
     checked_in = Path(__file__).parents[1] / "serving" / "model_repository"
@@ -181,6 +182,8 @@ def test_the_init_container_writes_the_releases_serving_limits_into_the_model_co
     queue = config.dynamic_batching.default_queue_policy
     assert queue.default_timeout_microseconds == 7_000_000 and queue.max_queue_size == 9
     assert config.parameters["precision"].string_value == "bf16"
+    assert config.parameters["compile"].string_value == "true"
+    assert config.parameters["channels_last"].string_value == "false"  # not asked for
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
 
 

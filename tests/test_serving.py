@@ -496,6 +496,46 @@ def test_the_engine_serves_the_base_in_the_deployments_precision(served):
     assert Engine(EngineConfig("toy", routes)).txt2img.unet.dtype == torch.float32  # auto, without native bf16
 
 
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+def test_a_compiled_deployment_compiles_before_serving_and_renders_what_eager_renders(served):
+    """Only textual inversion deployed: the UNet and VAE decoder compile during the warm-up (batch
+    and size made dynamic there), later requests of other sizes and batch sizes compile nothing,
+    and each image matches the eager engine's."""
+    from dreamloom.serving.routes import Routes
+
+    _, store, _ = served
+    full = store.latest_routes("dreamloom")
+    embeddings_only = Routes("toy", adapters={"hex-textual-inversion": full.adapters["hex-textual-inversion"]})
+    eager = Engine(EngineConfig("toy", embeddings_only))
+    compiled = Engine(EngineConfig("toy", embeddings_only, compile=True, channels_last=True))
+    assert compiled.compiled == ["vae decoder", "unet"] and eager.compiled == []
+    assert compiled.txt2img.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    compiled.warm_up()
+    graphs = _compiled_graphs()
+    requests = [
+        ImageRequest(f"a <hex-shape> {colour}", adapter="hex-textual-inversion", seed=seed, width=96, height=64, **FAST)
+        for seed, colour in enumerate(("in red", "in blue", "on grey"))
+    ]
+    for got, want in zip(compiled.run(requests), eager.run(requests), strict=True):
+        assert pixel_difference(got, want) < 2.0
+    assert _compiled_graphs() == graphs  # served from the warm-up's graphs: no request waited for a compile
+
+
+def test_a_compiled_deployment_serving_lora_family_adapters_keeps_its_unet_eager(served):
+    """Each batch's mix of LoRAs patches the UNet's layers: compiled, it would recompile per mix."""
+    _, store, _ = served
+    engine = Engine(EngineConfig("toy", store.latest_routes("dreamloom"), compile=True))
+    assert engine.compiled == ["vae decoder"]
+    assert getattr(engine.txt2img.unet, "_compiled_call_impl", None) is None
+    assert engine.txt2img.vae.decoder._compiled_call_impl is not None
+
+
 def test_a_dreambooth_artifact_is_not_an_adapter(served, artifacts):
     _, store, _ = served
     engine_routes = store.latest_routes("dreamloom").with_adapter("db", "1", artifacts["dreambooth"], {"champion": "1"})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dreamloom.cli.options import add_sampler_argument
 from dreamloom.errors import DreamloomError
-from dreamloom.models.precision import SERVING_PRECISIONS
+from dreamloom.serving.repository import add_acceleration_arguments
 
 
 def add_commands(commands) -> None:
@@ -35,12 +35,7 @@ def _add_serve(commands) -> None:
         "--max-request-cost", type=float, help="megapixel-steps one request may cost (default: 4 on CPU, 60 on GPU)"
     )
     command.add_argument("--queue-timeout-s", type=float, default=60.0, help="reject requests waiting longer")
-    command.add_argument(
-        "--precision",
-        choices=SERVING_PRECISIONS,
-        default="auto",
-        help="dtype the base is served in (auto: fp16 on GPUs, bf16 on CPUs with native bf16, else fp32)",
-    )
+    add_acceleration_arguments(command)
     command.set_defaults(handler=_serve)
 
 
@@ -55,6 +50,8 @@ def _serve(args) -> int:
         "max_request_cost": args.max_request_cost,
         "queue_timeout_s": args.queue_timeout_s,
         "precision": args.precision,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
     }
     store.ensure_model(args.model_name, args.base_model, **config)
     store.write_config(args.model_name, replace=True, **config)  # Triton is not running yet: this start's settings

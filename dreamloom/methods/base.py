@@ -134,6 +134,9 @@ class TrainingMethod(ABC):
     # sample with its own (peft adapters and private tokens act per sample); an attention patch or
     # a ControlNet acts on a whole batch, so only requests naming the same one batch together.
     mixes_per_sample: ClassVar[bool] = True
+    # Serving: attaching it leaves the UNet's modules as they are (new token rows only), so a
+    # deployment compiled with torch.compile keeps its compiled UNet (others would recompile it).
+    leaves_unet_unchanged: ClassVar[bool] = False
     # Serving: the generation mode a request through it uses (a ControlNet needs "controlnet").
     serving_mode: ClassVar[str] = "txt2img"
     # Advisor: the nearest method to recommend instead when this one is over a budget.

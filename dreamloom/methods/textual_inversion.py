@@ -111,6 +111,7 @@ class TextualInversionMethod(TrainingMethod):
     artifact_files = (EMBEDDING_FILE,)
     sections = {"textual_inversion": TextualInversionSettings}
     flags = FLAGS
+    leaves_unet_unchanged = True
 
     @property
     def settings(self) -> TextualInversionSettings:

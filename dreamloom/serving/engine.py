@@ -44,6 +44,8 @@ class EngineConfig:
     device: str | None = None
     max_request_cost: float | None = None  # megapixel-steps one request may cost; None: no limit
     precision: str = "auto"  # the dtype the base is loaded in (models.precision.inference_dtype)
+    channels_last: bool = False  # the UNet and VAE in channels-last memory format
+    compile: bool = False  # torch.compile the VAE decoder, and the UNet while no adapter changes it
 
 
 class Engine:
@@ -74,6 +76,64 @@ class Engine:
         self._methods: dict[str, type] = {}  # adapter key -> its training method
         self._sizes: dict[str, int] = {}  # adapter key -> bytes of weights
         self.native_size = self.txt2img.unet.config.sample_size * self.txt2img.vae_scale_factor
+        self.compiled = self._accelerate()
+
+    def _accelerate(self) -> list[str]:
+        """The deployment's memory format and compilation; returns what was compiled. The UNet is
+        compiled only while every deployed adapter leaves it as it is: attaching a LoRA-family
+        adapter or an attention patch changes its modules, and each batch's mix would recompile it
+        (minutes on a CPU), so such a version serves its UNet eager. Compiling happens at the first
+        calls, which ``warm_up`` makes before the version reports ready."""
+        pipe = self.txt2img
+        if self.config.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if not self.config.compile:
+            return []
+        if pipe.unet.device.type == "cpu":
+            import torch._inductor.config as inductor
+
+            # Weights folded into the graph as constants (safe: what is compiled never changes once
+            # served). On a CPU this is the gain: an SD 1.5 UNet step at 256 px in bf16 took 0.97 s
+            # compiled with freezing, 1.19 s eager and 1.36 s compiled without it.
+            inductor.freezing = True
+        pipe.vae.decoder.compile()  # in place: the module keeps its type, every mode decodes through it
+        compiled = ["vae decoder"]
+        changing = sorted(
+            f"{name}/{version}"
+            for name, routes in self.config.routes.adapters.items()
+            for version, folder in routes.versions.items()
+            if not self._method(f"{name}/{version}", Path(folder)).leaves_unet_unchanged
+        )
+        if changing:
+            log.info("the UNet stays eager: adapters %s change its modules per request", ", ".join(changing[:5]))
+        else:
+            pipe.unet.compile()
+            compiled.append("unet")
+        return compiled
+
+    def warm_up(self) -> None:
+        """Compile before serving: a lone 64 px image, then a batch of two at 192 x 128 px, so the
+        graphs compiled the second time take any batch size, width and height (torch.compile
+        makes a dimension dynamic once it changes) and no request waits for a compile. The UNet
+        branches on whether the latent divides by its upsampling factor: sizes in multiples of
+        64 px (SD's) take the warmed graphs; other sizes compile once more, at first use.
+        Nothing to do without ``compile``."""
+        if not self.compiled:
+            return
+        import time
+        from dataclasses import replace
+
+        from dreamloom.serving.protocol import probe_request
+
+        started = time.monotonic()
+        log.info("compiling the %s (minutes on a CPU, before this version reports ready)", " and ".join(self.compiled))
+        second = [replace(probe_request(), seed=seed, width=192, height=128) for seed in range(2)]
+        for batch in ([probe_request()], second):
+            for result in self.run(batch):
+                if isinstance(result, Exception):
+                    raise ModelFault(f"warming up the compiled model failed: {result}")
+        log.info("compiled the %s in %.0f s", " and ".join(self.compiled), time.monotonic() - started)
 
     def run(self, requests: list[ImageRequest]) -> list[np.ndarray | RequestError]:
         results: list[np.ndarray | RequestError | None] = [None] * len(requests)

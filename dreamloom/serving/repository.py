@@ -53,12 +53,16 @@ def model_config(
     queue_timeout_s: float = 60.0,
     max_queue_size: int | None = None,
     precision: str = "auto",
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> str:
     """config.pbtxt, built with Triton's own protobuf: every input but PROMPT optional, one UINT8
     H x W x 3 image out; a request costing more than ``max_request_cost`` megapixel-steps is refused
     (default by hardware); one waiting longer than ``queue_timeout_s`` or beyond ``max_queue_size``
     waiting requests (default 4 batches) is rejected at once with UNAVAILABLE (HTTP 503). The base
-    is loaded in ``precision`` (auto: by hardware; see ``models.precision.inference_dtype``)."""
+    is loaded in ``precision`` (auto: by hardware; see ``models.precision.inference_dtype``), in
+    channels-last format if asked, and with ``compile`` its VAE decoder and (while no adapter
+    changes it) its UNet are compiled and warmed up before a version reports ready."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as triton
 
@@ -80,6 +84,8 @@ def model_config(
     config.parameters["adapter_budget_mib"].string_value = str(adapter_budget_mib)
     inference_dtype("cuda" if gpu else "cpu", precision)  # refuses unknown or impossible ones before writing
     config.parameters["precision"].string_value = precision
+    config.parameters["channels_last"].string_value = str(channels_last).lower()
+    config.parameters["compile"].string_value = str(compile).lower()
     cost = max_request_cost if max_request_cost is not None else DEFAULT_REQUEST_COST["gpu" if gpu else "cpu"]
     config.parameters["max_request_megapixel_steps"].string_value = f"{cost:g}"
     return text_format.MessageToString(config)
@@ -184,6 +190,25 @@ class ServingStore:
         return target
 
 
+def add_acceleration_arguments(parser) -> None:
+    """How the base runs: ``dreamloom serve`` and the chart's config step take the same flags."""
+    parser.add_argument(
+        "--precision",
+        choices=SERVING_PRECISIONS,
+        default="auto",
+        help="dtype the base is served in (auto: fp16 on GPUs, bf16 on CPUs with native bf16, else fp32)",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="UNet and VAE in channels-last memory format (faster on GPUs)"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the VAE decoder and, unless adapters change it, the UNet; "
+        "each version compiles before it reports ready (minutes on a CPU)",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write a fresh model repository (the checked-in ``serving/model_repository`` is one), or with
     ``--config-only`` rewrite an existing model's config.pbtxt (the chart does, before Triton starts)."""
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-request-cost", type=float, help="megapixel-steps per request (default by hardware)")
     parser.add_argument("--queue-timeout-s", type=float, default=60.0)
     parser.add_argument("--max-queue-size", type=int)
-    parser.add_argument("--precision", choices=SERVING_PRECISIONS, default="auto", help="dtype of the served base")
+    add_acceleration_arguments(parser)
     parser.add_argument("--config-only", action="store_true", help="rewrite config.pbtxt of an existing model")
     args = parser.parse_args(argv)
     store = ServingStore(Path(args.out).parent)
@@ -208,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         "queue_timeout_s": args.queue_timeout_s,
         "max_queue_size": args.max_queue_size,
         "precision": args.precision,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
     }
     if args.config_only:
         if not store.versions(args.model_name):

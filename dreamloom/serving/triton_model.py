@@ -38,12 +38,15 @@ class TritonPythonModel:
                 dreambooth=routes.dreambooth,
                 adapter_budget_mib=int(parameters.get("adapter_budget_mib", 512)),
                 precision=parameters.get("precision", "auto"),
+                channels_last=parameters.get("channels_last") == "true",
+                compile=parameters.get("compile") == "true",
                 max_batch=max(1, int(config.get("max_batch_size", 1))),
                 max_request_cost=float(parameters["max_request_megapixel_steps"])
                 if "max_request_megapixel_steps" in parameters
                 else None,
             )
         )
+        self.engine.warm_up()  # a compiled model compiles now, not while a request waits
         self.engine.verify()  # raising here fails this version's load: Triton keeps the previous one
         import triton_python_backend_utils as pb_utils
 
