@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     except DreamloomError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 def _demo(args) -> int:

@@ -1,14 +1,48 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and the exit codes the command line gives them.
 
 Anything raised as a ``DreamloomError`` is printed by the CLI as a plain message (no traceback):
-the message itself must say what is wrong and what to do about it.
+the message itself must say what is wrong and what to do about it. The exit code says which
+kind of problem it was, so a script or a pipeline step can tell them apart:
+
+- 0: done
+- 1: refused by a gate or a check (a promotion the gate refused, a diverged run, failed requests)
+- 2: usage: unknown command or flag, a flag's value of the wrong type (argparse's own code)
+- 3: input problems: a bad config, images, artifact or request
+- 4: a service unreachable (MLflow, Triton, a Ray cluster); the message names the URL
 """
 
 from __future__ import annotations
 
+import re
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_UNREACHABLE = 4
+
 
 class DreamloomError(Exception):
     """A problem with the user's input or environment, explained in the message."""
+
+    exit_code: ClassVar[int] = EXIT_INPUT
+
+
+class Refused(DreamloomError):
+    """A gate or a check said no: the input was well-formed, the result did not pass."""
+
+    exit_code = EXIT_REFUSED
+
+
+class ServiceUnreachable(DreamloomError):
+    """A service the command needs did not answer; ``url`` is where it was looked for."""
+
+    exit_code = EXIT_UNREACHABLE
+
+    def __init__(self, service: str, url: str, cause: str, fix: str):
+        self.url = url
+        super().__init__(f"could not reach {service} at {url} ({cause}); {fix}")
 
 
 class ConfigError(DreamloomError):
@@ -46,6 +80,28 @@ def is_transient(error: BaseException) -> bool:
         return True
     http_status = getattr(error, "get_http_status_code", None)  # an MlflowException
     return callable(http_status) and str(http_status()) in _TRANSIENT_STATUSES
+
+
+def as_user_error(error: BaseException) -> DreamloomError | None:
+    """The error as the user should see it, with its exit code: dreamloom's own, MLflow refusing
+    the credentials, MLflow not answering; None for a bug (its traceback is the report)."""
+    if isinstance(error, DreamloomError):
+        return error
+    if refused := credentials_refused(error):
+        return DreamloomError(refused)
+    if type(error).__name__ == "MlflowException" and _CONNECTION_FAILED.search(str(error)):
+        import mlflow
+
+        return ServiceUnreachable(
+            "MLflow",
+            mlflow.get_tracking_uri(),
+            "connection refused",
+            "start it (`mlflow server`), or set MLFLOW_TRACKING_URI to where it runs",
+        )
+    return None
+
+
+_CONNECTION_FAILED = re.compile(r"Max retries exceeded|Failed to establish a new connection|Connection refused")
 
 
 def credentials_refused(error: BaseException) -> str | None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from dreamloom.errors import DreamloomError, credentials_refused, is_transient
+from dreamloom.errors import as_user_error, is_transient
 
 T = TypeVar("T")
 
@@ -29,9 +29,8 @@ def run_step(work: Callable[[], T], attempts: int = 4, first_wait_s: float = 15.
                 print(f"dreamloom: transient failure ({error}); trying again in {wait:.0f} s", file=sys.stderr)
                 time.sleep(wait)
                 continue
-            if isinstance(error, DreamloomError):
-                raise SystemExit(f"dreamloom: error: {error}") from None
-            if refused := credentials_refused(error):
-                raise SystemExit(f"dreamloom: error: {refused}") from None
+            if known := as_user_error(error):
+                print(f"dreamloom: error: {known}", file=sys.stderr)
+                raise SystemExit(known.exit_code) from None
             raise
     raise AssertionError("unreachable")

@@ -6,6 +6,7 @@ from PIL import Image
 
 from dreamloom import __version__
 from dreamloom.cli import main
+from dreamloom.errors import EXIT_INPUT, EXIT_UNREACHABLE, EXIT_USAGE
 from dreamloom.training.local import train_in_process
 from tests.helpers import draw_images, method_config
 
@@ -16,6 +17,28 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert __version__ in capsys.readouterr().out
+
+
+def test_exit_codes_tell_usage_input_and_unreachable_services_apart(tmp_path, monkeypatch, capsys):
+    """2 usage (argparse), 3 input, 4 a service unreachable, naming where it was looked for (the
+    gate's 1 is in test_registry, the load tool's in test_serving)."""
+    from dreamloom.serving.server import free_port
+
+    with pytest.raises(SystemExit) as usage:
+        main(["train", "--no-such-flag"])
+    assert usage.value.code == EXIT_USAGE
+    capsys.readouterr()
+    assert main(["generate", "--url", "127.0.0.1:1", "--prompt", "x", "--mode", "inpaint", "--out", "o"]) == EXIT_INPUT
+    capsys.readouterr()
+    port = free_port()  # nothing listens there
+    assert main(["generate", "--url", f"127.0.0.1:{port}", "--prompt", "x", "--out", str(tmp_path)]) == EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert f"could not reach Triton at http://127.0.0.1:{port}" in err and "dreamloom serve" in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert main(["registry", "list"]) == EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert f"could not reach MLflow at http://127.0.0.1:{port}" in err and "Traceback" not in err
 
 
 def test_print_config_merges_flags_and_set(tmp_path, capsys):
@@ -33,7 +56,7 @@ def test_invalid_config_exits_2_naming_field_and_choices(tmp_path, capsys):
         ["train", "--method", "textual-inversio", "--data", str(tmp_path), "--instance-prompt", "x", "--output", "o"]
     )
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == EXIT_INPUT
     assert "method" in err and "'dreambooth-lora'" in err and "Traceback" not in err
 
 
@@ -46,7 +69,7 @@ def test_bad_images_are_refused_before_any_model_ray_or_mlflow_work(tmp_path, mo
     was_running = ray.is_initialized()
     code = main([*TRAIN, "--data", str(photos), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == EXIT_INPUT
     assert "broken.png" in err and "small.png" in err and "nothing was written" in err
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "cache" / "models").exists()  # no base model was built or loaded
@@ -81,11 +104,14 @@ def test_generate_local_writes_images_grid_and_index(lora_run, tmp_path, capsys)
 def test_generate_local_refuses_bad_requests(lora_run, tmp_path, capsys):
     result, _, _ = lora_run
     base = ["generate-local", "--artifact", str(result.artifact), "--prompt", "x", "--out", str(tmp_path / "o")]
-    assert main([*base, "--size", "big"]) == 2
+    assert main([*base, "--size", "big"]) == EXIT_INPUT
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
-    assert main([*base, "--steps", "0"]) == 2
+    assert main([*base, "--steps", "0"]) == EXIT_INPUT
     assert "steps must be between 1 and 200" in capsys.readouterr().err
-    assert main(["generate-local", "--artifact", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["generate-local", "--artifact", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o")])
+        == EXIT_INPUT
+    )
     assert "no dreamloom.json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -101,7 +127,10 @@ def test_kohya_commands_round_trip(lora_run, tmp_path, capsys):
     assert (tmp_path / "back" / "dreamloom.json").is_file()
     pickled = tmp_path / "old.pt"
     pickled.write_bytes(b"\x80\x04")
-    assert main(["lora", "import-kohya", str(pickled), "--base-model", "tiny", "--output", str(tmp_path / "x")]) == 2
+    assert (
+        main(["lora", "import-kohya", str(pickled), "--base-model", "tiny", "--output", str(tmp_path / "x")])
+        == EXIT_INPUT
+    )
     assert "never loads pickled" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -110,7 +139,7 @@ def test_resume_without_a_run_says_so_before_any_work(tmp_path, monkeypatch, cap
     monkeypatch.setenv("DREAMLOOM_HOME", str(tmp_path / "home"))
     photos = draw_images(tmp_path / "photos", count=2)
     code = main([*TRAIN, "--data", str(photos), "--output", str(tmp_path / "never-ran"), "--resume"])
-    assert code == 2
+    assert code == EXIT_INPUT
     assert "nothing to resume" in capsys.readouterr().err
 
 
@@ -123,14 +152,14 @@ def test_method_flags_reach_the_config(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "placeholder_token: <my-mug>" in out and "num_vectors: 3" in out
     code = main([*TRAIN, "--method", "controlnet", "--condition", "sketch", "--data", str(tmp_path), "--output", "o"])
-    assert code == 2 and "'scribble'" in capsys.readouterr().err
+    assert code == EXIT_INPUT and "'scribble'" in capsys.readouterr().err
 
 
 def test_generate_local_follows_a_control_image_from_a_photo(tmp_path, capsys):
     photos = draw_images(tmp_path / "photos", count=2)
     artifact = train_in_process(method_config("controlnet", photos, tmp_path / "cn", training__steps=1))
     base = ["generate-local", "--artifact", str(artifact), "--prompt", "a ball", "--steps", "2", "--num-images", "1"]
-    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    assert main([*base, "--out", str(tmp_path / "a")]) == EXIT_INPUT
     assert "needs a control image" in capsys.readouterr().err
     photo = str(photos / "image_0.png")
     assert main([*base, "--control-image", photo, "--control-from-photo", "--out", str(tmp_path / "b")]) == 0
@@ -156,6 +185,6 @@ def test_hypernetwork_import_refuses_code_in_pickles(tmp_path, capsys):
         "--output",
         str(tmp_path / "o"),
     ]
-    assert main(args) == 2
+    assert main(args) == EXIT_INPUT
     assert "refused to unpickle" in capsys.readouterr().err
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "o").exists()

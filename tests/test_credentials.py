@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dreamloom.errors import EXIT_INPUT
 from dreamloom.settings import redacted, without_credentials
 from tests.helpers import draw_images, run_config
 
@@ -96,7 +97,7 @@ def test_an_mlflow_behind_the_charts_auth_refuses_anonymous_callers_and_serves_d
         assert anonymous.value.code == 401
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
-        assert main(["registry", "list"]) == 2  # a message naming the fix, not a traceback
+        assert main(["registry", "list"]) == EXIT_INPUT  # a message naming the fix, not a traceback
         # What the pipeline's pods get from the dreamloom-mlflow Secret:
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "a-long-admin-Passw0rd")

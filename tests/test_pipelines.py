@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,21 @@ import yaml
 from kfp.dsl import Dataset
 
 from components import gate, prepare_data
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import EXIT_INPUT, DreamloomError
 from pipelines import compile_pipeline
 from pipelines.personalize import COMPILED
 from tests.helpers import draw_images
+
+
+@contextmanager
+def stops_with(capsys, pattern: str, code: int = EXIT_INPUT):
+    """A step ending on a refusal: the refusal's exit code, its message on stderr, no traceback."""
+    with pytest.raises(SystemExit) as stopped:
+        yield
+    assert stopped.value.code == code
+    err = capsys.readouterr().err
+    assert re.search(pattern, err) and "Traceback" not in err, err
+
 
 SIDE_EFFECT_TASKS = ("train", "evaluate", "register", "gate", "promote", "deploy")
 
@@ -123,14 +136,14 @@ def test_a_step_retries_transient_failures_and_stops_at_once_on_a_refusal(capsys
         refusals.append(1)
         raise DreamloomError("evaluation needs at least 2 images per prompt")
 
-    with pytest.raises(SystemExit, match="dreamloom: error: evaluation needs at least 2 images per prompt"):
+    with stops_with(capsys, "dreamloom: error: evaluation needs at least 2 images per prompt"):
         run_step(refused, first_wait_s=0)
     assert len(refusals) == 1  # never retried
 
     def bad_request():
         raise ServingError("prompt is empty; send the text to draw", status="400")
 
-    with pytest.raises(SystemExit, match="dreamloom: error: prompt is empty"):
+    with stops_with(capsys, "dreamloom: error: prompt is empty"):
         run_step(bad_request, first_wait_s=0)  # a 400 is a refusal, however it arrives
 
 
@@ -184,18 +197,18 @@ def test_components_run_in_the_dreamloom_image(compiled):
 # ----- components called directly -----
 
 
-def test_prepare_data_refuses_bad_images_before_any_compute(tmp_path):
+def test_prepare_data_refuses_bad_images_before_any_compute(tmp_path, capsys):
     photos = draw_images(tmp_path / "photos", count=3)
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     dataset = Dataset(uri=str(tmp_path / "out" / "dataset"))
-    with pytest.raises(SystemExit, match=r"(?s)dreamloom: error: .*broken\.png"):  # a message, no traceback
+    with stops_with(capsys, r"(?s)dreamloom: error: .*broken\.png"):  # a message, no traceback
         prepare_data.python_func(config=_run_config(photos), dataset=dataset)
     assert not Path(dataset.path).exists()
 
 
-def test_prepare_data_refuses_an_output_chosen_by_the_user(tmp_path):
+def test_prepare_data_refuses_an_output_chosen_by_the_user(tmp_path, capsys):
     config = {**_run_config(draw_images(tmp_path / "photos")), "output": "somewhere"}
-    with pytest.raises(SystemExit, match="remove `output`"):
+    with stops_with(capsys, "remove `output`"):
         prepare_data.python_func(config=config, dataset=Dataset(uri=str(tmp_path / "dataset")))
 
 
@@ -252,7 +265,7 @@ def test_prepare_data_writes_the_prepared_set_that_training_reads_as_it_is(tmp_p
         training_data(pipeline_run_config(other, output=str(tmp_path / "m2"), prepared_data=dataset.path))
 
 
-def test_the_gate_component_judges_without_moving_the_champion(tmp_path):
+def test_the_gate_component_judges_without_moving_the_champion(tmp_path, capsys):
     from dreamloom.registry import Evaluation, register, resolve
     from dreamloom.training.local import train_in_process
     from tests.helpers import run_config
@@ -265,7 +278,7 @@ def test_the_gate_component_judges_without_moving_the_champion(tmp_path):
     assert str(resolve("gated@challenger").version) == version
     with pytest.raises(DreamloomError):
         resolve("gated@champion")
-    with pytest.raises(SystemExit, match="gate config"):
+    with stops_with(capsys, "gate config"):
         gate.python_func(name="gated", version=version, gate_config={"thresholds": "high"})
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from dreamloom.artifacts import read_manifest
 from dreamloom.cli import main
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import EXIT_INPUT, DreamloomError
 from dreamloom.evaluation import evaluate_artifact
 from dreamloom.methods import METHODS as registered_methods
 from dreamloom.models import resolve_base_model
@@ -368,7 +368,7 @@ def test_cli_register_evaluate_promote_list_rollback(artifacts, tmp_path, mlflow
     assert "champion" in listing and "challenger" in listing and "lora" in listing
     assert main(["registry", "rollback", "shoe"]) == 0
     assert "from v2 to v1" in capsys.readouterr().out
-    assert main(["registry", "register", "--artifact", str(tmp_path), "--name", "shoe", "--no-evaluate"]) == 2
+    assert main(["registry", "register", "--artifact", str(tmp_path), "--name", "shoe", "--no-evaluate"]) == EXIT_INPUT
 
 
 def test_the_registry_works_on_a_local_sqlite_file(artifacts, tmp_path, monkeypatch):

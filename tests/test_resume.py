@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from dreamloom.artifacts import read_manifest
+from dreamloom.errors import EXIT_INPUT
 from dreamloom.settings import work_dir
 from dreamloom.tracking import client
 from dreamloom.training.local import train
@@ -119,7 +120,7 @@ def test_a_killed_driver_is_resumed_by_rerunning_with_resume(tmp_path):
 
     refused = _cli(args, env)
     output, _ = refused.communicate(timeout=120)
-    assert refused.returncode == 2
+    assert refused.returncode == EXIT_INPUT
     assert "--resume" in output
 
     # Other settings, or other images, would make the manifest describe a run that never happened.
@@ -127,7 +128,7 @@ def test_a_killed_driver_is_resumed_by_rerunning_with_resume(tmp_path):
     changed = ["--set", "optimizer.learning_rate=0.001", "--set", "lora.rank=8", "--data", str(other)]
     mismatched = _cli([*args, *changed, "--resume"], env)
     output, _ = mismatched.communicate(timeout=120)
-    assert mismatched.returncode == 2, output
+    assert mismatched.returncode == EXIT_INPUT, output
     assert "cannot resume with other settings" in output
     for line in ("optimizer.learning_rate: 0.0001 -> 0.001", "lora.rank: 4 -> 8", "data.content_hash: sha256:"):
         assert line in output

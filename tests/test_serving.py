@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from dreamloom.cli import main
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import EXIT_INPUT, DreamloomError
 from dreamloom.serving.client import ServingClient, ServingError
 from dreamloom.serving.deploy import deploy
 from dreamloom.serving.engine import Engine, EngineConfig
@@ -803,7 +803,7 @@ def test_generate_command_writes_the_images(served, tmp_path, capsys):
 
 def test_generate_command_refuses_bad_input_before_sending(tmp_path, capsys):
     code = main(["generate", "--url", "127.0.0.1:1", "--prompt", "x", "--mode", "inpaint", "--out", str(tmp_path)])
-    assert code == 2
+    assert code == EXIT_INPUT
     assert "needs INIT_IMAGE" in capsys.readouterr().err
 
 

@@ -1,7 +1,9 @@
 """The ``dreamloom`` command line: a thin layer over the library.
 
 Each subcommand lives in a module here; it parses its flags, calls the library and prints where to
-look. Problems the user can fix (``DreamloomError``) are printed as one clear message, exit 2.
+look. Problems the user can fix (``DreamloomError``) are printed as one clear message; the exit
+code says which kind (``dreamloom.errors``: 1 refused by a gate or a check, 2 usage, 3 input, 4 a
+service unreachable).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 
 from dreamloom import __version__
 from dreamloom.cli import advise, convert, generate, pipeline, registry, serving, train, usecases
-from dreamloom.errors import DreamloomError, credentials_refused
+from dreamloom.errors import EXIT_OK, EXIT_USAGE, as_user_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,22 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         code = args.handler(args)
-    except DreamloomError as exc:
-        print(f"dreamloom: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("dreamloom: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        refused = credentials_refused(exc)
-        if refused is None:
+        known = as_user_error(exc)
+        if known is None:
             raise
-        print(f"dreamloom: error: {refused}", file=sys.stderr)
-        return 2
-    return code or 0
+        print(f"dreamloom: error: {known}", file=sys.stderr)
+        return known.exit_code
+    return code or EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import EXIT_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE, DreamloomError
 from dreamloom.serving.protocol import OUTPUT, TENSORS, ImageRequest, to_arrays
 from dreamloom.serving.repository import ADMIN_KEY_ENV, DEFAULT_MODEL
 from dreamloom.serving.server import ADMIN_HEADER
@@ -27,13 +27,20 @@ class ServingError(DreamloomError):
     (HTTP "400", gRPC "StatusCode.INVALID_ARGUMENT", ...); ``refused`` says the request itself was
     at fault, so sending it again cannot help."""
 
-    def __init__(self, message: str, status: str | None = None):
+    def __init__(self, message: str, status: str | None = None, unreachable: bool = False):
         super().__init__(message)
         self.status = status
+        self.unreachable = unreachable
 
     @property
     def refused(self) -> bool:
         return self.status in ("400", "StatusCode.INVALID_ARGUMENT")
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        if self.unreachable or self.status in ("503", "StatusCode.UNAVAILABLE"):
+            return EXIT_UNREACHABLE
+        return EXIT_INPUT if self.refused else EXIT_REFUSED
 
 
 class ServingClient:
@@ -81,8 +88,7 @@ class ServingClient:
                 model or self.model, inputs, outputs=[self._triton.InferRequestedOutput(OUTPUT)]
             )
         except Exception as exc:  # tritonclient raises InferenceServerException (and socket errors)
-            status = exc.status() if callable(getattr(exc, "status", None)) else None
-            raise ServingError(_message(exc), None if status is None else str(status)) from None
+            raise self._error(exc) from None
         return result.as_numpy(OUTPUT)[0]
 
     def generate_many(
@@ -137,6 +143,8 @@ class ServingClient:
         try:
             return call(*args, headers=headers, **options)
         except Exception as exc:
+            if _unreachable(exc):
+                raise self._error(exc) from None
             message = _message(exc)
             if "restricted" in message:
                 raise ServingError(
@@ -144,6 +152,16 @@ class ServingClient:
                     "pass the --store the server was started with)"
                 ) from None
             raise ServingError(f"Triton could not {what}: {message}") from None
+
+    def _error(self, exc: Exception) -> ServingError:
+        if _unreachable(exc):
+            return ServingError(
+                f"could not reach Triton at http://{self.url} ({_message(exc)}); start it with `dreamloom serve`, "
+                "or pass --url with its address",
+                unreachable=True,
+            )
+        status = exc.status() if callable(getattr(exc, "status", None)) else None
+        return ServingError(_message(exc), None if status is None else str(status))
 
     def close(self) -> None:
         """Close the connections (an open keep-alive connection delays Triton's shutdown)."""
@@ -158,6 +176,15 @@ class ServingClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _unreachable(exc: Exception) -> bool:
+    """No answer at all: refused, reset or timed-out connections (tritonclient passes socket errors
+    through over HTTP and reports them as UNAVAILABLE over gRPC)."""
+    if isinstance(exc, OSError):
+        return True
+    status = exc.status() if callable(getattr(exc, "status", None)) else None
+    return status == "StatusCode.UNAVAILABLE" and "connect" in _message(exc).lower()
 
 
 def _message(exc: Exception) -> str:

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import DreamloomError, Refused
 from dreamloom.serving.protocol import check_picture, probe_request
 from dreamloom.serving.repository import DEFAULT_MODEL, ServingStore
 from dreamloom.serving.routes import Routes
@@ -114,7 +114,7 @@ def _deploy(registered, client, store: ServingStore, model: str, progress: bool)
         check_picture(first, f"{name} v{number} on Triton")
     except DreamloomError as failure:
         _roll_back(client, store, triton_model, triton_version, new_model)
-        raise DreamloomError(
+        raise Refused(
             f"deploy of {name} v{number} failed; Triton serves what it served before. Cause: {failure}"
         ) from None
     return DeployResult(name, number, triton_model, triton_version, adapter, ready, time.monotonic() - started)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from dreamloom.config import RunConfig
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import EXIT_INPUT, EXIT_USAGE, DreamloomError
 from dreamloom.settings import work_dir
 from dreamloom.training.job import CONFIG_ENV, ERROR_MARKER, RESULT_MARKER, RESUME_ENV, run_storage
 
@@ -32,14 +32,14 @@ def main() -> int:
     document = os.environ.get(CONFIG_ENV)
     if not document:
         print(f"{ERROR_MARKER}{CONFIG_ENV} is not set; this entrypoint runs as a job on a Ray cluster", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         config = _in_work_folder(RunConfig.model_validate_json(document))
         run_folder = Path(run_storage(config)) / config.effective_run_name
         result = train(config, resume=_resume(os.environ.get(RESUME_ENV, "no"), run_folder))
     except (DreamloomError, ValidationError) as exc:
         print(f"{ERROR_MARKER}{exc}", file=sys.stderr, flush=True)
-        return 2
+        return exc.exit_code if isinstance(exc, DreamloomError) else EXIT_INPUT
     outcome = {
         "mlflow_run_id": result.mlflow_run_id,
         "steps": result.steps,

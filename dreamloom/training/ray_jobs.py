@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from dreamloom.config import RunConfig
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import DreamloomError, ServiceUnreachable
 from dreamloom.settings import tracking_uri, without_credentials
 from dreamloom.tracking import Tag, plain
 from dreamloom.training.job import CONFIG_ENV, ENTRYPOINT, RESUME_ENV, TrainResult
@@ -69,7 +69,12 @@ def train_on_ray(
     try:
         client = JobSubmissionClient(address)
     except (ConnectionError, RuntimeError) as exc:
-        raise DreamloomError(f"cannot reach the Ray Jobs API at {address}: {exc}") from None
+        raise ServiceUnreachable(
+            "the Ray Jobs API",
+            address,
+            str(exc).splitlines()[0],
+            "check --ray-address (http://HEAD:8265) and that the head pod runs",
+        ) from None
     with tempfile.TemporaryDirectory(prefix="dreamloom-job-") as folder:
         staged = stage_data(config, Path(folder))
         _check_upload_size(Path(folder))

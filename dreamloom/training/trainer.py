@@ -20,7 +20,7 @@ from PIL import Image
 
 from dreamloom.config import ValidationSettings
 from dreamloom.data.prepare import PreparedDataset
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import Refused
 from dreamloom.generation import GenerationRequest, generate
 from dreamloom.models.base import (
     LoadedBaseModel,
@@ -366,7 +366,7 @@ def sample_grid_size(validation: ValidationSettings, device: torch.device, unet:
     return validation.images_per_prompt or images, validation.steps or steps
 
 
-class TrainingDiverged(DreamloomError):
+class TrainingDiverged(Refused):
     """The loss or the trained weights stopped being finite numbers."""
 
 
