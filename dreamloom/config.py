@@ -38,6 +38,9 @@ class DataSettings(Section):
     )
     random_flip: bool = Field(False, description="Horizontally flip half of the samples")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Refuse images with more pixels (decompression bombs)")
+    upscale_small_images: bool = Field(
+        True, description="Upscale images smaller than the resolution, with a warning; false refuses them"
+    )
     max_total_pixels: int = Field(
         50_000_000_000, ge=1, description="Refuse folders whose images add up to more pixels (read from headers first)"
     )

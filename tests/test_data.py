@@ -42,16 +42,19 @@ def test_every_bad_file_is_listed_in_one_error_and_nothing_is_written(tmp_path: 
     (source / "bomb.png").write_bytes(_png_bomb_header(100_000, 100_000))
     Image.new("RGB", (40, 40)).save(source / "tiny.png")
     (source / "orphan.txt").write_text("a caption for nothing")
-    Image.new("RGB", (128, 128)).save(source / "animated.gif")
+    frames = [Image.new("RGB", (128, 128), colour) for colour in ("red", "blue")]
+    frames[0].save(source / "animated.gif", save_all=True, append_images=frames[1:])
+    (source / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic")
     (source / "latin1.png").write_bytes((source / "image_0.png").read_bytes())
     (source / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     output = tmp_path / "prepared"
 
     with pytest.raises(DataValidationError) as error:
-        prepare_dataset(source, output, OPTIONS)
+        prepare_dataset(source, output, PrepareOptions(resolution=64, upscale=False))
 
     problems = dict(error.value.problems)
     assert set(problems) == {
+        "phone.heic",
         "corrupt.png",
         "truncated.jpg",
         "notes.jpg",
@@ -62,16 +65,48 @@ def test_every_bad_file_is_listed_in_one_error_and_nothing_is_written(tmp_path: 
         "latin1.png",
     }
     assert "truncated" in problems["truncated.jpg"] or "corrupt" in problems["truncated.jpg"]
-    assert "not a JPEG, PNG or WebP" in problems["notes.jpg"]
+    assert "not a PNG, JPEG, WebP, BMP, TIFF or GIF image" in problems["notes.jpg"]
     assert "decompression bomb" in problems["bomb.png"]
-    assert "too small" in problems["tiny.png"] and "--resolution" in problems["tiny.png"]
+    assert "too small" in problems["tiny.png"] and "data.upscale_small_images=true" in problems["tiny.png"]
     assert "caption without an image" in problems["orphan.txt"]
-    assert "convert to PNG" in problems["animated.gif"]
+    assert "has 2 frames" in problems["animated.gif"] and "convert to PNG" in problems["phone.heic"]
     assert "UTF-8" in problems["latin1.png"]
     message = str(error.value)
-    assert "8 problem(s)" in message and "nothing was written" in message
+    assert "9 problem(s)" in message and "nothing was written" in message
     assert not output.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["photos"]  # no staging folders left behind
+
+
+def test_small_images_are_upscaled_with_a_warning_naming_them_unless_refused(tmp_path: Path, caplog):
+    source = draw_images(tmp_path / "photos", count=2)
+    Image.new("RGB", (48, 40), "orange").save(source / "small.png")
+    with caplog.at_level("WARNING", logger="dreamloom.data.prepare"):
+        dataset = prepare_dataset(source, tmp_path / "prepared", OPTIONS)
+    assert "1 image(s) smaller than the training size" in caplog.text and "small.png (48x40)" in caplog.text
+    assert "image_0.png" not in caplog.text  # only the upscaled one is named
+    assert {Image.open(dataset.root / item.image).size for item in dataset.items} == {(64, 64)}
+    with pytest.raises(DataValidationError, match=r"small.png: 48x40 is too small for 64x64"):
+        prepare_dataset(source, tmp_path / "refused", PrepareOptions(resolution=64, upscale=False))
+    assert not (tmp_path / "refused").exists()
+
+
+def test_training_and_serving_accept_the_same_still_formats_and_refuse_animations(tmp_path: Path):
+    """PNG, JPEG, WebP, BMP, TIFF and GIF stills train and serve alike; an animation is refused by both."""
+    from dreamloom.serving.protocol import RequestError, decode_image
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    picture = Image.new("RGB", (64, 64), (200, 80, 20))
+    for suffix, options in {".png": {}, ".jpg": {}, ".webp": {}, ".bmp": {}, ".tiff": {}, ".gif": {}}.items():
+        picture.save(source / f"still{suffix}", **options)
+        served = decode_image("init_image", (source / f"still{suffix}").read_bytes())
+        assert served.size == (64, 64) and served.mode == "RGB", suffix
+    dataset = prepare_dataset(source, tmp_path / "prepared", OPTIONS)
+    assert len(dataset.items) == 6
+    pages = tmp_path / "pages.tiff"
+    picture.save(pages, save_all=True, append_images=[Image.new("RGB", (64, 64), "blue")])
+    with pytest.raises(RequestError, match="INIT_IMAGE cannot be decoded: has 2 frames"):
+        decode_image("init_image", pages.read_bytes())
 
 
 def test_empty_and_missing_folders_are_refused(tmp_path: Path):

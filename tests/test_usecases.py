@@ -11,7 +11,7 @@ from PIL import Image
 
 from dreamloom.cli import main
 from dreamloom.data.conditions import extract
-from dreamloom.errors import DreamloomError
+from dreamloom.errors import EXIT_INPUT, DreamloomError
 from dreamloom.serving.client import ServingClient
 from dreamloom.serving.deploy import deploy
 from dreamloom.serving.repository import ServingStore
@@ -116,7 +116,7 @@ def test_an_ad_job_writes_its_pictures_and_a_recipe_that_renders_them_again(endp
 
     elsewhere = yaml.safe_load((out / "recipe.yaml").read_text()) | {"model": "shoe-dreambooth"}
     (out / "recipe.yaml").write_text(yaml.safe_dump(elsewhere))  # a recipe names the model it was made with
-    assert main(["ad", "--url", url, "--recipe", str(out), "--out", str(tmp_path / "third")]) == 2
+    assert main(["ad", "--url", url, "--recipe", str(out), "--out", str(tmp_path / "third")]) == EXIT_INPUT
     assert "shoe-dreambooth" in capsys.readouterr().err and not (tmp_path / "third").exists()
 
 
@@ -153,7 +153,7 @@ def test_an_ad_in_a_style_differs_from_the_plain_product(endpoint, tmp_path):
                 "--layout-adapter",
                 "layout-canny@champion",
             ],
-            "layout .* cannot be used: not a JPEG, PNG or WebP",
+            "layout .* cannot be used: not a PNG, JPEG, WebP, BMP, TIFF or GIF image",
         ),
         (
             ["--product", "hex@champion", "--prompt", "a shape", "--style", "layout-canny@champion"],
@@ -168,7 +168,7 @@ def test_bad_ad_input_is_refused_before_generating_and_writes_nothing(endpoint, 
     (tmp_path / "BRIEF").write_text(yaml.safe_dump({"subject": "a shape"}))
     (tmp_path / "NOTIMAGE").write_text("a sketch, in words")
     flags = [str(tmp_path / f) if f in ("EMPTY", "BRIEF", "NOTIMAGE") else f for f in flags]
-    assert main(["ad", "--url", url, *flags, *FAST, "--out", str(tmp_path / "out")]) == 2
+    assert main(["ad", "--url", url, *flags, *FAST, "--out", str(tmp_path / "out")]) == EXIT_INPUT
     import re
 
     assert re.search(message, capsys.readouterr().err)
@@ -204,7 +204,7 @@ def test_tryon_refuses_a_mask_of_another_size(endpoint, tmp_path, capsys):
         ["tryon", "--url", url, "--garment", "hex@champion", "--person", str(person), "--mask", str(mask), "--prompt",
          "a shape", "--out", str(tmp_path / "out")]
     )  # fmt: skip
-    assert code == 2 and "is 32x32 but the picture is 64x64" in capsys.readouterr().err
+    assert code == EXIT_INPUT and "is 32x32 but the picture is 64x64" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -315,7 +315,7 @@ def test_a_class_with_too_few_images_is_refused_before_anything_runs(endpoint, t
         extra.unlink()
     command = ["augment", "--data", str(train), "--eval-data", str(held_out), "--url", url, "--out",
                str(tmp_path / "out"), "--preset", "toy"]  # fmt: skip
-    assert main(command) == 2
+    assert main(command) == EXIT_INPUT
     error = capsys.readouterr().err
     assert "class 'cross' in" in error and "has 1 images; at least 3 are needed" in error
     assert not (tmp_path / "out").exists()

@@ -90,6 +90,9 @@ def _add_prepare(commands) -> None:
     command.add_argument("--resolution", type=int, default=512)
     command.add_argument("--bucketing", action="store_true", help="aspect-ratio buckets instead of center crops")
     command.add_argument("--max-image-pixels", type=int, default=50_000_000)
+    command.add_argument(
+        "--no-upscale", action="store_true", help="refuse images smaller than the resolution instead of upscaling them"
+    )
     command.set_defaults(handler=_prepare)
 
 
@@ -97,7 +100,10 @@ def _prepare(args) -> None:
     from dreamloom.data import PrepareOptions, prepare_dataset
 
     options = PrepareOptions(
-        resolution=args.resolution, bucketing=args.bucketing, max_image_pixels=args.max_image_pixels
+        resolution=args.resolution,
+        bucketing=args.bucketing,
+        max_image_pixels=args.max_image_pixels,
+        upscale=not args.no_upscale,
     )
     dataset = prepare_dataset(args.data, args.out, options)
     print(f"prepared {len(dataset.items)} images into {dataset.root} ({dataset.dataset_hash})")

@@ -1,8 +1,10 @@
 """Opening one user image safely and turning it into 8-bit RGB.
 
-Refused (``ImageProblem``): files that are not images, formats other than JPEG/PNG/WebP,
-truncated or corrupt files, and images whose pixel count exceeds the limit (decompression bombs:
-checked from the header, before any pixels are decoded).
+Training data, evaluation references and serving requests all open pictures here, so they accept
+the same formats. Refused (``ImageProblem``): files that are not images, formats other than
+PNG/JPEG/WebP/BMP/TIFF/GIF, animations and multi-page files, truncated or corrupt files, and
+images whose pixel count exceeds the limit (decompression bombs: checked from the header, before
+any pixels are decoded).
 Converted: EXIF orientation, CMYK, 16-bit and 32-bit grayscale, palettes, alpha (composited on
 white, the usual backdrop of product shots), grayscale and bilevel images.
 """
@@ -11,14 +13,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-# Image files we recognise but do not accept; named in the error instead of being ignored.
-UNSUPPORTED_IMAGE_SUFFIXES = {".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl"}
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# Image files we recognise but cannot decode; named in the error instead of being ignored.
+UNSUPPORTED_IMAGE_SUFFIXES = {".heic", ".heif", ".avif", ".jxl"}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -33,7 +37,7 @@ def image_files(folder: Path) -> list[Path]:
     if refused:
         raise DreamloomError(
             f"{folder}: {', '.join(refused[:5])}{' ...' if len(refused) > 5 else ''} are in formats that are "
-            "not supported; convert them to PNG, JPEG or WebP"
+            "not supported; convert them to PNG or JPEG"
         )
     return [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
 
@@ -42,18 +46,26 @@ class ImageProblem(Exception):
     """Why one file cannot be used, phrased for the person who supplied it."""
 
 
-def open_rgb(path: Path, max_pixels: int) -> Image.Image:
-    """Decode ``path`` fully and return it upright, as 8-bit RGB."""
+def open_rgb(
+    source: Path | IO[bytes], max_pixels: int, limit_setting: str | None = "data.max_image_pixels"
+) -> Image.Image:
+    """Decode ``source`` (a path or an open binary file) fully and return it upright, as 8-bit RGB;
+    a refusal for size names ``limit_setting`` as the way to allow more."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=SUPPORTED_FORMATS) as image:
+            with Image.open(source, formats=SUPPORTED_FORMATS) as image:
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1:
+                    raise ImageProblem(
+                        f"has {frames} frames (an animation or a multi-page file); save the one you want as a PNG"
+                    )
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageProblem(
                         f"{width}x{height} is {width * height:,} pixels, over the limit of "
                         f"{max_pixels:,} (a decompression bomb or a needlessly huge file); "
-                        "downscale it or raise data.max_image_pixels"
+                        f"downscale it{f' or raise {limit_setting}' if limit_setting else ''}"
                     )
                 image.load()
                 upright = ImageOps.exif_transpose(image)
@@ -61,7 +73,7 @@ def open_rgb(path: Path, max_pixels: int) -> Image.Image:
     except ImageProblem:
         raise
     except UnidentifiedImageError:
-        raise ImageProblem("not a JPEG, PNG or WebP image (unreadable or another format)") from None
+        raise ImageProblem(f"not a {FORMAT_NAMES} image (unreadable or another format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageProblem("refused as a decompression bomb; downscale it") from None
     except (OSError, SyntaxError, ValueError) as exc:

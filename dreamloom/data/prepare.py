@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from PIL import Image
 
 from dreamloom.data import conditions
 from dreamloom.data.images import (
+    FORMAT_NAMES,
     IMAGE_SUFFIXES,
     UNSUPPORTED_IMAGE_SUFFIXES,
     ImageProblem,
@@ -30,6 +32,7 @@ from dreamloom.data.images import (
 from dreamloom.errors import DataValidationError, DreamloomError
 from dreamloom.files import sha256_file, staged_folder
 
+log = logging.getLogger(__name__)
 MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
 CAPTION_SUFFIX = ".txt"
@@ -46,6 +49,7 @@ class PrepareOptions:
     max_image_pixels: int = 50_000_000
     max_total_pixels: int = 50_000_000_000  # the whole folder's decode work (about 4,000 phone photos)
     condition: str | None = None  # ControlNet: canny, scribble, mask or user
+    upscale: bool = True  # images smaller than their target are upscaled (warned); False refuses them
     canny_thresholds: tuple[int, int] = (100, 200)
 
     @property
@@ -177,6 +181,10 @@ class _Candidate:
     target: tuple[int, int]
     companion: Path | None = None
 
+    @property
+    def upscaled(self) -> bool:
+        return self.target[0] > self.size[0] or self.target[1] > self.size[1]
+
 
 @dataclass
 class _Listing:
@@ -234,7 +242,7 @@ def inspect_folder(source: Path, options: PrepareOptions) -> list[_Candidate]:
     listing = _list_folder(source)
     problems = listing.problems
     if not listing.images and not problems:
-        problems.append(("(folder)", "no images found: add .jpg, .png or .webp files (captions as name.txt)"))
+        problems.append(("(folder)", f"no images found: add {FORMAT_NAMES} files (captions as name.txt)"))
     _check_total_pixels(source, listing, options)
     caption_owners: dict[str, Path] = {}
     candidates = []
@@ -260,7 +268,21 @@ def inspect_folder(source: Path, options: PrepareOptions) -> list[_Candidate]:
                 problems.append((companion.name, f"condition without an image (expected {stem}.png beside it)"))
     if problems:
         raise DataValidationError(str(source), sorted(problems))
+    _warn_upscaled([c for c in candidates if c.upscaled], options)
     return candidates
+
+
+def _warn_upscaled(upscaled: list[_Candidate], options: PrepareOptions) -> None:
+    """Upscaled pictures train on blurred detail: say which, as kohya and diffusers do not."""
+    if not upscaled:
+        return
+    sizes = ", ".join(f"{c.path.name} ({c.size[0]}x{c.size[1]})" for c in upscaled[:5])
+    more = f" and {len(upscaled) - 5} more" if len(upscaled) > 5 else ""
+    log.warning(
+        "%d image(s) smaller than the training size at resolution %d were upscaled: %s%s. Their detail will be "
+        "soft; use larger originals, a lower resolution, or data.upscale_small_images=false to refuse them",
+        len(upscaled), options.resolution, sizes, more,
+    )  # fmt: skip
 
 
 def _check_total_pixels(source: Path, listing: _Listing, options: PrepareOptions) -> None:
@@ -287,10 +309,11 @@ def _inspect_image(path: Path, listing: _Listing, options: PrepareOptions) -> _C
     caption = _read_caption(listing.captions.get(path.stem))
     image = open_rgb(path, options.max_image_pixels)
     target = options.target_size(*image.size)
-    if max(target[0] / image.width, target[1] / image.height) > 1:
+    if not options.upscale and max(target[0] / image.width, target[1] / image.height) > 1:
         raise ImageProblem(
             f"{image.width}x{image.height} is too small for {target[0]}x{target[1]} at resolution "
-            f"{options.resolution}; use a larger image or a lower --resolution"
+            f"{options.resolution} and upscaling is off; use a larger image, a lower --resolution, "
+            "or allow upscaling (data.upscale_small_images=true)"
         )
     companion = None
     marker = options.companion_marker
@@ -324,6 +347,7 @@ def prepare_training_data(settings, controlnet=None, into: Path | None = None) -
         bucket_step=settings.bucket_step,
         max_image_pixels=settings.max_image_pixels,
         max_total_pixels=settings.max_total_pixels,
+        upscale=settings.upscale_small_images,
         condition=controlnet.condition if controlnet else None,
         canny_thresholds=(controlnet.canny_low, controlnet.canny_high) if controlnet else (100, 200),
     )
@@ -368,7 +392,7 @@ def _list_folder(folder: Path) -> _Listing:
         elif suffix == CAPTION_SUFFIX:
             listing.captions[path.stem] = path
         elif suffix in UNSUPPORTED_IMAGE_SUFFIXES:
-            listing.problems.append((path.name, f"{suffix} images are not supported; convert to PNG, JPEG or WebP"))
+            listing.problems.append((path.name, f"{suffix} images cannot be decoded here; convert to PNG or JPEG"))
     return listing
 
 

@@ -158,18 +158,16 @@ def _within(name: str, value, low, high) -> None:
 
 
 def decode_image(name: str, data: bytes, mode: str = "RGB") -> Image.Image:
-    """An uploaded picture, refused if it is not an image or is a decompression bomb."""
+    """An uploaded picture, opened as training opens its images (``data.images``: the same formats,
+    upright, alpha on white, 16-bit scaled), in ``mode``; refused when it cannot be decoded, is
+    animated or is a decompression bomb."""
+    from dreamloom.data.images import ImageProblem, open_rgb
+
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise RequestError(f"{name.upper()} is {image.width}x{image.height}; at most {MAX_IMAGE_PIXELS} pixels")
-        image.load()
-    except RequestError:
-        raise
-    except Exception as exc:  # PIL raises many types for broken files
-        kind = type(exc).__name__
-        raise RequestError(f"{name.upper()} cannot be decoded as an image ({kind}); send PNG or JPEG") from None
-    return image.convert(mode)
+        image = open_rgb(io.BytesIO(data), MAX_IMAGE_PIXELS, limit_setting=None)
+    except ImageProblem as problem:
+        raise RequestError(f"{name.upper()} cannot be decoded: {problem}") from None
+    return image if mode == "RGB" else image.convert(mode)
 
 
 def probe_request(mode: str = "txt2img", adapter: str = "") -> ImageRequest:

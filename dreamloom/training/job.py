@@ -87,6 +87,7 @@ def prepare_class_data(config: RunConfig) -> PreparedDataset | None:
         resolution=config.data.resolution,
         max_image_pixels=config.data.max_image_pixels,
         max_total_pixels=config.data.max_total_pixels,
+        upscale=config.data.upscale_small_images,
     )
     folder = work_dir() / "datasets" / f"class-{config.effective_run_name}-{options.key()}"
     return prepare_dataset(config.prior.class_data, folder, options)
