@@ -1,5 +1,5 @@
 """Artifacts to and from the files other tools read: kohya/A1111/ComfyUI adapter files (LoRA,
-DoRA, LoHa, LoKr) and A1111 hypernetworks.
+DoRA, LoHa, LoKr), A1111 hypernetworks and A1111 embeddings.
 
 The method says how its tensors map to the other tool's keys (``export_kohya``, ``import_kohya``);
 this module reads and writes the files, finds the method a file belongs to, and publishes an
@@ -30,6 +30,16 @@ def export_kohya(artifact: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(target), metadata=metadata)
     return target
+
+
+def export_a1111_embedding(artifact: Path, target_folder: Path) -> Path:
+    """The embedding of a textual-inversion or pivotal artifact as A1111 reads it (``NAME.safetensors``)."""
+    from dreamloom.methods.textual_inversion import EMBEDDING_FILE, export_a1111
+
+    manifest = read_manifest(artifact)
+    if not (Path(artifact) / EMBEDDING_FILE).is_file():
+        raise DreamloomError(f"{artifact} is a {manifest.method} artifact; it holds no textual-inversion embedding")
+    return export_a1111(Path(artifact), target_folder)
 
 
 def import_kohya(source: Path, base_model: str, output: Path, trigger_token: str | None = None) -> ArtifactManifest:

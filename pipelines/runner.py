@@ -1,6 +1,10 @@
 """Running the personalize pipeline: on this machine with KFP's local runner, or on a KFP backend."""
 
+import contextlib
 import os
+import re
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,9 +55,14 @@ def check_step_parameters(model_name: str, extra: dict) -> None:
         raise DreamloomError(f"triton_url {url!r} is not HOST:PORT (e.g. dreamloom-triton:8000)")
 
 
-def run_local(arguments: dict, root: Path | None = None, pipeline=None) -> Path:
+LOCAL_RUN_LOG = "run.log"
+
+
+def run_local(arguments: dict, root: Path | None = None, pipeline=None, verbose: bool = False) -> Path:
     """Run every step of ``pipeline`` (default: personalize) in subprocesses of this Python
-    (offline); returns the folder of their outputs."""
+    (offline); returns the folder of their outputs. Unless ``verbose``, KFP's own output (each
+    step's executor input as JSON, its outputs) goes to ``run.log`` in that folder and this
+    prints one line per step and the steps' progress and errors."""
     from kfp import local
 
     from dreamloom.settings import apply_quiet_defaults, tracking_uri, work_dir
@@ -61,11 +70,78 @@ def run_local(arguments: dict, root: Path | None = None, pipeline=None) -> Path:
 
     apply_quiet_defaults()
     root = Path(root or work_dir() / "kfp-local")
+    root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     # Every step (a subprocess) must see this process's work folder and MLflow store.
     with _environment(DREAMLOOM_HOME=str(work_dir()), MLFLOW_TRACKING_URI=tracking_uri()):
-        (pipeline or personalize)(**arguments)
+        if verbose:
+            (pipeline or personalize)(**arguments)
+        else:
+            with _step_lines(root / LOCAL_RUN_LOG) as steps:
+                try:
+                    (pipeline or personalize)(**arguments)
+                except RuntimeError as failed:  # KFP's "Pipeline ... finished with status FAILURE"
+                    raise DreamloomError(
+                        f"step {steps.failed or '?'} failed: {_plain(str(failed)).splitlines()[0]}; "
+                        f"its output is in {root / LOCAL_RUN_LOG}"
+                    ) from None
     return root
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([\w-]+)'")
+_FINISHED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+# What the steps print for people: progress bars and errors (a Ray worker's lines carry its prefix).
+_PASSED_THROUGH = re.compile(r"^\s*(\([^)]*\)\s*)?(\[[\w .-]+\] |dreamloom: )")
+
+
+def _plain(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+class _StepLines:
+    """A stdout for KFP's local runner: everything to the log file; to the terminal, one line per
+    finished step, and the lines the steps themselves print for people (progress bars, errors)."""
+
+    def __init__(self, log, terminal):
+        self.log, self.terminal = log, terminal
+        self.started: dict[str, float] = {}
+        self.failed: str | None = None
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._show(_plain(line))
+        return len(text)
+
+    def _show(self, line: str) -> None:
+        if started := _STARTED.search(line):
+            self.started[started[1]] = time.monotonic()
+        elif finished := _FINISHED.search(line):
+            name, status = finished[1], finished[2]
+            seconds = time.monotonic() - self.started.get(name, time.monotonic())
+            if status != "SUCCESS":
+                self.failed = name
+            print(f"[pipeline] {name}: {status.lower()} ({seconds:.0f} s)", file=self.terminal, flush=True)
+        elif _PASSED_THROUGH.match(line):
+            print(f"  {line.strip()}", file=self.terminal, flush=True)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextmanager
+def _step_lines(log_file: Path):
+    with open(log_file, "a", encoding="utf-8") as log:
+        lines = _StepLines(log, sys.stdout)
+        with contextlib.redirect_stdout(lines):
+            yield lines
 
 
 @contextmanager

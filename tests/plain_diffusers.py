@@ -66,8 +66,10 @@ def load(case: dict):
             pipe.load_textual_inversion(
                 tensors["clip_g"], token=case["token"], text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
             )
-        else:
-            pipe.load_textual_inversion(embeddings, token=case["token"])
+        else:  # no token=: the file's key is its token, as diffusers' own textual-inversion files are
+            pipe.load_textual_inversion(embeddings)
+            if case["token"] not in pipe.tokenizer.get_vocab():
+                raise SystemExit(f"the embedding registered no {case['token']} token")
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -1,6 +1,7 @@
 """Each method in-process (no Ray): resume, artifacts, loading, and what each method promises."""
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +68,39 @@ def test_textual_inversion_trains_only_the_new_rows_and_loads_in_plain_diffusers
     assert [tuple(p.shape) for p in trainable] == [(2, 32)]  # two vectors of width 32, nothing else
     artifact = train_in_process(config)
     tensors = load_file(str(artifact / "learned_embeds.safetensors"))
-    assert list(tensors) == ["emb_params"] and tuple(tensors["emb_params"].shape) == (2, 32)  # A1111 layout
+    # keyed by the token: diffusers registers it (and <sks-ball>_1) without being told; A1111 reads one key
+    assert list(tensors) == ["<sks-ball>"] and tuple(tensors["<sks-ball>"].shape) == (2, 32)
 
     plain = _base_pipe()
-    plain.load_textual_inversion(str(artifact / "learned_embeds.safetensors"), token="<sks-ball>")
+    plain.load_textual_inversion(str(artifact / "learned_embeds.safetensors"))
+    assert {"<sks-ball>", "<sks-ball>_1"} <= set(plain.tokenizer.get_vocab())
     loaded, _ = load_artifact_pipeline(artifact)
     base = _base_pipe()
     assert np.array_equal(_render(plain), _render(loaded))
     assert np.abs(_render(loaded) - _render(base)).mean() > 0.5
     other = "a photo of a red ball"  # the model itself is untouched: other prompts render as before
     assert np.array_equal(_render(loaded, other), _render(base, other))
+
+
+def test_an_embedding_exports_for_a1111_named_after_its_token_and_old_layouts_still_load(photos, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from dreamloom.artifacts import read_manifest, write_manifest
+    from dreamloom.cli import main
+
+    artifact = train_in_process(method_config("textual-inversion", photos, tmp_path / "ti", training__steps=1))
+    assert main(["textual-inversion", "export-a1111", str(artifact), "--out", str(tmp_path / "embeddings")]) == 0
+    exported = tmp_path / "embeddings" / "sks-ball.safetensors"  # A1111's prompt word is the file's name
+    assert "write sks-ball" in capsys.readouterr().out
+    original = load_file(str(artifact / "learned_embeds.safetensors"))
+    assert torch.equal(load_file(str(exported))["<sks-ball>"], original["<sks-ball>"])
+    rendered = _render(load_artifact_pipeline(artifact)[0])
+    # a file in the older A1111 layout (emb_params, the token only in the run config) loads the same
+    legacy = tmp_path / "legacy"
+    shutil.copytree(artifact, legacy)
+    save_file({"emb_params": original["<sks-ball>"]}, str(legacy / "learned_embeds.safetensors"))
+    write_manifest(legacy, read_manifest(legacy, verify=False))
+    assert np.array_equal(_render(load_artifact_pipeline(legacy)[0]), rendered)
 
 
 def test_sdxl_textual_inversion_has_an_embedding_per_text_encoder(photos, tmp_path):

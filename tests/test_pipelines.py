@@ -328,27 +328,33 @@ def test_the_pipeline_runs_locally_end_to_end_and_deploys_when_the_gate_passes(t
 
 
 @pytest.mark.slow
-def test_a_refusing_gate_stops_the_pipeline_before_promotion_and_deploy(tmp_path, triton):
+def test_a_refusing_gate_stops_the_pipeline_before_promotion_and_deploy(tmp_path, triton, capsys):
+    """Through the CLI, as a user runs it: one line per step, KFP's executor dumps only in the run's
+    log, and a last line naming the registered version and where to look."""
+    from dreamloom.cli import main
     from dreamloom.registry import resolve
-    from pipelines.runner import run_local
 
     server, store = triton
     before = store.versions("dreamloom")
-    arguments = _arguments(
-        tmp_path,
-        "refused",
-        gate_config={"thresholds": {"dino": 5.0}},
-        triton_url=server.http_url,
-        serving_store=str(store.root),
-    )
+    _arguments(tmp_path, "refused")  # writes run.yaml
+    (tmp_path / "gate.yaml").write_text(yaml.safe_dump({"thresholds": {"dino": 5.0}}))
     callers = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "DREAMLOOM_HOME")}
-    root = run_local(arguments, tmp_path / "kfp")
+    command = ["pipeline", "run", "--local", str(tmp_path / "run.yaml"), "--model-name", "refused"]
+    options = ["--gate", str(tmp_path / "gate.yaml"), "--eval-steps", "2", "--eval-images-per-prompt", "2"]
+    serving = ["--triton-url", server.http_url, "--serving-store", str(store.root)]
+    assert main([*command, *options, *serving]) == 0
     assert {name: os.environ.get(name) for name in callers} == callers  # the steps saw them; the caller keeps its own
     assert str(resolve("refused@challenger").version) == "1"
     with pytest.raises(DreamloomError):
         resolve("refused@champion")
     assert store.versions("dreamloom") == before
+    out = capsys.readouterr().out
+    assert "executor_input" not in out and "[pipeline] train: success" in out and "[pipeline] gate: success" in out
+    assert "[train] " in out  # the training progress still shows
+    assert "registered refused v1 (challenger)" in out.splitlines()[-3]
+    root = Path(out.split("outputs  ")[1].split()[0])
     assert not list(root.rglob("promote")) and not list(root.rglob("deploy"))
+    assert "Got executor_input" in (root / "run.log").read_text()
 
 
 def test_bad_pipeline_arguments_are_refused_before_anything_runs(tmp_path):

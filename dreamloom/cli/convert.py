@@ -1,4 +1,5 @@
-"""Format conversions: kohya/A1111 adapter files (LoRA, DoRA, LoHa, LoKr), A1111 hypernetworks."""
+"""Format conversions: kohya/A1111 adapter files (LoRA, DoRA, LoHa, LoKr), A1111 hypernetworks and
+embeddings."""
 
 from __future__ import annotations
 
@@ -58,6 +59,25 @@ def _import_a1111(args) -> None:
     print(f"imported {args.file} as {args.output}")
 
 
+def _add_textual_inversion(commands) -> None:
+    embedding = commands.add_parser("textual-inversion", help="textual-inversion embedding conversions")
+    actions = embedding.add_subparsers(title="actions", metavar="ACTION")
+    export = actions.add_parser(
+        "export-a1111", help="write the embedding as A1111 reads it: NAME.safetensors, NAME being the prompt word"
+    )
+    export.add_argument("artifact", type=Path, help="a textual-inversion or pivotal artifact")
+    export.add_argument("--out", type=Path, required=True, help="a folder (A1111's embeddings/)")
+    export.set_defaults(handler=_export_a1111)
+
+
+def _export_a1111(args) -> None:
+    from dreamloom.interop import export_a1111_embedding
+
+    target = export_a1111_embedding(args.artifact, args.out)
+    print(f"wrote {target}; in A1111 prompts write {target.stem}")
+
+
 def add_commands(commands) -> None:
     _add_lora(commands)
     _add_hypernetwork(commands)
+    _add_textual_inversion(commands)

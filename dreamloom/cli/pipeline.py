@@ -31,6 +31,9 @@ def add_commands(commands) -> None:
         )
         if name == "run":
             action.add_argument("--local", action="store_true", required=True, help="run with KFP's local runner")
+            action.add_argument(
+                "--verbose", action="store_true", help="show KFP's own output (each step's executor input and outputs)"
+            )
             action.set_defaults(handler=_run)
         else:
             action.add_argument("--host", required=True, help="KFP API address, e.g. http://localhost:8080")
@@ -78,10 +81,25 @@ def _arguments(args) -> dict:
 
 
 def _run(args) -> None:
-    from pipelines.runner import run_local
+    from pipelines.runner import LOCAL_RUN_LOG, run_local
 
-    root = run_local(_arguments(args))
-    print(f"pipeline finished; each step's outputs are under {root}")
+    root = run_local(_arguments(args), verbose=args.verbose)
+    print(f"pipeline finished: {_registered(args.model_name)}\n  outputs  {root}")
+    if not args.verbose:
+        print(f"  log      {root / LOCAL_RUN_LOG}")
+
+
+def _registered(name: str) -> str:
+    """What the run left in the registry: the newest version of ``name`` and its aliases."""
+    from dreamloom.errors import DreamloomError
+    from dreamloom.registry import list_versions
+
+    try:
+        newest = max(list_versions(name), key=lambda row: row.version)
+    except (DreamloomError, ValueError):
+        return f"nothing registered as {name}"
+    aliases = ", ".join(newest.aliases) or "no alias"
+    return f"registered {name} v{newest.version} ({aliases}); see `dreamloom registry list {name}`"
 
 
 def _submit(args) -> None:

@@ -2,12 +2,18 @@
 
 The placeholder (``<concept>``, with ``<concept>_1`` ... for extra vectors, as diffusers names
 them) is added to each tokenizer, and each text encoder's token embedding gets the new rows as
-the only trainable parameter. The artifact is a few-KB safetensors file in A1111's layout
-(``emb_params``; SDXL: ``clip_l`` and ``clip_g``) that ``pipe.load_textual_inversion`` also reads.
+the only trainable parameter. The artifact is a few-KB safetensors file in the layout diffusers
+and A1111 read: for SD 1.x/2.x one tensor keyed by the token itself, so
+``pipe.load_textual_inversion(file)`` registers the right token without ``token=`` (A1111 takes
+any single key and names the embedding after the file: ``export_a1111`` writes ``NAME.safetensors``);
+for SDXL ``clip_l`` and ``clip_g``, one per text encoder, as A1111 and diffusers' docs load them.
+The token is also in the file's metadata (``placeholder_token``). Files keyed ``emb_params``
+(A1111's older layout, and dreamloom's before) still load.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +29,7 @@ from dreamloom.schema import Section
 
 EMBEDDING_FILE = "learned_embeds.safetensors"
 SDXL_KEYS = ("clip_l", "clip_g")
+LEGACY_KEY = "emb_params"  # A1111's older single-tensor key
 
 # Prompt templates for uncaptioned images, in the spirit of the Textual Inversion paper.
 OBJECT_TEMPLATES = [
@@ -215,7 +222,8 @@ class TextualInversionMethod(TrainingMethod):
     def save_artifact(self, model: LoadedBaseModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         rows = [row.detach().float().cpu().contiguous() for row in self.new_rows(model)]
-        tensors = dict(zip(SDXL_KEYS, rows, strict=True)) if model.is_sdxl else {"emb_params": rows[0]}
+        token = self.settings.placeholder_token
+        tensors = dict(zip(SDXL_KEYS, rows, strict=True)) if model.is_sdxl else {token: rows[0]}
         save_file(
             tensors, str(folder / EMBEDDING_FILE), metadata={"placeholder_token": self.settings.placeholder_token}
         )
@@ -228,9 +236,10 @@ class TextualInversionMethod(TrainingMethod):
         path = Path(folder) / EMBEDDING_FILE
         if not path.is_file():
             raise ArtifactError(f"the {cls.name} artifact lacks {EMBEDDING_FILE}")
-        widths = dict(zip(("emb_params",) if arch.family == "sd" else SDXL_KEYS, arch.text_hidden_sizes, strict=False))
         with safe_open(str(path), "pt") as handle:
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+        keys = SDXL_KEYS if arch.family == "sdxl" else tuple(shapes)[:1] if len(shapes) == 1 else ("<token>",)
+        widths = dict(zip(keys, arch.text_hidden_sizes, strict=False))
         if set(shapes) != set(widths):
             raise ArtifactError(f"{EMBEDDING_FILE} holds {sorted(shapes)}; a {arch.family} base reads {sorted(widths)}")
         for key, shape in shapes.items():
@@ -266,6 +275,9 @@ def read_embedding(folder: Path, config) -> tuple[str, dict[str, torch.Tensor]]:
         raise ArtifactError(f"{folder} lacks {EMBEDDING_FILE}: it is not a complete artifact")
     with safe_open(str(path), "pt") as handle:
         token = (handle.metadata() or {}).get("placeholder_token")
+        keys = list(handle.keys())
+    if token is None and len(keys) == 1 and keys[0] != LEGACY_KEY:
+        token = keys[0]  # diffusers' layout: the key is the token
     if token is None and config is not None:
         token = config.textual_inversion.placeholder_token
     if not token:
@@ -273,11 +285,23 @@ def read_embedding(folder: Path, config) -> tuple[str, dict[str, torch.Tensor]]:
     return token, load_file(str(path))
 
 
+def export_a1111(folder: Path, target_folder: Path) -> Path:
+    """The embedding as A1111 reads it from its ``embeddings`` folder: the same tensors, in a file
+    named after the token (A1111's prompt word), brackets and characters unsafe in file names
+    dropped (``<sks-mug>`` -> ``sks-mug.safetensors``)."""
+    token, tensors = read_embedding(Path(folder), None)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "", token.strip("<>")) or "embedding"
+    target = Path(target_folder) / f"{name}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target), metadata={"placeholder_token": token})
+    return target
+
+
 def _per_text_encoder(pipe, tensors: dict[str, torch.Tensor]):
-    """(tokenizer, text encoder, rows) for each text encoder: A1111's ``emb_params``, or SDXL's
-    ``clip_l`` and ``clip_g``."""
-    if "emb_params" in tensors:
-        return [(pipe.tokenizer, pipe.text_encoder, tensors["emb_params"])]
+    """(tokenizer, text encoder, rows) for each text encoder: one tensor (keyed by its token, or
+    ``emb_params``) for SD 1.x/2.x, SDXL's ``clip_l`` and ``clip_g``."""
+    if len(tensors) == 1 and not set(tensors) & set(SDXL_KEYS):
+        return [(pipe.tokenizer, pipe.text_encoder, next(iter(tensors.values())))]
     missing = [key for key in SDXL_KEYS if key not in tensors]
     if missing or getattr(pipe, "text_encoder_2", None) is None:
         raise ArtifactError(f"the embedding holds {sorted(tensors)}, which does not fit this base's text encoders")
