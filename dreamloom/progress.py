@@ -5,6 +5,7 @@ bars would arrive as noise)."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 
 BAR_WIDTH = 20
@@ -46,6 +47,38 @@ class Progress:
     def rate(self) -> float:
         elapsed = time.perf_counter() - self._started
         return (self.done - self._initial) / elapsed if elapsed > 0 else 0.0
+
+
+class StatusLine:
+    """A status that changes while something is awaited (``waiting for Triton: 12 s``): rewritten
+    in place on a terminal; anywhere else (a log file, CI, a pipeline step) a new line at most
+    every ``interval_s`` and the latest at the end, so a log holds a few lines, not one per poll
+    joined by carriage returns."""
+
+    def __init__(self, interval_s: float = 10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.on_terminal = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval_s = interval_s
+        self._printed_at = float("-inf")
+        self._unprinted: str | None = None
+        self._shown = False
+
+    def show(self, text: str) -> None:
+        self._shown = True
+        if self.on_terminal:
+            print(f"\r{text}", end="", file=self.stream, flush=True)
+        elif time.monotonic() - self._printed_at >= self.interval_s:
+            print(text, file=self.stream, flush=True)
+            self._printed_at, self._unprinted = time.monotonic(), None
+        else:
+            self._unprinted = text
+
+    def close(self) -> None:
+        if self.on_terminal and self._shown:
+            print(file=self.stream, flush=True)
+        elif self._unprinted is not None:
+            print(self._unprinted, file=self.stream, flush=True)
+        self._shown, self._unprinted = False, None
 
 
 class PhaseClock:

@@ -7,7 +7,6 @@ images = client.generate_many(requests, concurrency=4, progress=True)
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +94,9 @@ class ServingClient:
         self, requests: list[ImageRequest], concurrency: int = 4, progress: bool = False, model: str | None = None
     ) -> list[np.ndarray]:
         """Images for ``requests``, ``concurrency`` in flight (so the server can batch them)."""
-        done, started = 0, time.monotonic()
+        from dreamloom.progress import StatusLine
+
+        done, started, status = 0, time.monotonic(), StatusLine()
         results: list[np.ndarray] = []
         with ThreadPoolExecutor(concurrency) as pool:
             for image in pool.map(lambda r: self.generate(r, model), requests):
@@ -103,9 +104,8 @@ class ServingClient:
                 done += 1
                 if progress:
                     rate = done / max(time.monotonic() - started, 1e-9)
-                    print(f"\r[dreamloom] {done}/{len(requests)} images ({rate:.1f}/s)", end="", file=sys.stderr)
-        if progress:
-            print(file=sys.stderr)
+                    status.show(f"[dreamloom] {done}/{len(requests)} images ({rate:.1f}/s)")
+        status.close()
         return results
 
     def ready(self, model: str | None = None) -> bool:

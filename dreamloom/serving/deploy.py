@@ -157,17 +157,15 @@ def _check_same_base(served: Routes, manifest, name: str, model: str) -> None:
 
 
 def _wait_for_version(client, model: str, version: int, progress: bool, timeout_s: float = 600) -> None:
-    started = time.monotonic()
-    while version not in client.model_versions(model):
-        if time.monotonic() - started > timeout_s:
-            raise DreamloomError(f"Triton did not report {model} version {version} ready within {timeout_s:.0f} s")
-        if progress:
-            print(
-                f"\r[dreamloom] waiting for {model} v{version}: {time.monotonic() - started:.0f} s",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        time.sleep(0.1)
-    if progress:
-        print(file=sys.stderr)
+    from dreamloom.progress import StatusLine
+
+    started, status = time.monotonic(), StatusLine()
+    try:
+        while version not in client.model_versions(model):
+            if time.monotonic() - started > timeout_s:
+                raise DreamloomError(f"Triton did not report {model} version {version} ready within {timeout_s:.0f} s")
+            if progress:
+                status.show(f"[dreamloom] waiting for {model} v{version}: {time.monotonic() - started:.0f} s")
+            time.sleep(0.1)
+    finally:
+        status.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import statistics
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from PIL import Image, ImageDraw
 
 from dreamloom.errors import DreamloomError
+from dreamloom.progress import StatusLine
 from dreamloom.serving.protocol import ImageRequest, encode_image
 
 LOAD_MODES = ("txt2img", "img2img", "inpaint")
@@ -105,7 +105,7 @@ def run_load(client, plan: LoadPlan, progress: bool = False) -> LoadReport:
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     errors: list[str] = []
-    lock = threading.Lock()
+    lock, status = threading.Lock(), StatusLine()
     done = 0
 
     def send(request: ImageRequest, record: bool) -> None:
@@ -124,7 +124,7 @@ def run_load(client, plan: LoadPlan, progress: bool = False) -> LoadReport:
             with lock:
                 done += record
                 if progress and record:
-                    print(f"\r[dreamloom] loadtest {done}/{len(measured)}", end="", file=sys.stderr, flush=True)
+                    status.show(f"[dreamloom] loadtest {done}/{len(measured)}")
         if record:
             with lock:
                 latencies.append(time.perf_counter() - began)
@@ -134,8 +134,7 @@ def run_load(client, plan: LoadPlan, progress: bool = False) -> LoadReport:
         started = time.perf_counter()
         list(pool.map(lambda r: send(r, True), measured))
         seconds = time.perf_counter() - started
-    if progress:
-        print(file=sys.stderr)
+    status.close()
     return LoadReport(
         requests=len(measured),
         concurrency=plan.concurrency,

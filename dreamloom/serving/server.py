@@ -147,20 +147,21 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout_s: float, progress: bool = False) -> None:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            if self.process is not None and self.process.poll() is not None:
-                raise DreamloomError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.ready():
-                return
-            if progress:
-                print(
-                    f"\r[dreamloom] waiting for Triton to load {', '.join(self.models)}: "
-                    f"{time.monotonic() - started:.0f} s",
-                    end="",
-                    flush=True,
-                )
-            time.sleep(0.25)
+        from dreamloom.progress import StatusLine
+
+        started, status = time.monotonic(), StatusLine()
+        try:
+            while time.monotonic() - started < timeout_s:
+                if self.process is not None and self.process.poll() is not None:
+                    raise DreamloomError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+                if self.ready():
+                    return
+                if progress:
+                    waited = time.monotonic() - started
+                    status.show(f"[dreamloom] waiting for Triton to load {', '.join(self.models)}: {waited:.0f} s")
+                time.sleep(0.25)
+        finally:
+            status.close()
         self.stop()
         raise DreamloomError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
 
