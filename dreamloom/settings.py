@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def apply_quiet_defaults() -> None:
         "DIFFUSERS_VERBOSITY": "error",
         "TRANSFORMERS_VERBOSITY": "error",
     }
+    if not sys.stdout.isatty():  # a log file or a pipe: Ray's worker prefixes without colour codes
+        defaults["RAY_COLOR_PREFIX"] = "0"
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 

@@ -22,3 +22,19 @@ def test_rays_sockets_fit_whatever_the_work_folder(tmp_path, monkeypatch):
     first = ray_temp_dir()
     monkeypatch.setenv("DREAMLOOM_HOME", str(tmp_path / ("b" * 40) / "home"))
     assert ray_temp_dir() != first  # two work folders never share Ray's session files
+
+
+def test_logs_that_are_not_a_terminal_get_rays_prefixes_without_colour_codes(monkeypatch):
+    import io
+    import os
+    import sys
+
+    from dreamloom.settings import apply_quiet_defaults
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a file or a pipe
+    apply_quiet_defaults()
+    assert os.environ["RAY_COLOR_PREFIX"] == "0"
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "1")  # the user's choice wins
+    apply_quiet_defaults()
+    assert os.environ["RAY_COLOR_PREFIX"] == "1"

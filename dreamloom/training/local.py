@@ -143,6 +143,9 @@ def ensure_ray(config: RunConfig) -> None:
         ray.shutdown()
     _start_where_it_lasts(
         lambda: ray.init(
+            # Always a Ray of its own: without an address Ray joins the newest one on this machine,
+            # so a second run joined the first's (and warned of "multiple active Ray instances").
+            address="local",
             num_cpus=max(local_ray_cpus(), needed_cpus),
             # The dashboard hosts the state API that Ray Train's placement-group cleaner polls.
             include_dashboard=True,
