@@ -346,6 +346,9 @@ def test_cli_register_evaluate_promote_list_rollback(artifacts, tmp_path, mlflow
     assert main(["registry", "register", "--artifact", lora, "--name", "shoe", *quick]) == 0
     out = capsys.readouterr().out
     assert "registered shoe version 2" in out and "clip_t" in out and "tiny-clip" in out
+    # stages, and each prompt as it is scored: a long evaluation never looks hung
+    assert "[register] 1/2 evaluating" in out and "[register] 2/2 registering shoe" in out
+    assert f"[evaluate] {'█' * 20} 2/2 (100%)" in out
     version = resolve("shoe/2")
     logged = {entry.path for entry in client().list_artifacts(version.run_id, "samples")}
     assert logged == {"samples/prompt_00.png", "samples/prompt_01.png"}  # grids beside the version's metrics

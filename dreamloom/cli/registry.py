@@ -138,9 +138,17 @@ def _register(args) -> None:
     if args.eval_run:
         evaluation = evaluation_of_run(args.eval_run)
     elif args.evaluate:
+        print(
+            f"[register] 1/2 evaluating {args.artifact}: every prompt rendered and scored "
+            "(--no-evaluate skips this, --eval-run RUN reuses one)",
+            flush=True,
+        )
         _, evaluation = _run_evaluation(
             args.artifact, args, {"evaluated": Path(args.artifact).name, "artifact": str(args.artifact)}
         )
+    print(
+        f"[register] {'2/2 ' if evaluation and not args.eval_run else ''}registering {args.name} in MLflow", flush=True
+    )
     version = register(args.artifact, args.name, evaluation)
     print(f"registered {args.name} version {version.version}")
 

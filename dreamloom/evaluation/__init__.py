@@ -64,6 +64,7 @@ def evaluate_artifact(artifact: Path, references: Path | None = None, **override
     if folder is None:
         raise DreamloomError("the artifact does not record its training images; pass --references DIR")
     refs = reference_images(Path(folder))
+    print(f"[evaluate] loading {Path(artifact).name} and the CLIP and DINO encoders", flush=True)
     pipe, _ = load_artifact_pipeline(artifact)
     inputs = manifest.method_type.evaluation_inputs(manifest.config, refs[0])
     return evaluate(pipe, refs, settings, resolution=manifest.resolution or None, **inputs), settings

@@ -21,6 +21,7 @@ from PIL import Image
 
 from dreamloom.errors import DreamloomError
 from dreamloom.evaluation.encoders import load_encoder
+from dreamloom.progress import Progress
 
 TEMPLATES = {
     "object": [
@@ -109,6 +110,7 @@ def evaluate(
     dino = load_encoder(settings.dino_encoder, "dino")
     clip_refs, dino_refs = clip.images(references), dino.images(references)
     per_prompt, grids = [], []
+    progress = Progress(len(settings.templates), "evaluate", min_interval_s=0)
     for template in settings.templates:
         prompt = template.format(settings.subject)
         request = GenerationRequest(
@@ -132,6 +134,7 @@ def evaluate(
             }
         )
         grids.append((prompt, make_image_grid(images, rows=1, cols=len(images))))
+        progress.update(dino=per_prompt[-1]["dino"])
     metrics = {name: statistics.fmean(row[name] for row in per_prompt) for name in METRICS}
     return EvalResult(metrics, {"clip": clip.name, "dino": dino.name}, per_prompt, grids)
 
