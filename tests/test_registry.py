@@ -355,6 +355,8 @@ def test_cli_register_evaluate_promote_list_rollback(artifacts, tmp_path, mlflow
     assert float(version.tags["dreamloom.metric.clip_i"]) == pytest.approx(
         client().get_run(version.run_id).data.metrics["clip_i"]
     )
+    linked = client().get_logged_model(version.model_id).metrics  # shown on the logged model's page
+    assert {"clip_t", "clip_i", "dino"} <= {metric.key for metric in linked}
     assert main(["registry", "promote", "shoe", "--version", "1"]) == 0
     gate = tmp_path / "gate.yaml"
     gate.write_text("tolerance: -1.0\n")

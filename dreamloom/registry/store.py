@@ -89,7 +89,7 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
                 pip_requirements=_requirements(),
             )
         if evaluation:
-            registry.log_batch(run_id, metrics=_metrics(evaluation))
+            registry.log_batch(run_id, metrics=_metrics(evaluation, info.model_id))
             for index, (_, grid) in enumerate(evaluation.grids):
                 registry.log_image(run_id, grid, artifact_file=f"samples/prompt_{index:02d}.png")
         tags = {**manifest.lineage().tags(), **_evaluation_tags(evaluation)}
@@ -121,11 +121,12 @@ def _evaluation_tags(evaluation: Evaluation | None) -> dict[str, str]:
     return plain(tags)
 
 
-def _metrics(evaluation: Evaluation):
+def _metrics(evaluation: Evaluation, model_id: str):
+    """The evaluation's metrics, linked to the logged model (MLflow 3 shows them on the model's page)."""
     from mlflow.entities import Metric
 
     stamp = int(time.time() * 1000)
-    return [Metric(k, float(v), stamp, 0) for k, v in evaluation.metrics.items()]
+    return [Metric(k, float(v), stamp, 0, model_id=model_id) for k, v in evaluation.metrics.items()]
 
 
 def _describe(manifest: ArtifactManifest, registry) -> str:

@@ -43,7 +43,23 @@ def open_tracking_run(mlflow, config: RunConfig, base: BaseModelRef, dataset: Pr
             mlflow.log_batch(run_id, params=params[start : start + 100])
         mlflow.log_text(run_id, dump_run_config(config), "run.yaml")
         mlflow.log_artifact(run_id, str(dataset.root / "dataset.json"), "dataset")
+        log_dataset_input(mlflow, run_id, config, dataset)
     return run_id
+
+
+def log_dataset_input(mlflow, run_id: str, config: RunConfig, dataset: PreparedDataset) -> None:
+    """The run's training data as an MLflow dataset input (the UI's Datasets column): where the
+    originals are and the prepared set's content digest, so two runs on the same pictures show it."""
+    import mlflow.data
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    source = Path(dataset.source or config.data.path).absolute()
+    digest = dataset.dataset_hash.split(":")[-1][:32]  # MLflow keeps at most 36 characters
+    entity = MetaDataset(LocalArtifactDatasetSource(str(source)), name=source.name, digest=digest)._to_mlflow_entity()
+    context = InputTag("mlflow.data.context", "training")
+    mlflow.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
 
 
 def run_phases(driver: PhaseClock, worker_metrics: dict) -> PhaseClock:
