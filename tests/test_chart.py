@@ -35,6 +35,8 @@ def pod_specs(documents: list[dict]) -> dict[str, dict]:
         name = f"{document['kind']}/{document['metadata']['name']}"
         if document["kind"] in ("Deployment", "StatefulSet", "Job"):
             specs[name] = document["spec"]["template"]["spec"]
+        elif document["kind"] == "Pod":  # helm test hooks
+            specs[name] = document["spec"]
         elif document["kind"] == "RayCluster":
             cluster = document["spec"]
             specs[f"{name}/head"] = cluster["headGroupSpec"]["template"]["spec"]
@@ -85,6 +87,24 @@ def test_ray_workers_are_a_gpu_group_on_gpu_values_and_a_cpu_group_otherwise():
     assert cpu[0]["groupName"] == "cpu-workers" and GPU not in json.dumps(cpu)
     head = one(objects(values="gpu-values.yaml"), "RayCluster")["spec"]["headGroupSpec"]
     assert GPU not in json.dumps(head) and head["rayStartParams"]["num-gpus"] == "0"
+
+
+def test_helm_test_checks_the_releases_own_triton_and_mlflow():
+    """`helm test` runs `dreamloom check` against this release's Triton Service (by name and HTTP
+    port), with MLflow's credentials and the labels MLflow's network policy admits."""
+    documents = objects("fullnameOverride=shop", "triton.service.httpPort=8100", "triton.models={brand}")
+    pod = one(documents, "Pod", "-test-check")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test" and pod["spec"]["restartPolicy"] == "Never"
+    (check,) = pod["spec"]["containers"]
+    assert check["command"] == ["dreamloom", "check"]
+    arguments = dict(argument.removeprefix("--").split("=", 1) for argument in check["args"])
+    service = one(documents, "Service", "-triton")
+    assert arguments["triton-url"] == f"{service['metadata']['name']}:8100" and arguments["model-name"] == "brand"
+    assert 8100 in {port["port"] for port in service["spec"]["ports"]}
+    assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD"} <= {env["name"] for env in check["env"]}
+    admitted = one(documents, "NetworkPolicy", "-mlflow")["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert admitted["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert not [d for d in objects("triton.enabled=false") if d["kind"] == "Pod"]
 
 
 def test_minio_and_postgres_exist_only_in_development_installs():

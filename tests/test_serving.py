@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from dreamloom.cli import main
-from dreamloom.errors import EXIT_INPUT, DreamloomError
+from dreamloom.errors import EXIT_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE, DreamloomError
 from dreamloom.serving.client import ServingClient, ServingError
 from dreamloom.serving.deploy import deploy
 from dreamloom.serving.engine import Engine, EngineConfig
@@ -799,6 +799,19 @@ def test_generate_command_writes_the_images(served, tmp_path, capsys):
     saved = sorted(out.glob("*.png"))
     assert [p.name for p in saved] == ["000_seed0.png", "001_seed1.png", "002_seed2.png"]
     assert Image.open(saved[0]).size == (64, 64)
+
+
+def test_check_command_proves_mlflow_triton_and_one_image_and_says_which_failed(served, capsys):
+    """What the chart's `helm test` hook runs."""
+    server, _, _ = served
+    assert main(["check", "--triton-url", server.http_url]) == 0
+    out = capsys.readouterr().out
+    assert "[check] ok: MLflow at" in out and f"Triton at {server.http_url} serves 'dreamloom'" in out
+    assert "[check] ok: one image rendered: 64x64" in out
+    assert main(["check", "--triton-url", server.http_url, "--model-name", "missing"]) == EXIT_REFUSED
+    assert "model 'missing' is not ready" in capsys.readouterr().err
+    assert main(["check", "--triton-url", f"127.0.0.1:{free_port()}"]) == EXIT_UNREACHABLE
+    assert "could not reach Triton" in capsys.readouterr().err
 
 
 def test_generate_command_refuses_bad_input_before_sending(tmp_path, capsys):

@@ -17,6 +17,24 @@ def add_commands(commands) -> None:
     _add_deploy(commands)
     _add_generate(commands)
     _add_loadtest(commands)
+    _add_check(commands)
+
+
+def _add_check(commands) -> None:
+    command = commands.add_parser(
+        "check", help="is the deployment answering? MLflow reachable, the Triton model ready, one image rendered"
+    )
+    command.add_argument("--triton-url", required=True, help="Triton's HTTP address, e.g. dreamloom-triton:8000")
+    command.add_argument("--model-name", default="dreamloom")
+    command.add_argument("--tracking-uri", help="MLflow (default: MLFLOW_TRACKING_URI, else the local store)")
+    command.set_defaults(handler=_check)
+
+
+def _check(args) -> None:
+    from dreamloom.serving.smoke import check_deployment
+
+    for line in check_deployment(args.triton_url, args.model_name, args.tracking_uri):
+        print(f"[check] ok: {line}", flush=True)
 
 
 def _add_serve(commands) -> None:
