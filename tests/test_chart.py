@@ -107,6 +107,18 @@ def test_helm_test_checks_the_releases_own_triton_and_mlflow():
     assert not [d for d in objects("triton.enabled=false") if d["kind"] == "Pod"]
 
 
+def test_images_are_pulled_by_digest_when_one_is_given():
+    digest = "sha256:" + "a" * 64
+    documents = objects(f"image.digest={digest}", f"triton.image.digest={digest}", "pipelineUpload.enabled=true")
+    images = {c["image"] for spec in pod_specs(documents).values() for c in containers(spec)}
+    ours = {image for image in images if image.startswith("ghcr.io/dreamloom/")}
+    assert ours == {f"ghcr.io/dreamloom/dreamloom@{digest}", f"ghcr.io/dreamloom/dreamloom-triton@{digest}"}
+    tagged = {c["image"] for spec in pod_specs(objects()).values() for c in containers(spec)}
+    assert "ghcr.io/dreamloom/dreamloom:0.1.0" in tagged  # no digest: the chart's appVersion tag
+    with pytest.raises(RuntimeError, match="digest"):
+        render([], ["image.digest=latest"])
+
+
 def test_minio_and_postgres_exist_only_in_development_installs():
     dev = objects(values="dev-with-minio-values.yaml")
     kinds = {(d["kind"], d["metadata"]["name"]) for d in dev}

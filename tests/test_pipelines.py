@@ -194,6 +194,25 @@ def test_components_run_in_the_dreamloom_image(compiled):
         assert "pip install" not in " ".join(executor["container"]["command"])
 
 
+def test_components_are_pinned_by_digest_when_compiled_for_a_pushed_image(tmp_path):
+    """The images are chosen when the components are defined: compiled in a process of its own."""
+    import subprocess
+    import sys
+
+    digest = "sha256:" + "b" * 64
+    env = {key: value for key, value in os.environ.items() if key != "DREAMLOOM_IMAGE"}
+    command = [sys.executable, "-c", "import sys; from dreamloom.cli import main; sys.exit(main(sys.argv[1:]))"]
+    command += ["pipeline", "compile", "--out", str(tmp_path)]
+    done = subprocess.run([*command, "--image-digest", digest], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"ghcr.io/dreamloom/dreamloom@{digest}" in done.stdout
+    spec = next(yaml.safe_load_all((tmp_path / "personalize.yaml").read_text()))
+    images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"ghcr.io/dreamloom/dreamloom@{digest}"}
+    refused = subprocess.run([*command, "--image-digest", "latest"], env=env, capture_output=True, text=True)
+    assert refused.returncode == EXIT_INPUT and "is not sha256:" in refused.stderr
+
+
 # ----- components called directly -----
 
 

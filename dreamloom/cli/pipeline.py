@@ -10,6 +10,9 @@ def add_commands(commands) -> None:
     actions = command.add_subparsers(title="actions", metavar="ACTION")
     compile_ = actions.add_parser("compile", help="write the pipelines' YAML to upload to the KFP UI")
     compile_.add_argument("--out", type=Path, help="a folder; default: beside each pipeline in pipelines/")
+    compile_.add_argument(
+        "--image-digest", help="pin the components' image by digest (sha256:..., from the push) instead of its tag"
+    )
     compile_.set_defaults(handler=_compile)
     upload = actions.add_parser("upload", help="upload the compiled pipeline to a KFP backend (new version)")
     upload.add_argument("--host", required=True, help="KFP API address, e.g. http://ml-pipeline.kubeflow:8888")
@@ -48,10 +51,16 @@ def add_commands(commands) -> None:
 
 
 def _compile(args) -> None:
+    import os
+
+    if args.image_digest:  # read when the components are defined, at import
+        os.environ["DREAMLOOM_IMAGE_DIGEST"] = args.image_digest
+    from dreamloom.settings import container_image
     from pipelines import compile_all
 
+    image = container_image()
     for path in compile_all(args.out):
-        print(f"compiled {path}")
+        print(f"compiled {path} (components run {image})")
 
 
 def _upload(args) -> None:

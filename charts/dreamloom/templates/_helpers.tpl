@@ -29,12 +29,21 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
 {{- end -}}
 
+{{/* An image by digest when one is given (a tag can be moved to other code), else by tag. */}}
+{{- define "dreamloom.imageReference" -}}
+{{- if .image.digest -}}
+{{ .image.repository }}@{{ .image.digest }}
+{{- else -}}
+{{ .image.repository }}:{{ .image.tag | default .appVersion }}
+{{- end -}}
+{{- end -}}
+
 {{- define "dreamloom.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ include "dreamloom.imageReference" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
 {{- end -}}
 
 {{- define "dreamloom.tritonImage" -}}
-{{ .Values.triton.image.repository }}:{{ .Values.triton.image.tag | default .Chart.AppVersion }}
+{{ include "dreamloom.imageReference" (dict "image" .Values.triton.image "appVersion" .Chart.AppVersion) }}
 {{- end -}}
 
 {{/* Pod security context: (dict "root" $ "uid" 1000) ; uid defaults to podSecurity.runAsUser */}}
