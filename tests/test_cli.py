@@ -143,6 +143,24 @@ def test_resume_without_a_run_says_so_before_any_work(tmp_path, monkeypatch, cap
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_runs_whose_output_folders_share_a_name_keep_their_checkpoints_apart(tmp_path, monkeypatch):
+    """Checkpoints live beside the output (.<output>.checkpoints/), as diffusers and kohya keep them:
+    a run into projects/b/out is not mistaken for the earlier run into projects/a/out."""
+    from dreamloom.errors import DreamloomError
+    from dreamloom.training.job import run_storage
+    from dreamloom.training.local import _checked_job
+
+    monkeypatch.setenv("DREAMLOOM_HOME", str(tmp_path / "home"))
+    photos = draw_images(tmp_path / "photos", count=2)
+    first, second = (method_config("lora", photos, tmp_path / project / "out") for project in ("a", "b"))
+    assert run_storage(first) == str(tmp_path / "a" / ".out.checkpoints")
+    _checked_job(first, run_storage(first), resume=False)  # records the run, as train does before Ray starts
+    _checked_job(second, run_storage(second), resume=False)  # another project's "out": no collision
+    with pytest.raises(DreamloomError, match="already has training state"):
+        _checked_job(first, run_storage(first), resume=False)  # the same one again: resuming stays explicit
+    _checked_job(first, run_storage(first), resume=True)
+
+
 def test_method_flags_reach_the_config(tmp_path, capsys):
     code = main(
         ["train", "--method", "textual-inversion", "--data", str(tmp_path), "--output", str(tmp_path / "o"),

@@ -14,7 +14,6 @@ import pytest
 
 from dreamloom.artifacts import read_manifest
 from dreamloom.errors import EXIT_INPUT
-from dreamloom.settings import work_dir
 from dreamloom.tracking import client
 from dreamloom.training.local import train
 from tests.helpers import draw_images, run_config
@@ -70,7 +69,7 @@ def test_a_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(tmp_p
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(result=train(config)))
     runner.start()
-    committed = _wait_for_committed_checkpoint(work_dir() / "runs" / "survivor")
+    committed = _wait_for_committed_checkpoint(tmp_path / ".survivor.checkpoints" / "survivor")  # beside the output
     workers = _train_workers()
     assert len(workers) == 2
     workers[-1].send_signal(signal.SIGKILL)
@@ -111,7 +110,7 @@ def test_a_killed_driver_is_resumed_by_rerunning_with_resume(tmp_path):
             "--output", str(tmp_path / "interrupted"), "--set", f"training.checkpoint_every={CHECKPOINT_EVERY}",
             "--set", "validation.steps=2"]  # fmt: skip
     driver = _cli(args, env, start_new_session=True)
-    committed = _wait_for_committed_checkpoint(tmp_path / "home" / "runs" / "interrupted")
+    committed = _wait_for_committed_checkpoint(tmp_path / ".interrupted.checkpoints" / "interrupted")
     family = [*psutil.Process(driver.pid).children(recursive=True), psutil.Process(driver.pid)]
     for process in family:
         process.kill()

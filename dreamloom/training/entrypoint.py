@@ -51,10 +51,14 @@ def main() -> int:
 
 def _in_work_folder(config: RunConfig) -> RunConfig:
     """A relative output goes under the cluster's work folder, not the job's working directory
-    (which Ray shares between jobs that upload the same files)."""
-    if config.output.is_absolute():
-        return config
-    return config.model_copy(update={"output": work_dir() / "artifacts" / config.output})
+    (which Ray shares between jobs that upload the same files); checkpoints stay on the cluster's
+    storage, by run name (the job's output is a copy the submitter downloads)."""
+    update = {}
+    if not config.output.is_absolute():
+        update["output"] = work_dir() / "artifacts" / config.output
+    if not config.scaling.storage_path:
+        update["scaling"] = config.scaling.model_copy(update={"storage_path": str(work_dir() / "runs")})
+    return config.model_copy(update=update) if update else config
 
 
 def _resume(policy: str, run_folder: Path) -> bool:

@@ -59,9 +59,18 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
+CHECKPOINTS_SUFFIX = ".checkpoints"
+
+
 def run_storage(config: RunConfig) -> str:
-    """Where Ray keeps the run's checkpoints (a run is resumed by its name under this folder)."""
-    return config.scaling.storage_path or str(work_dir() / "runs")
+    """Where Ray keeps the run's checkpoints (a run is resumed by its name under this folder):
+    ``scaling.storage_path`` when set (a cluster's volume or bucket), else beside the output
+    folder, in ``.<output>.checkpoints/``, as diffusers and kohya keep theirs with the output: two
+    runs whose output folders share a name never meet, and the checkpoints go where the output goes."""
+    if config.scaling.storage_path:
+        return config.scaling.storage_path
+    output = Path(config.output).absolute()
+    return str(output.parent / f".{output.name}{CHECKPOINTS_SUFFIX}")
 
 
 def check_output(output: Path) -> None:
