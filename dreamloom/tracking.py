@@ -170,5 +170,11 @@ class MetricsLogger:
         self._last_flush = time.monotonic()
 
     def image(self, image, step: int, name: str = "samples") -> None:
-        self._client.log_image(self.run_id, image, key=name, step=step)
-        self._client.log_image(self.run_id, image, artifact_file=f"{name}/step_{step:06d}.png")
+        log_picture(self._client, self.run_id, image, name, f"{name}/step_{step:06d}.png", step)
+
+
+def log_picture(mlflow, run_id: str, image, key: str, artifact_file: str, step: int = 0) -> None:
+    """A picture twice: as an MLflow image under ``key`` (the run page's image panel, with a step
+    slider) and as a plain file at ``artifact_file`` (a stable path for links and downloads)."""
+    mlflow.log_image(run_id, image, key=key, step=step)
+    mlflow.log_image(run_id, image, artifact_file=artifact_file)

@@ -352,6 +352,8 @@ def test_cli_register_evaluate_promote_list_rollback(artifacts, tmp_path, mlflow
     version = resolve("shoe/2")
     logged = {entry.path for entry in client().list_artifacts(version.run_id, "samples")}
     assert logged == {"samples/prompt_00.png", "samples/prompt_01.png"}  # grids beside the version's metrics
+    images = {entry.path for entry in client().list_artifacts(version.run_id, "images")}  # the image panel's
+    assert {path.split("/")[1].split("+")[0] for path in images} == {"prompt_00", "prompt_01"}  # KEY+step+...
     assert float(version.tags["dreamloom.metric.clip_i"]) == pytest.approx(
         client().get_run(version.run_id).data.metrics["clip_i"]
     )

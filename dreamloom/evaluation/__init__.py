@@ -74,7 +74,7 @@ def log_evaluation(result: EvalResult, settings: EvalSettings, subject_of_run: d
     """An MLflow run holding the metrics, the per-prompt table and a grid per prompt; returns its id."""
     from mlflow.entities import Metric, Param
 
-    from dreamloom.tracking import Tag, client, experiment_id, plain
+    from dreamloom.tracking import Tag, client, experiment_id, log_picture, plain
 
     mlflow = client()
     tags = {f"dreamloom.{key}": value for key, value in subject_of_run.items()}
@@ -104,7 +104,7 @@ def log_evaluation(result: EvalResult, settings: EvalSettings, subject_of_run: d
         mlflow.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
         mlflow.log_dict(run_id, {"per_prompt": result.per_prompt, "metrics": result.metrics}, "evaluation.json")
         for index, (_, grid) in enumerate(result.grids):
-            mlflow.log_image(run_id, grid, artifact_file=f"grids/prompt_{index:02d}.png")
+            log_picture(mlflow, run_id, grid, f"prompt_{index:02d}", f"grids/prompt_{index:02d}.png")
     except BaseException:
         mlflow.set_terminated(run_id, status="FAILED")
         raise

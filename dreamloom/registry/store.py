@@ -22,7 +22,7 @@ from dreamloom.errors import ArtifactError, DreamloomError
 from dreamloom.registry.gate import Check, Evaluated, GateConfig, gate
 from dreamloom.registry.integrity import check_artifact, check_manifest_digest, manifest_digest
 from dreamloom.settings import tracking_uri
-from dreamloom.tracking import Lineage, Tag, plain
+from dreamloom.tracking import Lineage, Tag, log_picture, plain
 
 EXPERIMENT = "dreamloom-registry"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -91,7 +91,7 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
         if evaluation:
             registry.log_batch(run_id, metrics=_metrics(evaluation, info.model_id))
             for index, (_, grid) in enumerate(evaluation.grids):
-                registry.log_image(run_id, grid, artifact_file=f"samples/prompt_{index:02d}.png")
+                log_picture(registry, run_id, grid, f"prompt_{index:02d}", f"samples/prompt_{index:02d}.png")
         tags = {**manifest.lineage().tags(), **_evaluation_tags(evaluation)}
         tags[str(Tag.MANIFEST_SHA256)] = manifest_digest(artifact)
         version = registry.create_model_version(
