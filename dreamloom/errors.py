@@ -90,18 +90,15 @@ def as_user_error(error: BaseException) -> DreamloomError | None:
     if refused := credentials_refused(error):
         return DreamloomError(refused)
     if type(error).__name__ == "MlflowException" and _CONNECTION_FAILED.search(str(error)):
-        import mlflow
-
-        return ServiceUnreachable(
-            "MLflow",
-            mlflow.get_tracking_uri(),
-            "connection refused",
-            "start it (`mlflow server`), or set MLFLOW_TRACKING_URI to where it runs",
-        )
+        asked = _REQUEST_URL.search(str(error))  # the server MLflow tried, as its message names it
+        url = re.sub(r"//[^/@\s]+@", "//***@", asked[1]) if asked else "MLFLOW_TRACKING_URI"
+        fix = "start it (`mlflow server`), or set MLFLOW_TRACKING_URI to where it runs"
+        return ServiceUnreachable("MLflow", url, "connection refused", fix)
     return None
 
 
 _CONNECTION_FAILED = re.compile(r"Max retries exceeded|Failed to establish a new connection|Connection refused")
+_REQUEST_URL = re.compile(r"API request to (https?://[^/\s]+)")
 
 
 def credentials_refused(error: BaseException) -> str | None:

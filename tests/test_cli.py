@@ -65,12 +65,13 @@ def test_bad_images_are_refused_before_any_model_ray_or_mlflow_work(tmp_path, mo
     monkeypatch.setenv("DREAMLOOM_CACHE", str(tmp_path / "cache"))
     photos = draw_images(tmp_path / "photos", count=2)
     (photos / "broken.png").write_bytes(b"not a png at all")
-    Image.new("RGB", (16, 16)).save(photos / "small.png")
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
+    frames[0].save(photos / "animated.gif", save_all=True, append_images=frames[1:])
     was_running = ray.is_initialized()
     code = main([*TRAIN, "--data", str(photos), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == EXIT_INPUT
-    assert "broken.png" in err and "small.png" in err and "nothing was written" in err
+    assert "broken.png" in err and "animated.gif: has 2 frames" in err and "nothing was written" in err
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "cache" / "models").exists()  # no base model was built or loaded
     assert not (tmp_path / "home" / "mlflow.db").exists()  # no tracking run was opened

@@ -210,7 +210,7 @@ def test_components_are_pinned_by_digest_when_compiled_for_a_pushed_image(tmp_pa
     images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
     assert images == {f"ghcr.io/dreamloom/dreamloom@{digest}"}
     refused = subprocess.run([*command, "--image-digest", "latest"], env=env, capture_output=True, text=True)
-    assert refused.returncode == EXIT_INPUT and "is not sha256:" in refused.stderr
+    assert refused.returncode == EXIT_INPUT and "a digest is sha256: and 64 hex digits" in refused.stderr
 
 
 # ----- components called directly -----

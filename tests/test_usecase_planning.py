@@ -110,8 +110,8 @@ def test_classes_with_too_few_images_and_unreadable_ones_are_named(tmp_path):
     with pytest.raises(DreamloomError, match=r"1\.png cannot be used"):
         read_classes(tmp_path, 2)
     (tmp_path / "dogs" / "1.png").unlink()
-    (tmp_path / "dogs" / "scan.tiff").write_bytes(b"II*\0")
-    with pytest.raises(DreamloomError, match=r"scan\.tiff are in formats that are not supported; convert them to PNG"):
+    (tmp_path / "dogs" / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    with pytest.raises(DreamloomError, match=r"phone\.heic are in formats that are not supported; convert them to PNG"):
         read_classes(tmp_path, 1)
 
 

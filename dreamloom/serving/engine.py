@@ -103,7 +103,7 @@ class Engine:
             f"{name}/{version}"
             for name, routes in self.config.routes.adapters.items()
             for version, folder in routes.versions.items()
-            if not self._method(f"{name}/{version}", Path(folder)).leaves_unet_unchanged
+            if not _leaves_unet_unchanged(Path(folder))
         )
         if changing:
             log.info("the UNet stays eager: adapters %s change its modules per request", ", ".join(changing[:5]))
@@ -337,6 +337,17 @@ class Engine:
 def request_cost(width: int, height: int, steps: int) -> float:
     """Megapixel-steps: what a request costs the denoiser, whatever the hardware."""
     return width * height * steps / 1e6
+
+
+def _leaves_unet_unchanged(folder: Path) -> bool:
+    """Whether a deployed adapter leaves the UNet's modules alone; a copy whose manifest cannot be
+    read counts as changing it (its requests fail on their own when they come, as without compile)."""
+    from dreamloom.artifacts import read_manifest
+
+    try:
+        return read_manifest(folder, verify=False).method_type.leaves_unet_unchanged
+    except Exception:
+        return False
 
 
 def _rewrite(prompt: str, adapters: list[tuple[LoadedAdapter, float]]) -> str:
