@@ -357,7 +357,8 @@ def test_cli_register_evaluate_promote_list_rollback(artifacts, tmp_path, mlflow
     assert float(version.tags["dreamloom.metric.clip_i"]) == pytest.approx(
         client().get_run(version.run_id).data.metrics["clip_i"]
     )
-    linked = client().get_logged_model(version.model_id).metrics  # shown on the logged model's page
+    logged_model = version.source.removeprefix("models:/")  # SQLite's registry keeps no model_id field
+    linked = client().get_logged_model(logged_model).metrics  # shown on the logged model's page
     assert {"clip_t", "clip_i", "dino"} <= {metric.key for metric in linked}
     assert main(["registry", "promote", "shoe", "--version", "1"]) == 0
     gate = tmp_path / "gate.yaml"

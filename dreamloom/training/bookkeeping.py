@@ -47,11 +47,10 @@ def open_tracking_run(mlflow, config: RunConfig, base: BaseModelRef, dataset: Pr
     return run_id
 
 
-def log_dataset_input(mlflow, run_id: str, config: RunConfig, dataset: PreparedDataset) -> None:
+def log_dataset_input(tracking, run_id: str, config: RunConfig, dataset: PreparedDataset) -> None:
     """The run's training data as an MLflow dataset input (the UI's Datasets column): where the
     originals are and the prepared set's content digest, so two runs on the same pictures show it."""
-    import mlflow.data
-    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.meta_dataset import MetaDataset  # first: importing mlflow.data defines its sources
     from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
@@ -59,7 +58,7 @@ def log_dataset_input(mlflow, run_id: str, config: RunConfig, dataset: PreparedD
     digest = dataset.dataset_hash.split(":")[-1][:32]  # MLflow keeps at most 36 characters
     entity = MetaDataset(LocalArtifactDatasetSource(str(source)), name=source.name, digest=digest)._to_mlflow_entity()
     context = InputTag("mlflow.data.context", "training")
-    mlflow.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
+    tracking.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
 
 
 def run_phases(driver: PhaseClock, worker_metrics: dict) -> PhaseClock:
