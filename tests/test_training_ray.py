@@ -129,9 +129,10 @@ def test_a_finished_run_is_not_silently_rerun(lora_run, tmp_path):
     result, config, _ = lora_run
     with pytest.raises(DreamloomError, match="already holds a finished artifact"):
         train(config)
+    # checkpoints follow the output folder: another folder under the same run name is not this run
     elsewhere = config.model_copy(update={"output": tmp_path / "elsewhere", "run_name": result.run_name})
-    with pytest.raises(DreamloomError, match="--resume"):
-        train(elsewhere)
+    with pytest.raises(DreamloomError, match="nothing to resume"):
+        train(elsewhere, resume=True)
     assert not (tmp_path / "elsewhere").exists()
 
 
