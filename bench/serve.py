@@ -384,7 +384,9 @@ def _serve_brands(store, base_model: str, brands: list[Path]) -> None:
     deploy per brand would reload the model fifty times; the deploy path is measured once, later)."""
     from dreamloom.serving.routes import AdapterRoutes, Routes
 
-    store.ensure_model("dreamloom", base_model, max_batch_size=max(CONCURRENCY))
+    # A batch of 8 SD 1.5 images takes minutes on a CPU: requests queued behind it must not hit the
+    # deployment's default 60 s queue timeout (seen: 'Request timeout expired' at concurrency 4).
+    store.ensure_model("dreamloom", base_model, max_batch_size=max(CONCURRENCY), queue_timeout_s=3600)
     adapters = {
         brand.name: AdapterRoutes({"1": str(store.add_artifact(brand.name, "1", brand))}, {"champion": "1"})
         for brand in brands
