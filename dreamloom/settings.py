@@ -77,6 +77,9 @@ def apply_quiet_defaults() -> None:
         "RAY_DEDUP_LOGS": "0",
         # Ray Train routes print() through a logger and also tees it: every line twice.
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        # Ray's distributed tqdm (unused here) replaces builtins.print with one bound to whatever
+        # print was when Ray was imported: inside KFP's local runner, an indenting one, for good.
+        "RAY_TQDM_PATCH_PRINT": "0",
         "TOKENIZERS_PARALLELISM": "false",
         "DIFFUSERS_VERBOSITY": "error",
         "TRANSFORMERS_VERBOSITY": "error",

@@ -1,5 +1,6 @@
 """Running the personalize pipeline: on this machine with KFP's local runner, or on a KFP backend."""
 
+import builtins
 import contextlib
 import os
 import re
@@ -73,7 +74,7 @@ def run_local(arguments: dict, root: Path | None = None, pipeline=None, verbose:
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     # Every step (a subprocess) must see this process's work folder and MLflow store.
-    with _environment(DREAMLOOM_HOME=str(work_dir()), MLFLOW_TRACKING_URI=tracking_uri()):
+    with _environment(DREAMLOOM_HOME=str(work_dir()), MLFLOW_TRACKING_URI=tracking_uri()), _print_kept():
         if verbose:
             (pipeline or personalize)(**arguments)
         else:
@@ -125,9 +126,14 @@ class _StepLines:
             seconds = time.monotonic() - self.started.get(name, time.monotonic())
             if status != "SUCCESS":
                 self.failed = name
-            print(f"[pipeline] {name}: {status.lower()} ({seconds:.0f} s)", file=self.terminal, flush=True)
+            self._tell(f"[pipeline] {name}: {status.lower()} ({seconds:.0f} s)")
         elif _PASSED_THROUGH.match(line):
-            print(f"  {line.strip()}", file=self.terminal, flush=True)
+            self._tell(f"  {line.strip()}")
+
+    def _tell(self, line: str) -> None:
+        # Written, not print()ed: KFP swaps builtins.print for an indenting one while a step runs.
+        self.terminal.write(line + "\n")
+        self.terminal.flush()
 
     def flush(self) -> None:
         self.log.flush()
@@ -142,6 +148,17 @@ def _step_lines(log_file: Path):
         lines = _StepLines(log, sys.stdout)
         with contextlib.redirect_stdout(lines):
             yield lines
+
+
+@contextmanager
+def _print_kept():
+    """This process's print() as it was, whatever KFP's runner (which swaps in an indenting one
+    per step) or a thread printing meanwhile left behind."""
+    kept = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = kept
 
 
 @contextmanager

@@ -205,6 +205,9 @@ def test_preparing_again_reuses_the_prepared_set(tmp_path: Path):
     again = prepare_dataset(source, tmp_path / "out", OPTIONS)
     assert (again.root / "dataset.json").stat().st_mtime_ns == written
     assert PreparedDataset.load(tmp_path / "out").dataset_hash == first.dataset_hash
+    copy = draw_images(tmp_path / "same pictures elsewhere", count=2)
+    reused = prepare_dataset(copy, tmp_path / "out", OPTIONS)  # the same content: the cache's way in
+    assert reused.root == first.root and reused.source == str(copy.absolute())  # lineage names this folder
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "keep.txt").write_text("mine")
     with pytest.raises(DreamloomError, match="not a prepared dataset"):

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -229,7 +229,9 @@ def prepare_dataset(source: Path, output: Path, options: PrepareOptions) -> Prep
     if is_prepared(output):
         existing = PreparedDataset.load(output)
         if existing.matches(dataset_hash(source), options):
-            return existing
+            # The cache is keyed by content: the same pictures in another folder reuse it, and the
+            # run's lineage names the folder it was given.
+            return replace(existing, source=str(source.absolute()))
     elif output.exists() and any(output.iterdir()):
         raise DreamloomError(f"output folder {output} exists and is not a prepared dataset; choose an empty folder")
     candidates = inspect_folder(source, options)
