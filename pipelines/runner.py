@@ -5,6 +5,7 @@ import contextlib
 import os
 import re
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from dreamloom.errors import DreamloomError
+from dreamloom.k8s.names import DEFAULT_RELEASE, ReleaseNames
 
 
 def pipeline_arguments(config_file: Path, model_name: str, **extra) -> dict:
@@ -176,22 +178,18 @@ def _environment(**values: str):
                 os.environ[name] = value
 
 
-PIPELINE_NAME = "dreamloom-personalize"
-PIPELINE_SERVICE_ACCOUNT = "dreamloom-pipeline"  # the chart's: may create and watch RayJobs
-
-
-def upload(host: str, version_name: str, package: Path | None = None) -> str:
-    """Upload the compiled pipeline to a KFP backend: the pipeline if it is new, else a new version."""
+def upload(host: str, version_name: str, package: Path | None = None, release: ReleaseNames = DEFAULT_RELEASE) -> str:
+    """Upload the personalize pipeline compiled for ``release`` to a KFP backend, as the release's
+    pipeline (``<release>-personalize``) if it is new, else as a new version of it."""
     import kfp
 
-    from pipelines.personalize import COMPILED
-
     client = kfp.Client(host=host)
-    package = str(package or COMPILED)
-    pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
-    if pipeline_id is None:
-        return client.upload_pipeline(package, PIPELINE_NAME, description=f"dreamloom {version_name}").pipeline_id
-    return client.upload_pipeline_version(package, version_name, pipeline_id=pipeline_id).pipeline_version_id
+    name = release.pipeline("personalize")
+    with _compiled_for(release, package) as compiled:
+        pipeline_id = client.get_pipeline_id(name)
+        if pipeline_id is None:
+            return client.upload_pipeline(str(compiled), name, description=f"dreamloom {version_name}").pipeline_id
+        return client.upload_pipeline_version(str(compiled), version_name, pipeline_id=pipeline_id).pipeline_version_id
 
 
 def submit(
@@ -200,17 +198,34 @@ def submit(
     experiment: str,
     package: Path | None = None,
     version_name: str | None = None,
-    service_account: str | None = PIPELINE_SERVICE_ACCOUNT,
+    service_account: str | None = None,
+    release: ReleaseNames = DEFAULT_RELEASE,
 ) -> str:
-    """Start a run on a KFP backend (uploading the compiled pipeline as a version first, if named)."""
+    """Start a run on a KFP backend (uploading the compiled pipeline as a version first, if named),
+    as the release's pipeline account unless ``service_account`` names another ('' for KFP's)."""
     import kfp
 
+    if service_account is None:
+        service_account = release.pipeline_account  # the chart's: may create and watch RayJobs
+    with _compiled_for(release, package) as compiled:
+        if version_name:
+            upload(host, version_name, compiled, release)
+        run = kfp.Client(host=host).create_run_from_pipeline_package(
+            str(compiled), arguments=arguments, experiment_name=experiment, service_account=service_account or None
+        )
+    return run.run_id
+
+
+@contextmanager
+def _compiled_for(release: ReleaseNames, package: Path | None):
+    """``package`` as given, the checked-in YAML for the default release, else one compiled now."""
+    from pipelines import compile_pipeline
     from pipelines.personalize import COMPILED
 
-    package = Path(package or COMPILED)
-    if version_name:
-        upload(host, version_name, package)
-    run = kfp.Client(host=host).create_run_from_pipeline_package(
-        str(package), arguments=arguments, experiment_name=experiment, service_account=service_account or None
-    )
-    return run.run_id
+    if package is not None:
+        yield Path(package)
+    elif release == DEFAULT_RELEASE:
+        yield COMPILED
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            yield compile_pipeline("personalize", Path(folder) / "personalize.yaml", release)

@@ -11,6 +11,7 @@ import yaml
 
 from dreamloom.errors import DreamloomError
 from dreamloom.k8s.manifests import load_documents, validate_documents
+from dreamloom.k8s.names import ReleaseNames
 from dreamloom.k8s.rayjob import RayJobSettings
 from dreamloom.training.kuberay import rayjob_for
 from tests.helpers import run_config
@@ -105,6 +106,62 @@ def test_helm_test_checks_the_releases_own_triton_and_mlflow():
     admitted = one(documents, "NetworkPolicy", "-mlflow")["spec"]["ingress"][0]["from"][0]["podSelector"]
     assert admitted["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert not [d for d in objects("triton.enabled=false") if d["kind"] == "Pod"]
+
+
+def _references(documents: list[dict]) -> set[tuple[str, str]]:
+    """Every object the pod templates name: claims, service accounts, ConfigMaps (RayJob settings
+    included: the claim and account RayJobs will use)."""
+    found = set()
+    for spec in pod_specs(documents).values():
+        if account := spec.get("serviceAccountName"):
+            found.add(("ServiceAccount", account))
+        for volume in spec.get("volumes", []):
+            if claim := volume.get("persistentVolumeClaim"):
+                found.add(("PersistentVolumeClaim", claim["claimName"]))
+    for document in documents:
+        if document["kind"] == "RoleBinding":
+            found |= {("ServiceAccount", subject["name"]) for subject in document["subjects"]}
+        if document["kind"] == "ConfigMap" and "rayjob-settings.json" in document["data"]:
+            settings = RayJobSettings.from_json(document["data"]["rayjob-settings.json"])
+            found |= {("ServiceAccount", settings.service_account), ("PersistentVolumeClaim", settings.data_claim)}
+    return found
+
+
+def test_two_releases_in_one_namespace_share_no_object_and_each_uses_its_own():
+    """`helm install a` and `helm install b` side by side: no object name in common, and every
+    claim, account and settings ConfigMap a release's pods (and its RayJobs) use is its own."""
+    releases = {name: load_documents(render(sets=list(ALL_ON), release=name)) for name in ("dreamloom", "brand-a")}
+    created = {name: {(d["kind"], d["metadata"]["name"]) for d in documents} for name, documents in releases.items()}
+    assert not created["dreamloom"] & created["brand-a"]
+    for name, documents in releases.items():
+        used = _references(documents)
+        assert {kind for kind, _ in used} == {"ServiceAccount", "PersistentVolumeClaim"}
+        assert used <= created[name], f"{name} uses objects it does not create: {used - created[name]}"
+
+
+@pytest.mark.parametrize(
+    "release, sets, expected",
+    [
+        ("dreamloom", [], ReleaseNames()),  # today's names, unchanged
+        ("brand-a", [], ReleaseNames("brand-a-dreamloom")),
+        ("dreamloom-prod", [], ReleaseNames("dreamloom-prod")),
+        ("x", ["fullnameOverride=ads"], ReleaseNames("ads")),
+    ],
+)
+def test_the_code_derives_a_releases_names_as_the_chart_does(release, sets, expected):
+    """The pipelines compiled for a release (`--release`/`--fullname`) mount what that release created."""
+    documents = load_documents(render(sets=sets, release=release))
+    names = ReleaseNames(expected.fullname) if sets else ReleaseNames.of_release(release)
+    assert names == expected
+    assert {d["metadata"]["name"] for d in documents if d["kind"] == "PersistentVolumeClaim"} == {
+        names.data_claim,
+        names.serving_claim,
+    }
+    settings = one(documents, "ConfigMap", "-training")
+    assert settings["metadata"]["name"] == names.training_settings
+    assert RayJobSettings.from_json(settings["data"]["rayjob-settings.json"]).service_account == names.trainer_account
+    accounts = {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"}
+    assert accounts == {names.pipeline_account, names.trainer_account}
 
 
 def test_images_are_pulled_by_digest_when_one_is_given():

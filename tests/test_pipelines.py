@@ -164,6 +164,28 @@ def test_training_asks_for_gpus_set_at_submission_and_mounts_the_shared_volume(c
     assert [(m["constant"], m["mountPath"]) for m in deploy["pvcMount"]] == [("dreamloom-serving", "/serving")]
 
 
+def test_a_pipeline_compiled_for_a_release_mounts_that_releases_objects(tmp_path, capsys):
+    """`dreamloom pipeline compile --release brand-a`: the claims and settings of brand-a's chart
+    objects (tests/test_chart.py checks the chart creates these names), under its own KFP name."""
+    from dreamloom.cli import main
+    from dreamloom.k8s.names import ReleaseNames
+
+    assert main(["pipeline", "compile", "--release", "brand-a", "--out", str(tmp_path)]) == 0
+    spec, platform = yaml.safe_load_all((tmp_path / "personalize.yaml").read_text())
+    release = ReleaseNames("brand-a-dreamloom")
+    assert spec["pipelineInfo"]["name"] == "brand-a-dreamloom-personalize"
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert [m["constant"] for m in executors["exec-train"]["pvcMount"]] == [release.data_claim]
+    assert executors["exec-train"]["configMapAsEnv"][0]["configMapName"] == release.training_settings
+    assert [m["constant"] for m in executors["exec-deploy"]["pvcMount"]] == [release.serving_claim]
+    augment = yaml.safe_load_all((tmp_path / "augment.yaml").read_text())
+    assert "brand-a-dreamloom-data" in json.dumps(list(augment)) and "brand-a" not in COMPILED.read_text()
+    checked_in = {path.name: path.read_text() for path in Path("pipelines").glob("*.yaml")}
+    assert main(["pipeline", "compile", "--fullname", "brand-a-dreamloom"]) == EXIT_INPUT  # would overwrite them
+    assert "pass --out FOLDER" in capsys.readouterr().err
+    assert {path.name: path.read_text() for path in Path("pipelines").glob("*.yaml")} == checked_in
+
+
 def test_remote_launchers_free_the_train_step_of_gpus(tmp_path):
     from pipelines.runner import pipeline_arguments
 

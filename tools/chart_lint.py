@@ -64,8 +64,10 @@ def helm(*args: str) -> str:
     return done.stdout
 
 
-def render(values_files: list[Path] = (), sets: list[str] = (), namespace: str = "dreamloom") -> str:
-    arguments = ["template", "dreamloom", str(CHART), "--namespace", namespace]
+def render(
+    values_files: list[Path] = (), sets: list[str] = (), namespace: str = "dreamloom", release: str = "dreamloom"
+) -> str:
+    arguments = ["template", release, str(CHART), "--namespace", namespace]
     arguments += [item for path in values_files for item in ("-f", str(path))]
     arguments += [item for value in sets for item in ("--set", value)]
     return helm(*arguments)

@@ -13,10 +13,12 @@ def add_commands(commands) -> None:
     compile_.add_argument(
         "--image-digest", help="pin the components' image by digest (sha256:..., from the push) instead of its tag"
     )
+    _add_release_arguments(compile_)
     compile_.set_defaults(handler=_compile)
     upload = actions.add_parser("upload", help="upload the compiled pipeline to a KFP backend (new version)")
     upload.add_argument("--host", required=True, help="KFP API address, e.g. http://ml-pipeline.kubeflow:8888")
     upload.add_argument("--version-name", required=True, help="name of the pipeline version, e.g. 0.1.0")
+    _add_release_arguments(upload)
     upload.set_defaults(handler=_upload)
     for name, helps in (("run", "run it on this machine (KFP local runner)"), ("submit", "run it on a KFP backend")):
         action = actions.add_parser(name, help=helps)
@@ -44,10 +46,28 @@ def add_commands(commands) -> None:
             action.add_argument("--version-name", help="also upload the compiled YAML as this pipeline version")
             action.add_argument(
                 "--service-account",
-                default="dreamloom-pipeline",
-                help="the run's Kubernetes service account (the chart's may create RayJobs); '' for KFP's default",
+                help="the run's Kubernetes service account (default: the release's RELEASE-pipeline, which may "
+                "create RayJobs); '' for KFP's default",
             )
+            _add_release_arguments(action)
             action.set_defaults(handler=_submit)
+
+
+def _add_release_arguments(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--release",
+        help="the chart's Helm release the steps use (its claims, RayJob settings and accounts; default dreamloom)",
+    )
+    group.add_argument("--fullname", help="the release's full name, where it sets fullnameOverride")
+
+
+def _release(args):
+    from dreamloom.k8s.names import DEFAULT_RELEASE, ReleaseNames
+
+    if args.fullname:
+        return ReleaseNames(args.fullname)
+    return ReleaseNames.of_release(args.release) if args.release else DEFAULT_RELEASE
 
 
 def _compile(args) -> None:
@@ -55,18 +75,26 @@ def _compile(args) -> None:
 
     if args.image_digest:  # read when the components are defined, at import
         os.environ["DREAMLOOM_IMAGE_DIGEST"] = args.image_digest
+    from dreamloom.errors import DreamloomError
+    from dreamloom.k8s.names import DEFAULT_RELEASE
     from dreamloom.settings import container_image
     from pipelines import compile_all
 
-    image = container_image()
-    for path in compile_all(args.out):
-        print(f"compiled {path} (components run {image})")
+    image, release = container_image(), _release(args)
+    if release != DEFAULT_RELEASE and args.out is None:
+        raise DreamloomError(
+            f"the YAML beside each pipeline is the release dreamloom's; pass --out FOLDER for {release.fullname}'s"
+        )
+    for path in compile_all(args.out, release):
+        print(f"compiled {path} (components run {image}; volumes of release {release.fullname})")
 
 
 def _upload(args) -> None:
     from pipelines.runner import upload
 
-    print(f"uploaded {upload(args.host, args.version_name)} to {args.host}")
+    release = _release(args)
+    uploaded = upload(args.host, args.version_name, release=release)
+    print(f"uploaded {uploaded} to {args.host} as {release.pipeline('personalize')}")
 
 
 def _arguments(args) -> dict:
@@ -116,6 +144,11 @@ def _submit(args) -> None:
 
     arguments = _arguments(args)
     run_id = submit(
-        args.host, arguments, args.experiment, version_name=args.version_name, service_account=args.service_account
+        args.host,
+        arguments,
+        args.experiment,
+        version_name=args.version_name,
+        service_account=args.service_account,
+        release=_release(args),
     )
     print(f"submitted run {run_id} to {args.host} (experiment {args.experiment})")

@@ -66,7 +66,10 @@ def _explained(namespace: str, name: str):
     from kubernetes.client.exceptions import ApiException
 
     hints = {
-        403: "the service account may not do this; install the chart's RBAC (the dreamloom-trainer role)",
+        403: (
+            "the service account may not do this; submit the run as the release's pipeline account "
+            "(<fullname>-pipeline), which the chart's RBAC lets create RayJobs"
+        ),
         404: "not found; is the KubeRay operator (its RayJob CRD) installed?",
         409: "it already exists; delete it or choose another run name",
     }

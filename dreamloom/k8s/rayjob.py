@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dreamloom.errors import DreamloomError
+from dreamloom.k8s.names import DEFAULT_RELEASE
 from dreamloom.k8s.secrets import secret_env_vars
 from dreamloom.settings import container_image
 
@@ -25,19 +26,22 @@ API_VERSION, KIND = "ray.io/v1", "RayJob"
 SETTINGS_ENV = "DREAMLOOM_RAYJOB_SETTINGS"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 GPU = "nvidia.com/gpu"
-DATA_CLAIM, DATA_MOUNT = "dreamloom-data", "/data"
+DATA_MOUNT = "/data"
 MAX_NAME = 47  # RayJob names become Service names
 
 
 class RayJobSettings(BaseModel):
-    """How RayJob pods are set up, as the chart writes it (ConfigMap dreamloom-training)."""
+    """How RayJob pods are set up, as the chart writes it (ConfigMap ``<release>-training``); the
+    defaults are those of a release named ``dreamloom``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     namespace: str = Field("dreamloom", min_length=1)
     image: str = Field(default_factory=container_image, min_length=1)
-    service_account: str = "dreamloom-trainer"
-    data_claim: str = Field(DATA_CLAIM, description="A ReadWriteMany PVC on head, workers and the train step")
+    service_account: str = DEFAULT_RELEASE.trainer_account
+    data_claim: str = Field(
+        DEFAULT_RELEASE.data_claim, description="A ReadWriteMany PVC on head, workers and the train step"
+    )
     data_mount: str = DATA_MOUNT
     worker_cpu: str = "8"
     worker_memory: str = "48Gi"
@@ -66,7 +70,7 @@ class RayJobSettings(BaseModel):
 
 def settings_from_environment() -> RayJobSettings:
     """In a pipeline step: the chart's settings (``DREAMLOOM_RAYJOB_SETTINGS``, from the
-    ``dreamloom-training`` ConfigMap), else the defaults in this pod's namespace."""
+    release's ``<release>-training`` ConfigMap), else the defaults in this pod's namespace."""
     document = os.environ.get(SETTINGS_ENV)
     settings = RayJobSettings.from_json(document) if document else RayJobSettings()
     if not document and NAMESPACE_FILE.is_file():

@@ -1,6 +1,6 @@
 """The ``kuberay`` launcher: train a run as a RayJob in the namespace this process runs in.
 
-The data is staged on the shared volume (the ``dreamloom-data`` claim, mounted by the pipeline's
+The data is staged on the shared volume (the release's ``<fullname>-data`` claim, mounted by the pipeline's
 train step and by every Ray pod), the RayJob is rendered (``dreamloom.k8s.rayjob``) and checked
 against KubeRay's CRD, created, and watched until KubeRay says it is complete; the submitter's log
 is printed as it grows. The artifact is collected from the MLflow run the job reports, like the

@@ -14,6 +14,29 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The names of the objects every release creates for itself, so that two releases in one
+     namespace never share them (dreamloom.k8s.names.ReleaseNames derives the same; the pipelines
+     compiled for a release mount its claims). */}}
+{{- define "dreamloom.dataClaim" -}}
+{{ include "dreamloom.fullname" . }}-data
+{{- end -}}
+
+{{- define "dreamloom.servingClaim" -}}
+{{ include "dreamloom.fullname" . }}-serving
+{{- end -}}
+
+{{- define "dreamloom.trainingSettings" -}}
+{{ include "dreamloom.fullname" . }}-training
+{{- end -}}
+
+{{- define "dreamloom.pipelineAccount" -}}
+{{ include "dreamloom.fullname" . }}-pipeline
+{{- end -}}
+
+{{- define "dreamloom.trainerAccount" -}}
+{{ .Values.training.serviceAccount | default (printf "%s-trainer" (include "dreamloom.fullname" .)) }}
+{{- end -}}
+
 {{/* Selector labels of one component: (dict "root" $ "component" "triton") */}}
 {{- define "dreamloom.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "dreamloom.name" .root }}
@@ -125,7 +148,7 @@ tolerations:
 {{- $resources := dict "cpu" .cpu "memory" .memory -}}
 {{- if gt (int .gpus) 0 }}{{ $_ := set $resources "nvidia.com/gpu" (toString .gpus) }}{{ end -}}
 spec:
-  serviceAccountName: {{ $root.Values.training.serviceAccount }}
+  serviceAccountName: {{ include "dreamloom.trainerAccount" $root }}
   automountServiceAccountToken: false
   {{- include "dreamloom.imagePullSecrets" $root | nindent 2 }}
   securityContext:
@@ -154,7 +177,7 @@ spec:
         {{- include "dreamloom.containerSecurityContext" $root | nindent 8 }}
   volumes:
     - name: data
-      persistentVolumeClaim: {claimName: dreamloom-data}
+      persistentVolumeClaim: {claimName: {{ include "dreamloom.dataClaim" $root }}}
     - name: shm
       emptyDir: {medium: Memory}
     - name: tmp
