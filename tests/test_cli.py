@@ -162,6 +162,30 @@ def test_runs_whose_output_folders_share_a_name_keep_their_checkpoints_apart(tmp
     _checked_job(first, run_storage(first), resume=True)
 
 
+@pytest.mark.slow
+def test_a_training_log_written_to_a_file_holds_progress_not_colour_codes_or_tracebacks(tmp_path):
+    """`dreamloom train ... > train.log 2>&1`, as a scheduler or nohup runs it: the steps' progress
+    is there; Ray's colour codes and its preemption watcher's failing polls are not."""
+    import os
+    import subprocess
+    import sys
+
+    photos = draw_images(tmp_path / "photos", count=2)
+    environment = {
+        **os.environ,
+        "DREAMLOOM_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    command = [sys.executable, "-m", "dreamloom.cli", *TRAIN, "--data", str(photos), "--out", str(tmp_path / "out")]
+    with open(tmp_path / "train.log", "w") as log:
+        done = subprocess.run([*command, "--steps", "4"], stdout=log, stderr=subprocess.STDOUT, env=environment)
+    text = (tmp_path / "train.log").read_text()
+    assert done.returncode == 0, text[-3000:]
+    assert "[train] " in text and "4/4 (100%)" in text
+    assert "\x1b[" not in text and "\r" not in text
+    assert "PreemptionWatcher" not in text and "Traceback" not in text, text[-3000:]
+
+
 def test_method_flags_reach_the_config(tmp_path, capsys):
     code = main(
         ["train", "--method", "textual-inversion", "--data", str(tmp_path), "--output", str(tmp_path / "o"),

@@ -99,6 +99,12 @@ def test_every_artifact_type_registers_and_generates_through_its_pyfunc(method, 
         request["control_image"] = [base64.b64encode(buffer.getvalue()).decode()]
     output = model.predict(pd.DataFrame(request))
     assert _decode(output["image"][0]).size == (64, 64) and output["seed"][0] == 3
+    # The input example MLflow's UI and `mlflow models serve` users see: a request the model serves.
+    local = mlflow.artifacts.download_artifacts(f"models:/concept-{method}/{version.version}")
+    example = mlflow.models.Model.load(local).load_input_example(local)
+    assert example["prompt"][0] == read_manifest(artifacts[method]).instance_prompt and example["width"][0] == 64
+    assert json.loads(Path(local, "serving_input_example.json").read_text())["dataframe_split"]["columns"]
+    assert _decode(model.predict(example.assign(steps=2))["image"][0]).size == (64, 64)
 
 
 def test_lineage_links_back_to_the_training_run(lora_run, mlflow_server):

@@ -66,7 +66,7 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
     """A new version of ``name`` holding ``artifact``; returns the MLflow ModelVersion."""
     import mlflow
 
-    from dreamloom.registry.pyfunc import ADAPTER, MODEL_CODE, SIGNATURE
+    from dreamloom.registry.pyfunc import ADAPTER, MODEL_CODE, SIGNATURE, attach_input_example, input_example
     from dreamloom.tracking import experiment_id
 
     registry = client()
@@ -79,7 +79,7 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
     run_id = run.info.run_id
     try:
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*input example.*")  # an example would run the model
+            warnings.filterwarnings("ignore", message=".*input example.*")  # attached below, without a run
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),
@@ -88,6 +88,7 @@ def register(artifact: Path, name: str, evaluation: Evaluation | None = None):
                 signature=SIGNATURE,
                 pip_requirements=_requirements(),
             )
+        attach_input_example(registry, info.model_id, input_example(manifest))
         if evaluation:
             registry.log_batch(run_id, metrics=_metrics(evaluation, info.model_id))
             for index, (_, grid) in enumerate(evaluation.grids):

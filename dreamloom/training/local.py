@@ -153,6 +153,9 @@ def ensure_ray(config: RunConfig) -> None:
             _temp_dir=str(ray_temp_dir()),
             logging_level="WARNING",
             log_to_driver=True,
+            # Node draining (spot preemption) has no meaning on a Ray of one machine, and its
+            # watcher's polls fail there, logging a traceback into every run's log.
+            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}},
         )
     )
     _ray_started_here = True
