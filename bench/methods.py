@@ -36,32 +36,9 @@ from pathlib import Path
 
 import torch
 
-SUBJECT_METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork")
+from dreamloom.toy.study import METHOD_SETTINGS, SUBJECT_METHODS, subject_for
+
 ALL_METHODS = (*SUBJECT_METHODS, "controlnet")
-PLACEHOLDER = "<sks-shape>"  # the embedding methods' new token (the others use "sks shape")
-PRIOR = {"prior.class_prompt": "a shape on a white background", "prior.num_class_images": 20}
-# Settings per method for a 5M-parameter UNet: learning rates are higher than SD 1.5's.
-METHOD_SETTINGS: dict[str, dict] = {
-    "lora": {"lora.rank": 8, "optimizer.learning_rate": 1e-3},
-    "dreambooth": {**PRIOR, "optimizer.learning_rate": 1e-4},
-    "dreambooth-lora": {**PRIOR, "lora.rank": 8, "optimizer.learning_rate": 1e-3},
-    "textual-inversion": {
-        "textual_inversion.placeholder_token": PLACEHOLDER,
-        "textual_inversion.initializer_token": "shape",
-        "textual_inversion.num_vectors": 2,
-        "optimizer.learning_rate": 5e-3,
-    },
-    "pivotal": {
-        "textual_inversion.placeholder_token": PLACEHOLDER,
-        "textual_inversion.initializer_token": "shape",
-        "textual_inversion.num_vectors": 2,
-        "textual_inversion.learning_rate": 5e-3,
-        "lora.rank": 8,
-        "optimizer.learning_rate": 1e-3,
-    },
-    "hypernetwork": {"optimizer.learning_rate": 1e-3},
-    "controlnet": {"controlnet.condition": "canny", "optimizer.learning_rate": 1e-3},
-}
 # ControlNet learns edges -> pictures from freely placed objects (other seeds than the layouts it is scored on)
 CONTROLNET_SCENES = 64
 
@@ -107,7 +84,7 @@ def _run(args, scratch: Path) -> dict:
     from dreamloom.toy.measure import concept_fidelity, layout_adherence, layout_scenes
 
     _write_data(args.concept, scratch)
-    references = _references(scratch / "concept")
+    references = _references(scratch / "concept" / "subject")
     base = pipeline_from_components(load_base_model(resolve_base_model("toy")))
     floor = concept_fidelity(base, references, SUBJECT, images_per_prompt=args.images_per_prompt)
     report = {
@@ -136,8 +113,7 @@ def _run(args, scratch: Path) -> dict:
             row |= {"layout_edge_f1": round(with_control, 4), "base_layout_edge_f1": round(without, 4)}
             _save_grid(args.out, method, [picture for _, picture in layouts] + images, len(layouts))
         else:
-            subject = PLACEHOLDER if method in ("textual-inversion", "pivotal") else SUBJECT
-            fidelity = concept_fidelity(pipe, references, subject, images_per_prompt=args.images_per_prompt)
+            fidelity = concept_fidelity(pipe, references, subject_for(method), images_per_prompt=args.images_per_prompt)
             row |= {"subject_fidelity": round(fidelity.subject, 4), "prompt_fidelity": round(fidelity.prompt, 4)}
             _save_grid(args.out, method, fidelity.images, args.images_per_prompt)
         report["methods"][method] = row
@@ -145,11 +121,11 @@ def _run(args, scratch: Path) -> dict:
 
 
 def _write_data(concept: str, scratch: Path) -> None:
-    from dreamloom.toy.concepts import write_concept
+    from dreamloom.toy.concepts import CONCEPTS
     from dreamloom.toy.measure import write_layout_scenes
+    from dreamloom.toy.study import write_teaching_data
 
-    write_concept(concept, scratch / "concept")
-    write_concept(concept, scratch / "concept-placeholder", subject=PLACEHOLDER)
+    write_teaching_data(CONCEPTS[concept], scratch / "concept")
     write_layout_scenes(scratch / "scenes", CONTROLNET_SCENES, seed=99)
 
 
@@ -160,27 +136,11 @@ def _references(folder: Path):
 
 
 def run_config(method: str, scratch: Path, steps: int, batch_size: int):
-    """The run config a method trains with in this benchmark."""
-    from dreamloom.config import load_run_config
-    from dreamloom.toy.concepts import INSTANCE_PROMPT
+    """The run config a method trains with in this benchmark (ControlNet on the layout scenes)."""
+    from dreamloom.toy import study
 
-    data = {"controlnet": "scenes", "textual-inversion": "concept-placeholder", "pivotal": "concept-placeholder"}
-    embedding = method in ("textual-inversion", "pivotal")
-    document = {
-        "method": method,
-        "base_model": "toy",
-        "data.path": str(scratch / data.get(method, "concept")),
-        "data.instance_prompt": f"a {PLACEHOLDER} on a white background" if embedding else INSTANCE_PROMPT,
-        "data.resolution": 64,
-        "output": str(scratch / "artifacts" / method),
-        "training.steps": steps,
-        "training.batch_size": batch_size,
-        "training.checkpoint_every": 0,
-        "validation.steps": 10,
-        "validation.guidance": 5.0,
-        **METHOD_SETTINGS[method],
-    }
-    return load_run_config(None, document)
+    scenes = {"data.path": str(scratch / "scenes")} if method == "controlnet" else {}
+    return study.run_config(method, scratch / "concept", scratch / "artifacts" / method, steps, batch_size, **scenes)
 
 
 def _train_in_subprocess(args, method: str, scratch: Path) -> dict:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from dreamloom.toy import world
-from dreamloom.toy.concepts import EVALUATION_PROMPTS
+from dreamloom.toy.concepts import EVALUATION_PROMPTS, Concept
 from dreamloom.toy.encoders import named_attributes
 from dreamloom.toy.evaluator import ATTRIBUTES, AttributeTally, load, to_pixels
 
@@ -39,11 +39,20 @@ def prompt_following(
     return accuracy
 
 
+CONCEPT_GROUPS = ("shape", "colour", "texture")
+PROMPT_GROUPS = ("background", "position", "count")
+
+
 @dataclass
 class ConceptFidelity:
     subject: float  # mean cosine of the subject embedding to the reference pictures (DINO's role)
     prompt: float  # share of the prompts' other attributes (background, position, count) drawn right
     reference_ceiling: float  # the references' mean similarity to each other: what "the same object" scores
+    # What the attribute classifiers read back of the concept: the share of pictures with its
+    # shape, colour, texture right, and with all three right ("all"); empty without a concept.
+    readback: dict[str, float] = field(default_factory=dict)
+    reference_readback: float = 1.0  # "all" on the reference pictures themselves: the ceiling of "all"
+    prompt_by_attribute: dict[str, float] = field(default_factory=dict)  # background, position, count
     images: list[Image.Image] = field(default_factory=list, repr=False)
 
 
@@ -57,30 +66,72 @@ def concept_fidelity(
     seed: int = 0,
     steps: int = 20,
     guidance: float = 5.0,
+    concept: Concept | None = None,
     **generation,
 ) -> ConceptFidelity:
-    """Subject and prompt fidelity of ``pipe`` drawing ``subject`` in the world's settings.
+    """Subject and prompt fidelity of ``pipe`` drawing ``subject`` in the world's settings, and,
+    given the ``concept`` it should draw, how often the classifiers read that concept back.
 
     Prompt fidelity reads the prompt without the subject (whose words the world does not know)
     and checks each named background, position and count with the attribute classifiers.
     """
     classifier, embedder = load()
-    references_embedded = embedder(to_pixels(references))
+    references_pixels = to_pixels(references)
+    references_embedded = embedder(references_pixels)
     subject_scores, prompt_scores, images = [], [], []
+    concept_hits: dict[str, list[bool]] = {group: [] for group in (*CONCEPT_GROUPS, "all")} if concept else {}
+    prompt_hits: dict[str, list[bool]] = {group: [] for group in PROMPT_GROUPS}
     for template in prompts:
         named = named_attributes(template.format(""))
         batch = _render(pipe, [template.format(subject)] * images_per_prompt, seed, steps, guidance, **generation)
         pixels = to_pixels(batch)
         subject_scores.append(float((embedder(pixels) @ references_embedded.T).mean()))
-        predicted = {name: out.argmax(-1) for name, out in classifier(pixels).items()}
+        predicted = _read(classifier, pixels)
         for index in range(len(batch)):
-            hits = [int(predicted[group][index]) == ATTRIBUTES[group].index(value) for group, value in named.items()]
-            prompt_scores.append(sum(hits) / len(hits) if hits else 1.0)
+            hits = {group: predicted[group][index] == value for group, value in named.items()}
+            prompt_scores.append(sum(hits.values()) / len(hits) if hits else 1.0)
+            for group, hit in hits.items():
+                if group in prompt_hits:
+                    prompt_hits[group].append(hit)
+            if concept:
+                right = {group: predicted[group][index] == concept.attributes[group] for group in CONCEPT_GROUPS}
+                for group, hit in right.items():
+                    concept_hits[group].append(hit)
+                concept_hits["all"].append(all(right.values()))
         images.extend(batch)
     similarity = references_embedded @ references_embedded.T
     count = len(references)
     ceiling = float((similarity.sum() - similarity.diagonal().sum()) / (count * (count - 1)))
-    return ConceptFidelity(statistics.fmean(subject_scores), statistics.fmean(prompt_scores), ceiling, images)
+    reference_readback = 1.0
+    if concept:
+        read = _read(classifier, references_pixels)
+        reference_readback = statistics.fmean(
+            all(read[group][i] == concept.attributes[group] for group in CONCEPT_GROUPS) for i in range(count)
+        )
+    return ConceptFidelity(
+        subject=statistics.fmean(subject_scores),
+        prompt=statistics.fmean(prompt_scores),
+        reference_ceiling=ceiling,
+        readback={group: statistics.fmean(hits) for group, hits in concept_hits.items()},
+        reference_readback=reference_readback,
+        prompt_by_attribute={group: statistics.fmean(hits) for group, hits in prompt_hits.items() if hits},
+        images=images,
+    )
+
+
+def _read(classifier, pixels: torch.Tensor) -> dict[str, list[str]]:
+    """The attribute values the classifiers see in each picture, by group."""
+    return {
+        group: [ATTRIBUTES[group][int(i)] for i in logits.argmax(-1)] for group, logits in classifier(pixels).items()
+    }
+
+
+def normalized_lift(score: float, base: float, ceiling: float) -> float:
+    """How much of the way from the base's score to the ceiling a taught model went: 0 at the base,
+    1 at the ceiling (negative below the base), so concepts of different difficulty average fairly."""
+    if ceiling - base <= 1e-6:
+        return float("nan")  # the base already draws it: nothing left to lift
+    return (score - base) / (ceiling - base)
 
 
 def layout_scenes(count: int = 8, seed: int = 4242) -> list[tuple[str, Image.Image]]:

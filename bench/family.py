@@ -1,0 +1,260 @@
+"""The methods compared over a family of new concepts, settings chosen on some and reported on others.
+
+One concept proves little: settings picked on it fit it. Here a family of new concepts
+(``dreamloom.toy.concepts.family``: each with a shape or texture the toy base never saw) is split
+once, by seed, into tuning and evaluation concepts.
+
+1. Sweep (tuning concepts only): per method, learning rates at half, once and twice the default;
+   then, on top of the best, twice the steps and twice the capacity (rank or vectors). A setting
+   is chosen by its mean normalized read-back lift among those keeping prompt fidelity >= 0.9
+   (``dreamloom.toy.study.choose``). Every candidate's scores are recorded.
+2. Report (evaluation concepts only, never used to choose): each method with its chosen settings,
+   per concept and seed: the subject embedding's cosine, the classifiers' read-back of the concept
+   (shape, colour, texture, all three) and of the prompt (background, position, count), and the
+   normalized lifts (score - base) / (ceiling - base); per method the mean and spread over
+   concepts and seeds, and a picture grid per method and concept.
+
+Prints JSON and a markdown table; ``--out DIR`` writes family.json, family.md and the grids.
+``--settings FILE`` (a family.json) skips the sweep and reports with the settings it chose.
+
+    .venv/bin/python bench/family.py --out bench/results/family           # about 90 minutes on 2 cores
+    .venv/bin/python bench/family.py --methods lora --family-size 4 --tuning 1 --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dreamloom.toy.study import SUBJECT_METHODS
+
+
+def main() -> None:
+    args = _parse()
+    os.environ.setdefault("DREAMLOOM_HOME", str(Path(tempfile.gettempdir()) / "dreamloom-bench"))
+    torch.set_num_threads(args.threads)
+    from dreamloom.logs import quiet_library_logging
+
+    quiet_library_logging()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Study(args, Path(scratch)).run()
+    report["seconds"] = round(time.perf_counter() - started)
+    text = json.dumps(report, indent=2)
+    table = markdown(report)
+    print(text)
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "family.json").write_text(text)
+        (args.out / "family.md").write_text(table)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="*", default=list(SUBJECT_METHODS), choices=SUBJECT_METHODS)
+    parser.add_argument("--family-size", type=int, default=12)
+    parser.add_argument("--tuning", type=int, default=4, help="concepts the settings are chosen on")
+    parser.add_argument("--family-seed", type=int, default=0, help="draws the concepts and their split")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per evaluation concept")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument("--settings", type=Path, help="a family.json whose chosen settings to report with (no sweep)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="folder for family.json, family.md and the picture grids")
+    return parser.parse_args()
+
+
+class Study:
+    def __init__(self, args, scratch: Path):
+        from dreamloom.toy.concepts import family, split_family
+
+        self.args, self.scratch = args, scratch
+        self.tuning, self.evaluation = split_family(
+            family(args.family_size, args.family_seed), args.tuning, args.family_seed
+        )
+        self._bases: dict[str, object] = {}
+
+    def run(self) -> dict:
+        report = {
+            "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": self.args.threads},
+            "setup": {
+                "base_model": "toy",
+                "family_seed": self.args.family_seed,
+                "tuning_concepts": [c.name for c in self.tuning],
+                "evaluation_concepts": [c.name for c in self.evaluation],
+                "steps": self.args.steps,
+                "batch_size": self.args.batch_size,
+                "images_per_prompt": self.args.images_per_prompt,
+                "seeds": self.args.seeds,
+            },
+        }
+        if self.args.settings:
+            chosen = json.loads(self.args.settings.read_text())["chosen"]
+            report["sweep"] = f"settings from {self.args.settings}"
+        else:
+            report["sweep"] = {method: self.sweep(method) for method in self.args.methods}
+            chosen = {method: report["sweep"][method]["chosen"] for method in self.args.methods}
+        report["chosen"] = {method: chosen[method] for method in self.args.methods}
+        report["base"] = {c.name: _floor(self.base(c)[1]) for c in self.evaluation}
+        report["evaluation"] = {method: self.report(method, chosen[method]["settings"]) for method in self.args.methods}
+        return report
+
+    def sweep(self, method: str) -> dict:
+        from dreamloom.toy.study import choose, sweep_stages
+
+        best: dict = {}
+        stages = []
+        for stage in sweep_stages(method, self.args.steps):
+            candidates = []
+            for change in stage:
+                settings = {**best, **change}
+                scores = [self.teach(method, concept, settings) for concept in self.tuning]
+                candidates.append((settings, scores))
+            best, why = choose(candidates)
+            stages.append(
+                {
+                    "candidates": [
+                        {"settings": settings, "scores": [s.as_dict() for s in scores]}
+                        for settings, scores in candidates
+                    ],
+                    "chosen": best,
+                    "why": why,
+                }
+            )
+        return {"stages": stages, "chosen": {"settings": best, "why": stages[-1]["why"]}}
+
+    def report(self, method: str, settings: dict) -> dict:
+        from dreamloom.toy.study import mean, spread
+
+        rows = []
+        for concept in self.evaluation:
+            for seed in range(self.args.seeds):
+                scores = self.teach(method, concept, settings, seed=seed, grid=f"{method}-{concept.name}-seed{seed}")
+                rows.append({"concept": concept.name, "seed": seed, **scores.as_dict()})
+        columns = {
+            "subject": [r["subject"] for r in rows],
+            "subject_lift": [r["subject_lift"] for r in rows],
+            "readback_all": [r["readback"]["all"] for r in rows],
+            "readback_lift": [r["readback_lift"] for r in rows],
+            "prompt": [r["prompt"] for r in rows],
+        }
+        for group in ("shape", "colour", "texture"):
+            columns[f"readback_{group}"] = [r["readback"][group] for r in rows]
+        summary = {name: {"mean": round(mean(v), 4), "spread": round(spread(v), 4)} for name, v in columns.items()}
+        return {"summary": summary, "rows": rows}
+
+    def teach(self, method: str, concept, settings: dict, seed: int = 0, grid: str | None = None):
+        from dreamloom.inference import load_artifact_pipeline
+        from dreamloom.toy.measure import concept_fidelity
+        from dreamloom.toy.study import Scores, run_config, subject_for
+        from dreamloom.training.local import train_in_process
+
+        data = self._data(concept)
+        steps = settings.get("training.steps", self.args.steps)
+        overrides = {k: v for k, v in settings.items() if k != "training.steps"}
+        output = self.scratch / "artifacts" / f"{method}-{concept.name}-{len(list(self.scratch.glob('artifacts/*')))}"
+        config = run_config(method, data, output, steps, self.args.batch_size, seed=seed, **overrides)
+        print(f"[family] {method} on {concept.name} {settings or 'defaults'} seed {seed}", file=sys.stderr, flush=True)
+        artifact = train_in_process(config)
+        pipe, _ = load_artifact_pipeline(artifact)
+        references, base = self.base(concept)
+        taught = concept_fidelity(
+            pipe, references, subject_for(method), images_per_prompt=self.args.images_per_prompt, concept=concept
+        )
+        self._save_grid(grid, taught.images)
+        del pipe
+        gc.collect()
+        return Scores.of(taught, base)
+
+    def base(self, concept):
+        """The base drawing the concept's prompts (the floor), once per concept."""
+        if concept.name not in self._bases:
+            from PIL import Image
+
+            from dreamloom.models.base import load_base_model, pipeline_from_components, resolve_base_model
+            from dreamloom.toy.concepts import SUBJECT
+            from dreamloom.toy.measure import concept_fidelity
+
+            folder = self._data(concept) / "subject"
+            references = [Image.open(path).convert("RGB") for path in sorted(folder.glob("*.png"))]
+            pipe = pipeline_from_components(load_base_model(resolve_base_model("toy")))
+            fidelity = concept_fidelity(
+                pipe, references, SUBJECT, images_per_prompt=self.args.images_per_prompt, concept=concept
+            )
+            self._save_grid(f"base-{concept.name}", fidelity.images)
+            self._bases[concept.name] = (references, fidelity)
+        return self._bases[concept.name]
+
+    def _data(self, concept) -> Path:
+        from dreamloom.toy.study import write_teaching_data
+
+        folder = self.scratch / "concepts" / concept.name
+        return folder if folder.exists() else write_teaching_data(concept, folder)
+
+    def _save_grid(self, name: str | None, images) -> None:
+        if name is None or self.args.out is None:
+            return
+        from diffusers.utils import make_image_grid
+
+        columns = self.args.images_per_prompt
+        folder = self.args.out / "grids"
+        folder.mkdir(parents=True, exist_ok=True)
+        grid = make_image_grid(images, rows=len(images) // columns, cols=columns)
+        grid.resize((grid.width * 2, grid.height * 2), 0).save(folder / f"{name}.png")
+
+
+def markdown(report: dict) -> str:
+    setup = report["setup"]
+    lines = [
+        f"{len(setup['evaluation_concepts'])} evaluation concepts x {setup['seeds']} seed(s) on the toy base; settings "
+        f"chosen on {len(setup['tuning_concepts'])} other concepts. Mean (spread) over concepts and seeds.",
+        "",
+        "| method | chosen settings | subject lift | read-back: all three | read-back lift | shape | colour | texture "
+        "| prompt fidelity |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, result in report["evaluation"].items():
+        settings = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in report["chosen"][method]["settings"].items())
+        cell = functools.partial(_cell, result["summary"])
+        lines.append(
+            f"| {method} | {settings or 'defaults'} | {cell('subject_lift')} | {cell('readback_all')} | "
+            f"{cell('readback_lift')} | {cell('readback_shape')} | {cell('readback_colour')} | "
+            f"{cell('readback_texture')} | {cell('prompt')} |"
+        )
+    floors = ", ".join(f"{name} {floor['readback']['all']:.2f}" for name, floor in report["base"].items())
+    lines += ["", f"The base's read-back of all three on the same prompts (the floor): {floors}."]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(summary: dict, name: str) -> str:
+    return f"{summary[name]['mean']:.2f} ({summary[name]['spread']:.2f})"
+
+
+def _floor(fidelity) -> dict:
+    from dreamloom.toy.study import rounded
+
+    return rounded(
+        {
+            "subject": fidelity.subject,
+            "readback": fidelity.readback,
+            "prompt": fidelity.prompt,
+            "reference_ceiling": fidelity.reference_ceiling,
+            "reference_readback": fidelity.reference_readback,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

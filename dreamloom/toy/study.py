@@ -1,0 +1,166 @@
+"""Teaching the toy base new concepts as the benches and tests do: each method's settings for a
+5.4 M-parameter UNet, the run config, the small sweep tried on tuning concepts, and how a taught
+model is scored against the base.
+
+A result is read three ways (``Scores``): the subject embedding's cosine to the five references
+(DINO's role), the attribute classifiers' read-back of the concept itself (shape, colour, texture,
+all three) and of the prompt around it (background, position, count). Each concept score also
+comes as a normalized lift, (score - base) / (ceiling - base), so that concepts of different
+difficulty average fairly: the base draws some colours right by chance, and a concept's references
+are only so alike.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dreamloom.toy.concepts import SUBJECT, Concept, write_concept
+from dreamloom.toy.measure import ConceptFidelity, normalized_lift
+
+SUBJECT_METHODS = ("lora", "dreambooth", "dreambooth-lora", "textual-inversion", "pivotal", "hypernetwork")
+PLACEHOLDER = "<sks-shape>"  # the embedding methods' new token (the others use "sks shape")
+EMBEDDING_METHODS = ("textual-inversion", "pivotal")
+PRIOR = {"prior.class_prompt": "a shape on a white background", "prior.num_class_images": 20}
+# Settings per method for the toy UNet: learning rates are higher than SD 1.5's.
+METHOD_SETTINGS: dict[str, dict] = {
+    "lora": {"lora.rank": 8, "optimizer.learning_rate": 1e-3},
+    "dreambooth": {**PRIOR, "optimizer.learning_rate": 1e-4},
+    "dreambooth-lora": {**PRIOR, "lora.rank": 8, "optimizer.learning_rate": 1e-3},
+    "textual-inversion": {
+        "textual_inversion.placeholder_token": PLACEHOLDER,
+        "textual_inversion.initializer_token": "shape",
+        "textual_inversion.num_vectors": 2,
+        "optimizer.learning_rate": 5e-3,
+    },
+    "pivotal": {
+        "textual_inversion.placeholder_token": PLACEHOLDER,
+        "textual_inversion.initializer_token": "shape",
+        "textual_inversion.num_vectors": 2,
+        "textual_inversion.learning_rate": 5e-3,
+        "lora.rank": 8,
+        "optimizer.learning_rate": 1e-3,
+    },
+    "hypernetwork": {"optimizer.learning_rate": 1e-3},
+    "controlnet": {"controlnet.condition": "canny", "optimizer.learning_rate": 1e-3},
+}
+LEARNING_RATE = {"pivotal": "textual_inversion.learning_rate"}  # the rate that teaches the concept
+CAPACITY = {  # rank or vectors: what holds the concept
+    "lora": ("lora.rank", 16),
+    "dreambooth-lora": ("lora.rank", 16),
+    "pivotal": ("lora.rank", 16),
+    "textual-inversion": ("textual_inversion.num_vectors", 4),
+    "hypernetwork": ("hypernetwork.layer_structure", [1.0, 4.0, 1.0]),
+}
+PROMPT_FLOOR = 0.9  # a setting that loses the prompt is not chosen, however faithful its subject
+
+
+def subject_for(method: str) -> str:
+    return PLACEHOLDER if method in EMBEDDING_METHODS else SUBJECT
+
+
+def write_teaching_data(concept: Concept, folder: Path) -> Path:
+    """The concept's pictures captioned for every method: ``subject/`` with "sks shape",
+    ``placeholder/`` with the embedding methods' token."""
+    write_concept(concept, folder / "subject")
+    write_concept(concept, folder / "placeholder", subject=PLACEHOLDER)
+    return folder
+
+
+def run_config(method: str, data: Path, output: Path, steps: int, batch_size: int, seed: int = 0, **overrides):
+    """The run config ``method`` teaches the concept in ``data`` (``write_teaching_data``) with."""
+    from dreamloom.config import load_run_config
+
+    embedding = method in EMBEDDING_METHODS
+    document = {
+        "method": method,
+        "base_model": "toy",
+        "data.path": str(data / ("placeholder" if embedding else "subject")),
+        "data.instance_prompt": f"a {subject_for(method)} on a white background",
+        "data.resolution": 64,
+        "output": str(output),
+        "training.steps": steps,
+        "training.batch_size": batch_size,
+        "training.seed": seed,
+        "training.checkpoint_every": 0,
+        "validation.final_grid": False,
+        **METHOD_SETTINGS[method],
+        **overrides,
+    }
+    return load_run_config(None, document)
+
+
+def sweep_stages(method: str, steps: int) -> list[list[dict]]:
+    """The settings tried on the tuning concepts, in stages: learning rates at half, once and twice
+    the default; then, on top of the best, twice the steps and twice the capacity (rank or vectors)."""
+    rate_key = LEARNING_RATE.get(method, "optimizer.learning_rate")
+    rate = METHOD_SETTINGS[method][rate_key]
+    stages = [[{rate_key: rate * factor} for factor in (0.5, 1.0, 2.0)], [{}, {"training.steps": steps * 2}]]
+    if method in CAPACITY:
+        key, value = CAPACITY[method]
+        stages[1].append({key: value})
+    return stages
+
+
+@dataclass
+class Scores:
+    """One taught model on one concept, against the base on the same prompts and seeds."""
+
+    subject: float
+    subject_lift: float
+    readback: dict[str, float]  # shape, colour, texture, all
+    readback_lift: float  # of "all", towards the references' own read-back
+    prompt: float
+    prompt_by_attribute: dict[str, float]
+
+    @classmethod
+    def of(cls, taught: ConceptFidelity, base: ConceptFidelity) -> Scores:
+        return cls(
+            subject=taught.subject,
+            subject_lift=normalized_lift(taught.subject, base.subject, taught.reference_ceiling),
+            readback=taught.readback,
+            readback_lift=normalized_lift(taught.readback["all"], base.readback["all"], taught.reference_readback),
+            prompt=taught.prompt,
+            prompt_by_attribute=taught.prompt_by_attribute,
+        )
+
+    def as_dict(self) -> dict:
+        return rounded(asdict(self))
+
+
+def choose(candidates: list[tuple[dict, list[Scores]]]) -> tuple[dict, str]:
+    """The candidate settings with the best mean read-back lift among those that keep the prompt
+    (mean prompt fidelity >= PROMPT_FLOOR), with why; if none does, the one that keeps it best."""
+    summary = [
+        (settings, mean([s.readback_lift for s in scores]), mean([s.prompt for s in scores]))
+        for settings, scores in candidates
+    ]
+    keeping = [row for row in summary if row[2] >= PROMPT_FLOOR]
+    if keeping:
+        settings, lift, prompt = max(keeping, key=lambda row: row[1])
+        return settings, f"best read-back lift {lift:.3f} with prompt fidelity {prompt:.3f} >= {PROMPT_FLOOR}"
+    settings, lift, prompt = max(summary, key=lambda row: row[2])
+    return (
+        settings,
+        f"no setting kept prompt fidelity >= {PROMPT_FLOOR}; best prompt fidelity {prompt:.3f} (lift {lift:.3f})",
+    )
+
+
+def mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(finite) if finite else float("nan")
+
+
+def spread(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def rounded(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    return value
