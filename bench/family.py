@@ -156,16 +156,18 @@ class Study:
         return {"summary": summary, "rows": rows}
 
     def teach(self, method: str, concept, settings: dict, seed: int = 0, grid: str | None = None):
+        from dreamloom.config import load_run_config
         from dreamloom.inference import load_artifact_pipeline
         from dreamloom.toy.measure import concept_fidelity
-        from dreamloom.toy.study import Scores, run_config, subject_for
+        from dreamloom.toy.study import Scores, run_document, subject_for
         from dreamloom.training.local import train_in_process
 
         data = self._data(concept)
         steps = settings.get("training.steps", self.args.steps)
         overrides = {k: v for k, v in settings.items() if k != "training.steps"}
         output = self.scratch / "artifacts" / f"{method}-{concept.name}-{len(list(self.scratch.glob('artifacts/*')))}"
-        config = run_config(method, data, output, steps, self.args.batch_size, seed=seed, **overrides)
+        document = run_document(method, data, output, steps, self.args.batch_size, seed=seed, **overrides)
+        config = load_run_config(None, document)
         print(f"[family] {method} on {concept.name} {settings or 'defaults'} seed {seed}", file=sys.stderr, flush=True)
         artifact = train_in_process(config)
         pipe, _ = load_artifact_pipeline(artifact)

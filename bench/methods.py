@@ -137,10 +137,12 @@ def _references(folder: Path):
 
 def run_config(method: str, scratch: Path, steps: int, batch_size: int):
     """The run config a method trains with in this benchmark (ControlNet on the layout scenes)."""
-    from dreamloom.toy import study
+    from dreamloom.config import load_run_config
+    from dreamloom.toy.study import run_document
 
     scenes = {"data.path": str(scratch / "scenes")} if method == "controlnet" else {}
-    return study.run_config(method, scratch / "concept", scratch / "artifacts" / method, steps, batch_size, **scenes)
+    document = run_document(method, scratch / "concept", scratch / "artifacts" / method, steps, batch_size, **scenes)
+    return load_run_config(None, document)
 
 
 def _train_in_subprocess(args, method: str, scratch: Path) -> dict:

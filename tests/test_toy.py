@@ -177,9 +177,10 @@ def test_a_short_lora_lifts_the_read_back_of_evaluation_concepts_well_above_the_
     """Issue 20's check at CI cost: on two of the evaluation concepts (never used to choose
     settings), 150 LoRA steps make the classifiers read the concept back far more often than
     from the base, and the subject embedding agrees."""
+    from dreamloom.config import load_run_config
     from dreamloom.evaluation import evaluate_artifact
     from dreamloom.inference import load_artifact_pipeline
-    from dreamloom.toy.study import Scores, run_config, write_teaching_data
+    from dreamloom.toy.study import Scores, run_document, write_teaching_data
     from dreamloom.training.local import train_in_process
 
     _, evaluation = split_family(family(12, seed=0), tuning=4, seed=0)
@@ -189,7 +190,7 @@ def test_a_short_lora_lifts_the_read_back_of_evaluation_concepts_well_above_the_
         references = [Image.open(p).convert("RGB") for p in sorted((data / "subject").glob("*.png"))]
         base = concept_fidelity(toy_pipeline(), references, SUBJECT, prompts, images_per_prompt=3, concept=concept)
         assert base.reference_readback == 1.0  # the classifiers read the concept off its own pictures
-        config = run_config("lora", data, tmp_path / f"{concept.name}-lora", steps=150, batch_size=4)
+        config = load_run_config(None, run_document("lora", data, tmp_path / f"{concept.name}-lora", 150, batch_size=4))
         artifact = train_in_process(config)
         taught_pipe = load_artifact_pipeline(artifact)[0]
         taught = concept_fidelity(taught_pipe, references, SUBJECT, prompts, images_per_prompt=3, concept=concept)

@@ -69,12 +69,13 @@ def write_teaching_data(concept: Concept, folder: Path) -> Path:
     return folder
 
 
-def run_config(method: str, data: Path, output: Path, steps: int, batch_size: int, seed: int = 0, **overrides):
-    """The run config ``method`` teaches the concept in ``data`` (``write_teaching_data``) with."""
-    from dreamloom.config import load_run_config
-
+def run_document(
+    method: str, data: Path, output: Path, steps: int, batch_size: int, seed: int = 0, **overrides
+) -> dict:
+    """The run config (as ``load_run_config``'s dotted document) ``method`` teaches the concept in
+    ``data`` (``write_teaching_data``) with."""
     embedding = method in EMBEDDING_METHODS
-    document = {
+    return {
         "method": method,
         "base_model": "toy",
         "data.path": str(data / ("placeholder" if embedding else "subject")),
@@ -89,7 +90,6 @@ def run_config(method: str, data: Path, output: Path, steps: int, batch_size: in
         **METHOD_SETTINGS[method],
         **overrides,
     }
-    return load_run_config(None, document)
 
 
 def sweep_stages(method: str, steps: int) -> list[list[dict]]:
