@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # On GPU nodes: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
-.PHONY: setup test test-fast test-realsize lint chart-lint cluster-up format demo bench bench-methods toy-base toy-evaluator clean
+.PHONY: setup test test-fast test-realsize lint chart-lint cluster-up format demo bench bench-methods bench-family toy-base toy-evaluator clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,10 @@ bench: setup
 
 bench-methods: setup
 	$(BIN)/python bench/methods.py --out bench/results/methods
+
+# The methods over a family of new concepts: settings swept on 4, reported on 8 (see bench/family.py).
+bench-family: setup
+	$(BIN)/python bench/family.py --out bench/results/family
 
 # The toy world's committed weights, reproduced from config and seed (2 cores: ~12 and ~55 minutes).
 toy-evaluator: setup
