@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dreamloom.errors import DreamloomError
+from dreamloom.settings import free_port  # noqa: F401 (re-exported: callers start servers on it)
 
 EXIT_TIMEOUT_S = 30
 ADMIN_HEADER = "dreamloom-admin-key"
@@ -36,12 +36,6 @@ def _wheel() -> Path:
     except ImportError:
         raise DreamloomError("tritonserver comes from the nvidia-pytriton wheel; run `make setup`") from None
     return Path(pytriton.__file__).parent / "tritonserver"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def backend_directory(target: Path) -> Path:

@@ -19,7 +19,7 @@ from dreamloom.config import RunConfig
 from dreamloom.data.prepare import PreparedDataset
 from dreamloom.errors import DreamloomError
 from dreamloom.progress import PhaseClock
-from dreamloom.settings import apply_quiet_defaults, local_ray_cpus, ray_temp_dir
+from dreamloom.settings import apply_quiet_defaults, free_port, local_ray_cpus, ray_temp_dir
 from dreamloom.training.bookkeeping import (
     log_final_metrics,
     manifest_for,
@@ -141,6 +141,7 @@ def ensure_ray(config: RunConfig) -> None:
                 f"or scaling.cpus_per_worker, or call ray.init(num_cpus={needed_cpus}) instead"
             )
         ray.shutdown()
+    dashboard_port = free_port()
     _start_where_it_lasts(
         lambda: ray.init(
             # Always a Ray of its own: without an address Ray joins the newest one on this machine,
@@ -153,12 +154,22 @@ def ensure_ray(config: RunConfig) -> None:
             _temp_dir=str(ray_temp_dir()),
             logging_level="WARNING",
             log_to_driver=True,
-            # Node draining (spot preemption) has no meaning on a Ray of one machine, and its
-            # watcher's polls fail there, logging a traceback into every run's log.
-            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}},
+            dashboard_port=dashboard_port,
+            runtime_env={"env_vars": _local_ray_env(dashboard_port)},
         )
     )
     _ray_started_here = True
+
+
+def _local_ray_env(dashboard_port: int) -> dict[str, str]:
+    """What Ray Train's own actors need on a Ray of this machine: node draining (spot preemption)
+    means nothing there and its watcher's polls fail, logging a traceback into every run; and the
+    placement-group cleaner asks the state API, which without an address looks for the Ray on this
+    machine and fails with "multiple active Ray instances" when another run has one."""
+    return {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
+    }
 
 
 def _start_where_it_lasts(start: Callable[[], object]) -> None:
