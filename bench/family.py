@@ -26,15 +26,18 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import itertools
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from report import emit_with_table  # bench/report.py: these scripts run with bench/ on sys.path
 
 from dreamloom.toy.study import SUBJECT_METHODS
 
@@ -50,14 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         report = Study(args, Path(scratch)).run()
     report["seconds"] = round(time.perf_counter() - started)
-    text = json.dumps(report, indent=2)
-    table = markdown(report)
-    print(text)
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "family.json").write_text(text)
-        (args.out / "family.md").write_text(table)
+    emit_with_table(report, markdown(report), args.out, "family")
 
 
 def _parse() -> argparse.Namespace:
@@ -85,6 +81,15 @@ class Study:
             family(args.family_size, args.family_seed), args.tuning, args.family_seed
         )
         self._bases: dict[str, object] = {}
+        self._runs = itertools.count(1)
+        self._planned = self._planned_runs()
+
+    def _planned_runs(self) -> int:
+        from dreamloom.toy.study import sweep_stages
+
+        sweeps = 0 if self.args.settings else len(self.tuning)
+        per_method = [sum(map(len, sweep_stages(m, self.args.steps))) * sweeps for m in self.args.methods]
+        return sum(per_method) + len(self.args.methods) * len(self.evaluation) * self.args.seeds
 
     def run(self) -> dict:
         report = {
@@ -163,14 +168,15 @@ class Study:
         from dreamloom.training.local import train_in_process
 
         data = self._data(concept)
-        steps = settings.get("training.steps", self.args.steps)
-        overrides = {k: v for k, v in settings.items() if k != "training.steps"}
-        output = self.scratch / "artifacts" / f"{method}-{concept.name}-{len(list(self.scratch.glob('artifacts/*')))}"
-        document = run_document(method, data, output, steps, self.args.batch_size, seed=seed, **overrides)
-        config = load_run_config(None, document)
-        print(f"[family] {method} on {concept.name} {settings or 'defaults'} seed {seed}", file=sys.stderr, flush=True)
-        artifact = train_in_process(config)
+        run = next(self._runs)
+        output = self.scratch / "artifacts" / f"{method}-{concept.name}-{run}"
+        # settings may hold training.steps: it overrides the default steps given here
+        document = run_document(method, data, output, self.args.steps, self.args.batch_size, seed=seed, **settings)
+        said = f"[family] run {run}/{self._planned}: {method} on {concept.name} {settings or 'defaults'} seed {seed}"
+        print(said, file=sys.stderr, flush=True)
+        artifact = train_in_process(load_run_config(None, document))
         pipe, _ = load_artifact_pipeline(artifact)
+        shutil.rmtree(artifact)  # loaded: a sweep of DreamBooth runs would otherwise keep GBs
         references, base = self.base(concept)
         taught = concept_fidelity(
             pipe, references, subject_for(method), images_per_prompt=self.args.images_per_prompt, concept=concept

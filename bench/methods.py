@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import emit_with_table  # bench/report.py: these scripts run with bench/ on sys.path
 
 from dreamloom.toy.study import METHOD_SETTINGS, SUBJECT_METHODS, subject_for
 
@@ -55,14 +56,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as scratch:
         report = _run(args, Path(scratch))
-    text = json.dumps(report, indent=2)
-    table = markdown(report)
-    print(text)
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "methods.json").write_text(text)
-        (args.out / "methods.md").write_text(table)
+    emit_with_table(report, markdown(report), args.out, "methods")
 
 
 def _parse() -> argparse.Namespace:

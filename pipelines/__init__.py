@@ -19,8 +19,7 @@ def compile_pipeline(name: str, path: Path | None = None, release: ReleaseNames 
 
     module = import_module(f"pipelines.{name}")
     path = Path(path or module.COMPILED)
-    pipeline = getattr(module, name) if release == DEFAULT_RELEASE else getattr(module, f"{name}_pipeline")(release)
-    compiler.Compiler().compile(pipeline, str(path))
+    compiler.Compiler().compile(getattr(module, f"{name}_pipeline")(release), str(path))
     return path
 
 

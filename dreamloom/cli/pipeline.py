@@ -46,7 +46,7 @@ def add_commands(commands) -> None:
             action.add_argument("--version-name", help="also upload the compiled YAML as this pipeline version")
             action.add_argument(
                 "--service-account",
-                help="the run's Kubernetes service account (default: the release's RELEASE-pipeline, which may "
+                help="the run's Kubernetes service account (default: the release's <fullname>-pipeline, which may "
                 "create RayJobs); '' for KFP's default",
             )
             _add_release_arguments(action)

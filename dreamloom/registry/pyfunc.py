@@ -43,11 +43,9 @@ def input_example(manifest) -> pd.DataFrame:
     a blank condition for a ControlNet, which needs one)."""
     from PIL import Image
 
-    from dreamloom.methods import get_method
-
     row = {"prompt": manifest.instance_prompt, "seed": 0, "steps": 25, "guidance": 7.5}
     row["width"] = row["height"] = manifest.resolution
-    if get_method(manifest.method).serving_mode == "controlnet":
+    if manifest.method_type.serving_mode == "controlnet":
         row["control_image"] = png_base64(Image.new("RGB", (manifest.resolution,) * 2))
     return pd.DataFrame([row])
 
