@@ -209,3 +209,15 @@ def test_strength_is_refused_for_methods_without_one(photos, tmp_path):
     artifact = train_in_process(method_config("textual-inversion", photos, tmp_path / "ti", training__steps=1))
     with pytest.raises(DreamloomError, match="no strength"):
         load_artifact_pipeline(artifact, strength=0.5)
+
+
+def test_a_run_names_the_folder_it_was_given_when_its_pictures_were_prepared_from_another(photos, tmp_path):
+    """Prepared sets are cached by content; a run on a copy of the pictures reuses the cached set,
+    and its lineage (MLflow's dataset input, the manifest) must still name the copy."""
+    copy = tmp_path / "the same pictures elsewhere"
+    shutil.copytree(photos, copy)
+    first = plan_job(method_config("lora", photos, tmp_path / "a"))
+    second = plan_job(method_config("lora", copy, tmp_path / "b"))
+    assert second.dataset_root == first.dataset_root  # one cached set
+    assert first.dataset().source == str(photos.absolute())
+    assert second.dataset().source == str(copy.absolute())

@@ -8,7 +8,7 @@ entrypoint import it; it imports none of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -43,10 +43,17 @@ class TrainJob(BaseModel):
     config: RunConfig
     base_model: BaseModelRef
     dataset_root: str
+    dataset_source: str | None = None  # the originals this run was given (a cached set may name others)
     class_images: str | None = None  # generated-class-image cache folder
     class_dataset_root: str | None = None  # the user's own class images, prepared
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
+
+    def dataset(self) -> PreparedDataset:
+        """The prepared training set, naming the folder this run was given: prepared sets are
+        cached by content, so the cached copy may have been made from another folder."""
+        dataset = PreparedDataset.load(Path(self.dataset_root))
+        return replace(dataset, source=self.dataset_source) if self.dataset_source else dataset
 
 
 @dataclass

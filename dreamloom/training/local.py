@@ -93,7 +93,7 @@ def _checked_job(config: RunConfig, storage: str, resume: bool) -> tuple[TrainJo
         check_resume(Path(storage) / run_name, record)
     else:
         record_run(Path(storage) / run_name, record)
-    return job, PreparedDataset.load(Path(job.dataset_root))
+    return job, job.dataset()
 
 
 def train_in_process(config: RunConfig, progress: bool = False) -> Path:
@@ -109,7 +109,7 @@ def train_in_process(config: RunConfig, progress: bool = False) -> Path:
             print(f"[dreamloom] {config.method} step {step}/{config.training.steps} loss {loss:.4f}", flush=True)
     with tempfile.TemporaryDirectory() as staging:
         trainer.save_artifact(Path(staging))
-        dataset = PreparedDataset.load(Path(job.dataset_root))
+        dataset = job.dataset()
         publish(Path(staging), config.output, manifest_for(config, job.base_model, dataset, config.training.steps))
     return config.output
 

@@ -26,6 +26,7 @@ def plan_job(config: RunConfig) -> TrainJob:
         config=config,
         base_model=base,
         dataset_root=str(dataset.root),
+        dataset_source=dataset.source,
         class_images=_class_folder(config, base, class_dataset),
         class_dataset_root=str(class_dataset.root) if class_dataset else None,
         tracking_uri=tracking_uri(),
