@@ -15,7 +15,10 @@ once, by seed, into tuning and evaluation concepts.
    concepts and seeds, and a picture grid per method and concept.
 
 Prints JSON and a markdown table; ``--out DIR`` writes family.json, family.md and the grids.
-``--settings FILE`` (a family.json) skips the sweep and reports with the settings it chose.
+``--settings FILE`` (a family.json) skips the sweep and reports with the settings it chose;
+``--reuse FILE...`` takes the sweep runs those reports recorded (same setup) instead of training
+them again, so a sweep given a new stage trains only what is new; ``--merge FILE...`` joins the
+family.json files of one setup (methods run apart, e.g. on several machines) into one report.
 
     .venv/bin/python bench/family.py --out bench/results/family           # about 90 minutes on 2 cores
     .venv/bin/python bench/family.py --methods lora --family-size 4 --tuning 1 --steps 100
@@ -49,10 +52,13 @@ def main() -> None:
     from dreamloom.logs import quiet_library_logging
 
     quiet_library_logging()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        report = Study(args, Path(scratch)).run()
-    report["seconds"] = round(time.perf_counter() - started)
+    if args.merge:
+        report = merged([json.loads(path.read_text()) for path in args.merge])
+    else:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as scratch:
+            report = Study(args, Path(scratch)).run()
+        report["seconds"] = round(time.perf_counter() - started)
     emit_with_table(report, markdown(report), args.out, "family")
 
 
@@ -67,6 +73,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--settings", type=Path, help="a family.json whose chosen settings to report with (no sweep)")
+    parser.add_argument("--reuse", type=Path, nargs="+", default=[], help="family.json files whose sweep runs to reuse")
+    parser.add_argument("--merge", type=Path, nargs="+", help="family.json files of one setup to join (no runs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="folder for family.json, family.md and the picture grids")
     return parser.parse_args()
@@ -81,6 +89,7 @@ class Study:
             family(args.family_size, args.family_seed), args.tuning, args.family_seed
         )
         self._bases: dict[str, object] = {}
+        self._recorded = recorded_sweep_runs(args.reuse, self.setup())
         self._runs = itertools.count(1)
         self._planned = self._planned_runs()
 
@@ -91,19 +100,22 @@ class Study:
         per_method = [sum(map(len, sweep_stages(m, self.args.steps))) * sweeps for m in self.args.methods]
         return sum(per_method) + len(self.args.methods) * len(self.evaluation) * self.args.seeds
 
+    def setup(self) -> dict:
+        return {
+            "base_model": "toy",
+            "family_seed": self.args.family_seed,
+            "tuning_concepts": [c.name for c in self.tuning],
+            "evaluation_concepts": [c.name for c in self.evaluation],
+            "steps": self.args.steps,
+            "batch_size": self.args.batch_size,
+            "images_per_prompt": self.args.images_per_prompt,
+            "seeds": self.args.seeds,
+        }
+
     def run(self) -> dict:
         report = {
             "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": self.args.threads},
-            "setup": {
-                "base_model": "toy",
-                "family_seed": self.args.family_seed,
-                "tuning_concepts": [c.name for c in self.tuning],
-                "evaluation_concepts": [c.name for c in self.evaluation],
-                "steps": self.args.steps,
-                "batch_size": self.args.batch_size,
-                "images_per_prompt": self.args.images_per_prompt,
-                "seeds": self.args.seeds,
-            },
+            "setup": self.setup(),
         }
         if self.args.settings:
             chosen = json.loads(self.args.settings.read_text())["chosen"]
@@ -125,7 +137,7 @@ class Study:
             candidates = []
             for change in stage:
                 settings = {**best, **change}
-                scores = [self.teach(method, concept, settings) for concept in self.tuning]
+                scores = [self.tried(method, concept, settings) for concept in self.tuning]
                 candidates.append((settings, scores))
             best, why = choose(candidates)
             stages.append(
@@ -159,6 +171,21 @@ class Study:
             columns[f"readback_{group}"] = [r["readback"][group] for r in rows]
         summary = {name: {"mean": round(mean(v), 4), "spread": round(spread(v), 4)} for name, v in columns.items()}
         return {"summary": summary, "rows": rows}
+
+    def tried(self, method: str, concept, settings: dict):
+        """A sweep run's scores: recorded earlier in this sweep or by a report given to --reuse, else
+        trained now (a run is deterministic, so the same settings give the same scores)."""
+        from dreamloom.toy.study import Scores
+
+        key = _run_key(method, concept.name, settings)
+        recorded = self._recorded.get(key)
+        if recorded is None:  # each stage tries the last one's choice again: trained runs are recorded too
+            scores = self.teach(method, concept, settings)
+            self._recorded[key] = scores.as_dict()
+            return scores
+        said = f"[family] run {next(self._runs)}/{self._planned}: {method} on {concept.name} {settings} (recorded)"
+        print(said, file=sys.stderr, flush=True)
+        return Scores(**recorded)
 
     def teach(self, method: str, concept, settings: dict, seed: int = 0, grid: str | None = None):
         from dreamloom.config import load_run_config
@@ -221,6 +248,43 @@ class Study:
         folder.mkdir(parents=True, exist_ok=True)
         grid = make_image_grid(images, rows=len(images) // columns, cols=columns)
         grid.resize((grid.width * 2, grid.height * 2), 0).save(folder / f"{name}.png")
+
+
+def recorded_sweep_runs(paths: list[Path], setup: dict) -> dict[str, dict]:
+    """The sweep runs recorded in earlier reports of the same setup, by method, concept and settings."""
+    recorded = {}
+    for path in paths:
+        report = json.loads(path.read_text())
+        if report["setup"] != setup:
+            raise SystemExit(f"--reuse: {path} was run with another setup; run with the same options")
+        for method, sweep in report["sweep"].items() if isinstance(report["sweep"], dict) else ():
+            for stage in sweep["stages"]:
+                for candidate in stage["candidates"]:
+                    for concept, scores in zip(setup["tuning_concepts"], candidate["scores"], strict=True):
+                        recorded[_run_key(method, concept, candidate["settings"])] = scores
+    return recorded
+
+
+def _run_key(method: str, concept: str, settings: dict) -> str:
+    return json.dumps([method, concept, settings], sort_keys=True)
+
+
+def merged(reports: list[dict]) -> dict:
+    """One report from several of the same setup, each with its own methods."""
+    first = reports[0]
+    for other in reports[1:]:
+        if other["setup"] != first["setup"] or other["base"] != first["base"]:
+            raise SystemExit("--merge: these reports differ in setup or base; run them with the same options")
+    joined = {"machine": first["machine"], "setup": first["setup"], "base": first["base"]}
+    order = sorted(reports, key=lambda report: min(map(SUBJECT_METHODS.index, report["evaluation"])))
+    for part in ("sweep", "chosen", "evaluation"):
+        joined[part] = {
+            method: report[part] if isinstance(report[part], str) else report[part][method]  # str: no sweep
+            for report in order
+            for method in report["evaluation"]
+        }
+    joined["seconds"] = {method: report["seconds"] for report in order for method in report["evaluation"]}
+    return joined
 
 
 def markdown(report: dict) -> str:

@@ -174,6 +174,29 @@ def test_normalized_lift_puts_every_concept_on_one_scale():
     assert np.isnan(normalized_lift(0.4, base=0.0, ceiling=0.1))  # too little within reach: noise
 
 
+def test_the_sweep_tries_rates_then_steps_and_capacity_then_the_text_encoder():
+    from dreamloom.toy.study import sweep_stages
+
+    rates, longer, text_encoder = sweep_stages("lora", steps=300)
+    assert rates == [{"optimizer.learning_rate": r} for r in (5e-4, 1e-3, 2e-3)]  # around the default 1e-3
+    assert longer == [{}, {"training.steps": 600}, {"lora.rank": 16}]  # {}: the last stage's choice again
+    assert text_encoder == [{}, {"lora.train_text_encoder": True}]
+    dreambooth = sweep_stages("dreambooth", steps=300)
+    assert len(dreambooth) == 2 and dreambooth[1] == [{}, {"training.steps": 600}]  # no rank, no adapter
+    assert sweep_stages("pivotal", 300)[0][0] == {"textual_inversion.learning_rate": 2.5e-3}  # the embedding's rate
+
+
+def test_a_setting_that_loses_the_prompt_is_not_chosen_however_faithful():
+    from dreamloom.toy.study import Scores, choose
+
+    def scores(lift: float, prompt: float) -> list[Scores]:
+        return [Scores(0.5, 0.5, {}, lift, prompt, {}), Scores(0.5, 0.5, {}, float("nan"), prompt, {})]
+
+    candidates = [({"a": 1}, scores(0.9, 0.8)), ({"a": 2}, scores(0.6, 0.95)), ({"a": 3}, scores(0.4, 1.0))]
+    assert choose(candidates)[0] == {"a": 2}  # nan (nothing within reach) is left out of the mean
+    assert choose([({"a": 1}, scores(0.9, 0.7)), ({"a": 2}, scores(0.1, 0.8))])[0] == {"a": 2}
+
+
 @pytest.mark.slow
 def test_a_short_lora_lifts_the_read_back_of_evaluation_concepts_well_above_the_base(tmp_path):
     """Issue 20's check at CI cost: on two of the evaluation concepts (never used to choose

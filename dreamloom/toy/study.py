@@ -62,6 +62,10 @@ CAPACITY = {  # rank or vectors: what holds the concept
     "textual-inversion": ("textual_inversion.num_vectors", 4),
     "hypernetwork": ("hypernetwork.layer_structure", [1.0, 4.0, 1.0]),
 }
+TEXT_ENCODER = {  # the adapters that can also train the text encoder (as diffusers' --train_text_encoder)
+    "lora": "lora.train_text_encoder",
+    "dreambooth-lora": "lora.train_text_encoder",
+}
 PROMPT_FLOOR = 0.9  # a setting that loses the prompt is not chosen, however faithful its subject
 
 
@@ -102,13 +106,16 @@ def run_document(
 
 def sweep_stages(method: str, steps: int) -> list[list[dict]]:
     """The settings tried on the tuning concepts, in stages: learning rates at half, once and twice
-    the default; then, on top of the best, twice the steps and twice the capacity (rank or vectors)."""
+    the default; then, on top of the best, twice the steps and twice the capacity (rank or vectors);
+    then, where the adapter can, training the text encoder too."""
     rate_key = LEARNING_RATE.get(method, "optimizer.learning_rate")
     rate = METHOD_SETTINGS[method][rate_key]
     stages = [[{rate_key: rate * factor} for factor in (0.5, 1.0, 2.0)], [{}, {"training.steps": steps * 2}]]
     if method in CAPACITY:
         key, value = CAPACITY[method]
         stages[1].append({key: value})
+    if method in TEXT_ENCODER:
+        stages.append([{}, {TEXT_ENCODER[method]: True}])
     return stages
 
 
