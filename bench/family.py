@@ -16,8 +16,8 @@ once, by seed, into tuning and evaluation concepts.
 
 Prints JSON and a markdown table; ``--out DIR`` writes family.json, family.md and the grids.
 ``--settings FILE`` (a family.json) skips the sweep and reports with the settings it chose;
-``--reuse FILE...`` takes the sweep runs those reports recorded (same setup) instead of training
-them again, so a sweep given a new stage trains only what is new; ``--merge FILE...`` joins the
+``--reuse FILE...`` takes the runs those reports recorded (same setup) instead of training them
+again, so a sweep given a new stage trains only what is new; ``--merge FILE...`` joins the
 family.json files of one setup (methods run apart, e.g. on several machines) into one report.
 
     .venv/bin/python bench/family.py --out bench/results/family           # about 90 minutes on 2 cores
@@ -73,7 +73,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--settings", type=Path, help="a family.json whose chosen settings to report with (no sweep)")
-    parser.add_argument("--reuse", type=Path, nargs="+", default=[], help="family.json files whose sweep runs to reuse")
+    parser.add_argument("--reuse", type=Path, nargs="+", default=[], help="family.json files whose runs to reuse")
     parser.add_argument("--merge", type=Path, nargs="+", help="family.json files of one setup to join (no runs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="folder for family.json, family.md and the picture grids")
@@ -89,7 +89,7 @@ class Study:
             family(args.family_size, args.family_seed), args.tuning, args.family_seed
         )
         self._bases: dict[str, object] = {}
-        self._recorded = recorded_sweep_runs(args.reuse, self.setup())
+        self._recorded = recorded_runs(args.reuse, self.setup())
         self._runs = itertools.count(1)
         self._planned = self._planned_runs()
 
@@ -158,7 +158,7 @@ class Study:
         rows = []
         for concept in self.evaluation:
             for seed in range(self.args.seeds):
-                scores = self.teach(method, concept, settings, seed=seed, grid=f"{method}-{concept.name}-seed{seed}")
+                scores = self.evaluated(method, concept, settings, seed)
                 rows.append({"concept": concept.name, "seed": seed, **scores.as_dict()})
         columns = {
             "subject": [r["subject"] for r in rows],
@@ -186,6 +186,24 @@ class Study:
         said = f"[family] run {next(self._runs)}/{self._planned}: {method} on {concept.name} {settings} (recorded)"
         print(said, file=sys.stderr, flush=True)
         return Scores(**recorded)
+
+    def evaluated(self, method: str, concept, settings: dict, seed: int):
+        """An evaluation run's scores and grid: recorded by a report given to --reuse with the same
+        chosen settings (its grid copied), else trained now."""
+        from dreamloom.toy.study import Scores
+
+        grid = f"{method}-{concept.name}-seed{seed}"
+        recorded = self._recorded.get(_run_key(method, concept.name, settings, seed))
+        if recorded is None:
+            return self.teach(method, concept, settings, seed=seed, grid=grid)
+        scores, grids = recorded
+        said = f"[family] run {next(self._runs)}/{self._planned}: {method} on {concept.name} {settings} seed {seed}"
+        print(f"{said} (recorded)", file=sys.stderr, flush=True)
+        source, target = grids / f"{grid}.png", self.args.out / "grids" / f"{grid}.png" if self.args.out else None
+        if target is not None and source.exists() and source.resolve() != target.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+        return Scores(**scores)
 
     def teach(self, method: str, concept, settings: dict, seed: int = 0, grid: str | None = None):
         from dreamloom.config import load_run_config
@@ -250,9 +268,10 @@ class Study:
         grid.resize((grid.width * 2, grid.height * 2), 0).save(folder / f"{name}.png")
 
 
-def recorded_sweep_runs(paths: list[Path], setup: dict) -> dict[str, dict]:
-    """The sweep runs recorded in earlier reports of the same setup, by method, concept and settings."""
-    recorded = {}
+def recorded_runs(paths: list[Path], setup: dict) -> dict[str, object]:
+    """The runs recorded in earlier reports of the same setup, by method, concept and settings (and
+    seed, for evaluation runs: their scores with the folder of their grids)."""
+    recorded: dict[str, object] = {}
     for path in paths:
         report = json.loads(path.read_text())
         if report["setup"] != setup:
@@ -262,11 +281,16 @@ def recorded_sweep_runs(paths: list[Path], setup: dict) -> dict[str, dict]:
                 for candidate in stage["candidates"]:
                     for concept, scores in zip(setup["tuning_concepts"], candidate["scores"], strict=True):
                         recorded[_run_key(method, concept, candidate["settings"])] = scores
+        for method, result in report["evaluation"].items():
+            settings = report["chosen"][method]["settings"]
+            for row in result["rows"]:
+                scores = {k: v for k, v in row.items() if k not in ("concept", "seed")}
+                recorded[_run_key(method, row["concept"], settings, row["seed"])] = (scores, path.parent / "grids")
     return recorded
 
 
-def _run_key(method: str, concept: str, settings: dict) -> str:
-    return json.dumps([method, concept, settings], sort_keys=True)
+def _run_key(method: str, concept: str, settings: dict, seed: int | None = None) -> str:
+    return json.dumps([method, concept, settings, seed], sort_keys=True)
 
 
 def merged(reports: list[dict]) -> dict:

@@ -174,7 +174,7 @@ def test_normalized_lift_puts_every_concept_on_one_scale():
     assert np.isnan(normalized_lift(0.4, base=0.0, ceiling=0.1))  # too little within reach: noise
 
 
-def test_the_sweep_tries_rates_then_steps_and_capacity_then_the_text_encoder():
+def test_the_sweep_tries_rates_then_steps_and_capacity_then_the_prior_and_the_text_encoder():
     from dreamloom.toy.study import sweep_stages
 
     rates, longer, text_encoder = sweep_stages("lora", steps=300)
@@ -182,7 +182,9 @@ def test_the_sweep_tries_rates_then_steps_and_capacity_then_the_text_encoder():
     assert longer == [{}, {"training.steps": 600}, {"lora.rank": 16}]  # {}: the last stage's choice again
     assert text_encoder == [{}, {"lora.train_text_encoder": True}]
     dreambooth = sweep_stages("dreambooth", steps=300)
-    assert len(dreambooth) == 2 and dreambooth[1] == [{}, {"training.steps": 600}]  # no rank, no adapter
+    assert dreambooth[1] == [{}, {"training.steps": 600}]  # no rank
+    assert dreambooth[2:] == [[{}, {"prior.weight": 0.5}, {"prior.weight": 0.25}]]  # a lighter prior; no adapter
+    assert [len(stage) for stage in sweep_stages("dreambooth-lora", 300)] == [3, 3, 3, 2]
     assert sweep_stages("pivotal", 300)[0][0] == {"textual_inversion.learning_rate": 2.5e-3}  # the embedding's rate
 
 

@@ -66,6 +66,7 @@ TEXT_ENCODER = {  # the adapters that can also train the text encoder (as diffus
     "lora": "lora.train_text_encoder",
     "dreambooth-lora": "lora.train_text_encoder",
 }
+PRIOR_WEIGHTS = (0.5, 0.25)  # for the methods with prior preservation: does the class prior cost the concept?
 PROMPT_FLOOR = 0.9  # a setting that loses the prompt is not chosen, however faithful its subject
 
 
@@ -107,13 +108,16 @@ def run_document(
 def sweep_stages(method: str, steps: int) -> list[list[dict]]:
     """The settings tried on the tuning concepts, in stages: learning rates at half, once and twice
     the default; then, on top of the best, twice the steps and twice the capacity (rank or vectors);
-    then, where the adapter can, training the text encoder too."""
+    then, with prior preservation, a lighter prior; then, where the adapter can, training the text
+    encoder too."""
     rate_key = LEARNING_RATE.get(method, "optimizer.learning_rate")
     rate = METHOD_SETTINGS[method][rate_key]
     stages = [[{rate_key: rate * factor} for factor in (0.5, 1.0, 2.0)], [{}, {"training.steps": steps * 2}]]
     if method in CAPACITY:
         key, value = CAPACITY[method]
         stages[1].append({key: value})
+    if METHOD_SETTINGS[method].get("prior.class_prompt"):
+        stages.append([{}, *({"prior.weight": weight} for weight in PRIOR_WEIGHTS)])
     if method in TEXT_ENCODER:
         stages.append([{}, {TEXT_ENCODER[method]: True}])
     return stages
