@@ -322,7 +322,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, result in report["evaluation"].items():
-        settings = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in report["chosen"][method]["settings"].items())
+        settings = ", ".join(f"{_short(k)}={v}" for k, v in report["chosen"][method]["settings"].items())
         cell = functools.partial(_cell, result["summary"])
         lines.append(
             f"| {method} | {settings or 'defaults'} | {cell('subject_lift')} | {cell('readback_all')} | "
@@ -332,6 +332,12 @@ def markdown(report: dict) -> str:
     floors = ", ".join(f"{name} {floor['readback']['all']:.2f}" for name, floor in report["base"].items())
     lines += ["", f"The base's read-back of all three on the same prompts (the floor): {floors}."]
     return "\n".join(lines) + "\n"
+
+
+def _short(key: str) -> str:
+    """A setting's name without its section where the section goes without saying."""
+    section, _, name = key.partition(".")
+    return name if section in ("optimizer", "training") else key
 
 
 def _cell(summary: dict, name: str) -> str:

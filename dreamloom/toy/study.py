@@ -49,10 +49,13 @@ METHOD_SETTINGS: dict[str, dict] = {
     "hypernetwork": {"optimizer.learning_rate": 1e-3},
     "controlnet": {"controlnet.condition": "canny", "optimizer.learning_rate": 1e-3},
 }
-# What bench/family.py's sweep chose on the tuning concepts (docs/evidence/family-*), per method
-# swept so far; the others still start from METHOD_SETTINGS.
+# What bench/family.py's sweep chose on the tuning concepts (docs/evidence/family/), on top of
+# METHOD_SETTINGS; a method not here was not swept.
 CHOSEN_SETTINGS: dict[str, dict] = {
     "lora": {"optimizer.learning_rate": 2e-3, "training.steps": 600},
+    "dreambooth": {"optimizer.learning_rate": 2e-4, "training.steps": 600},
+    "textual-inversion": {"optimizer.learning_rate": 2.5e-3, "training.steps": 600},
+    "pivotal": {"textual_inversion.learning_rate": 5e-3, "training.steps": 600},
 }
 LEARNING_RATE = {"pivotal": "textual_inversion.learning_rate"}  # the rate that teaches the concept
 CAPACITY = {  # rank or vectors: what holds the concept
