@@ -20,7 +20,8 @@ Prints JSON and a markdown table; ``--out DIR`` writes family.json, family.md an
 again, so a sweep given a new stage trains only what is new; ``--merge FILE...`` joins the
 family.json files of one setup (methods run apart, e.g. on several machines) into one report.
 
-    .venv/bin/python bench/family.py --out bench/results/family           # about 90 minutes on 2 cores
+    .venv/bin/python bench/family.py --out bench/results/family    # about 2.5 hours on 2 cores
+    .venv/bin/python bench/family.py --methods pivotal --out DIR      # one method: 20 to 40 minutes
     .venv/bin/python bench/family.py --methods lora --family-size 4 --tuning 1 --steps 100
 """
 

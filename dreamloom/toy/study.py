@@ -54,6 +54,7 @@ METHOD_SETTINGS: dict[str, dict] = {
 CHOSEN_SETTINGS: dict[str, dict] = {
     "lora": {"optimizer.learning_rate": 2e-3, "training.steps": 600},
     "dreambooth": {"optimizer.learning_rate": 2e-4, "training.steps": 600},
+    "dreambooth-lora": {"optimizer.learning_rate": 2e-3, "lora.rank": 16},
     "textual-inversion": {"optimizer.learning_rate": 2.5e-3, "training.steps": 600},
     "pivotal": {"textual_inversion.learning_rate": 5e-3, "training.steps": 600},
 }
