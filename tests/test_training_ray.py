@@ -51,7 +51,8 @@ def test_mlflow_holds_config_lineage_metrics_grids_and_artifact(lora_run):
     assert run.data.params["training.steps"] == "10" and run.data.params["scaling.workers"] == "2"
     assert run.data.tags["dreamloom.dataset_hash"] == dataset_hash(photos)
     (training_data,) = run.inputs.dataset_inputs  # the UI's Datasets column: source and content digest
-    assert training_data.dataset.name == photos.name and str(photos.absolute()) in training_data.dataset.source
+    folder = str(photos.absolute())
+    assert training_data.dataset.name == folder and folder in training_data.dataset.source
     assert dataset_hash(photos).split(":")[1].startswith(training_data.dataset.digest)
     assert {(tag.key, tag.value) for tag in training_data.tags} == {("mlflow.data.context", "training")}
     assert run.data.tags["dreamloom.base_model"] == "tiny"

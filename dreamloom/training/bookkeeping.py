@@ -56,7 +56,9 @@ def log_dataset_input(tracking, run_id: str, config: RunConfig, dataset: Prepare
 
     source = Path(dataset.source or config.data.path).absolute()
     digest = dataset.dataset_hash.split(":")[-1][:32]  # MLflow keeps at most 36 characters
-    entity = MetaDataset(LocalArtifactDatasetSource(str(source)), name=source.name, digest=digest)._to_mlflow_entity()
+    # MLflow keeps one dataset per (experiment, name, digest): named by its folder alone, the same
+    # pictures in another folder would show the first folder's source on every later run.
+    entity = MetaDataset(LocalArtifactDatasetSource(str(source)), name=str(source), digest=digest)._to_mlflow_entity()
     context = InputTag("mlflow.data.context", "training")
     tracking.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
 
