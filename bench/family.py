@@ -32,7 +32,6 @@ import functools
 import gc
 import itertools
 import json
-import os
 import platform
 import shutil
 import sys
@@ -41,18 +40,14 @@ import time
 from pathlib import Path
 
 import torch
-from report import emit_with_table  # bench/report.py: these scripts run with bench/ on sys.path
+from report import bench_process, emit_with_table  # bench/report.py: these scripts run with bench/ on sys.path
 
 from dreamloom.toy.study import SUBJECT_METHODS
 
 
 def main() -> None:
     args = _parse()
-    os.environ.setdefault("DREAMLOOM_HOME", str(Path(tempfile.gettempdir()) / "dreamloom-bench"))
-    torch.set_num_threads(args.threads)
-    from dreamloom.logs import quiet_library_logging
-
-    quiet_library_logging()
+    bench_process(args.threads)
     if args.merge:
         report = merged([json.loads(path.read_text()) for path in args.merge])
     else:

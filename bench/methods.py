@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from report import emit_with_table  # bench/report.py: these scripts run with bench/ on sys.path
+from report import bench_process, emit_with_table  # bench/report.py: these scripts run with bench/ on sys.path
 
 from dreamloom.toy.study import METHOD_SETTINGS, SUBJECT_METHODS, subject_for
 
@@ -46,11 +45,7 @@ CONTROLNET_SCENES = 64
 
 def main() -> None:
     args = _parse()
-    os.environ.setdefault("DREAMLOOM_HOME", str(Path(tempfile.gettempdir()) / "dreamloom-bench"))
-    torch.set_num_threads(args.threads)
-    from dreamloom.logs import quiet_library_logging
-
-    quiet_library_logging()
+    bench_process(args.threads)
     if args.train_one:
         print(json.dumps(_train_one(args, *args.train_one)))
         return

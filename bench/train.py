@@ -63,6 +63,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from report import bench_process  # bench/report.py: these scripts run with bench/ on sys.path
 
 VARIANTS = ("ours", "ours_compiled", "baseline", "floor")
 ALL_METHODS = (
@@ -82,11 +83,7 @@ PROMPT = "a photo of sks ball"
 
 def main() -> None:
     args = _parse()
-    os.environ.setdefault("DREAMLOOM_HOME", str(Path(tempfile.gettempdir()) / "dreamloom-bench"))
-    torch.set_num_threads(args.threads)
-    from dreamloom.logs import quiet_library_logging
-
-    quiet_library_logging()
+    bench_process(args.threads)
     side = max(96, args.resolution)
     data = _draw_data(Path(os.environ["DREAMLOOM_HOME"]) / f"bench-data-{side}", side=side)
     if args.probe:
