@@ -4,20 +4,24 @@ One concept proves little: settings picked on it fit it. Here a family of new co
 (``dreamloom.toy.concepts.family``: each with a shape or texture the toy base never saw) is split
 once, by seed, into tuning and evaluation concepts.
 
-1. Sweep (tuning concepts only): per method, learning rates at half, once and twice the default;
-   then, on top of the best, twice the steps and twice the capacity (rank or vectors). A setting
-   is chosen by its mean normalized read-back lift among those keeping prompt fidelity >= 0.9
-   (``dreamloom.toy.study.choose``). Every candidate's scores are recorded.
+1. Sweep (tuning concepts only): per method, learning rates at half, once and twice the default
+   (followed past the grid's edge while the edge is best); then, on top of the best, twice the
+   steps (four times while the longer run is best) and twice the capacity (rank or vectors);
+   then a lighter prior or pictures of the class, and the text encoder, where they apply
+   (``dreamloom.toy.study.sweep_stages``). A setting is chosen by its mean normalized
+   read-back lift among those keeping prompt fidelity >= 0.9 (``dreamloom.toy.study.choose``).
+   Every candidate's scores are recorded.
 2. Report (evaluation concepts only, never used to choose): each method with its chosen settings,
    per concept and seed: the subject embedding's cosine, the classifiers' read-back of the concept
    (shape, colour, texture, all three) and of the prompt (background, position, count), and the
-   normalized lifts (score - base) / (ceiling - base); per method the mean and spread over
+   normalized lifts (score - base) / (ceiling - base), capped at 1; per method the mean and spread over
    concepts and seeds, and a picture grid per method and concept.
 
 Prints JSON and a markdown table; ``--out DIR`` writes family.json, family.md and the grids.
 ``--settings FILE`` (a family.json) skips the sweep and reports with the settings it chose;
 ``--reuse FILE...`` takes the runs those reports recorded (same setup) instead of training them
-again, so a sweep given a new stage trains only what is new; ``--merge FILE...`` joins the
+again, so a sweep given a new stage trains only what is new; it also takes the runs.jsonl a study
+writes to ``--out`` as each run ends, to resume one that stopped; ``--merge FILE...`` joins the
 family.json files of one setup (methods run apart, e.g. on several machines) into one report.
 
     .venv/bin/python bench/family.py --out bench/results/family    # about 2.5 hours on 2 cores
@@ -90,10 +94,12 @@ class Study:
         self._planned = self._planned_runs()
 
     def _planned_runs(self) -> int:
-        from dreamloom.toy.study import sweep_stages
+        from dreamloom.toy.study import MAX_STEPS_FACTOR, RATES_PAST_EDGE, sweep_stages
 
         sweeps = 0 if self.args.settings else len(self.tuning)
-        per_method = [sum(map(len, sweep_stages(m, self.args.steps))) * sweeps for m in self.args.methods]
+        past_edges = RATES_PAST_EDGE + MAX_STEPS_FACTOR // 2 - 1  # at most: tried only while the edge is best
+        stages = [sweep_stages(method, self.args.steps) for method in self.args.methods]
+        per_method = [(sum(map(len, method_stages)) + past_edges) * sweeps for method_stages in stages]
         return sum(per_method) + len(self.args.methods) * len(self.evaluation) * self.args.seeds
 
     def setup(self) -> dict:
@@ -125,17 +131,17 @@ class Study:
         return report
 
     def sweep(self, method: str) -> dict:
-        from dreamloom.toy.study import choose, sweep_stages
+        from dreamloom.toy.study import choose, past_edge, sweep_stages
 
         best: dict = {}
         stages = []
-        for stage in sweep_stages(method, self.args.steps):
-            candidates = []
-            for change in stage:
-                settings = {**best, **change}
-                scores = [self.tried(method, concept, settings) for concept in self.tuning]
-                candidates.append((settings, scores))
-            best, why = choose(candidates)
+        for number, stage in enumerate(sweep_stages(method, self.args.steps)):
+            candidates = [self.candidate(method, {**best, **change}) for change in stage]
+            chosen, why = choose(candidates)
+            while further := past_edge(method, number, candidates, chosen, self.args.steps):
+                candidates.append(self.candidate(method, further))
+                chosen, why = choose(candidates)
+            best = chosen
             stages.append(
                 {
                     "candidates": [
@@ -147,6 +153,9 @@ class Study:
                 }
             )
         return {"stages": stages, "chosen": {"settings": best, "why": stages[-1]["why"]}}
+
+    def candidate(self, method: str, settings: dict) -> tuple[dict, list]:
+        return settings, [self.tried(method, concept, settings) for concept in self.tuning]
 
     def report(self, method: str, settings: dict) -> dict:
         from dreamloom.toy.study import mean, spread
@@ -178,6 +187,7 @@ class Study:
         if recorded is None:  # each stage tries the last one's choice again: trained runs are recorded too
             scores = self.teach(method, concept, settings)
             self._recorded[key] = scores.as_dict()
+            self._journal(key, scores.as_dict())
             return scores
         said = f"[family] run {next(self._runs)}/{self._planned}: {method} on {concept.name} {settings} (recorded)"
         print(said, file=sys.stderr, flush=True)
@@ -189,9 +199,12 @@ class Study:
         from dreamloom.toy.study import Scores
 
         grid = f"{method}-{concept.name}-seed{seed}"
-        recorded = self._recorded.get(_run_key(method, concept.name, settings, seed))
+        key = _run_key(method, concept.name, settings, seed)
+        recorded = self._recorded.get(key)
         if recorded is None:
-            return self.teach(method, concept, settings, seed=seed, grid=grid)
+            scores = self.teach(method, concept, settings, seed=seed, grid=grid)
+            self._journal(key, scores.as_dict(), grids=True)
+            return scores
         scores, grids = recorded
         said = f"[family] run {next(self._runs)}/{self._planned}: {method} on {concept.name} {settings} seed {seed}"
         print(f"{said} (recorded)", file=sys.stderr, flush=True)
@@ -200,6 +213,16 @@ class Study:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, target)
         return Scores(**scores)
+
+    def _journal(self, key: str, scores: dict, grids: bool = False) -> None:
+        """Each trained run as it ends, in ``--out``'s runs.jsonl: ``--reuse`` takes that file too,
+        so a study stopped halfway resumes where it was."""
+        if self.args.out is None:
+            return
+        self.args.out.mkdir(parents=True, exist_ok=True)
+        line = {"setup": self.setup(), "key": key, "scores": scores, "grids": grids}
+        with (self.args.out / "runs.jsonl").open("a") as journal:
+            journal.write(json.dumps(line) + "\n")
 
     def teach(self, method: str, concept, settings: dict, seed: int = 0, grid: str | None = None):
         from dreamloom.config import load_run_config
@@ -269,11 +292,14 @@ def recorded_runs(paths: list[Path], setup: dict) -> dict[str, object]:
     seed, for evaluation runs: their scores with the folder of their grids)."""
     recorded: dict[str, object] = {}
     for path in paths:
+        if path.suffix == ".jsonl":
+            recorded.update(journaled_runs(path, setup))
+            continue
         report = json.loads(path.read_text())
         if report["setup"] != setup:
             raise SystemExit(f"--reuse: {path} was run with another setup; run with the same options")
         for method, sweep in report["sweep"].items() if isinstance(report["sweep"], dict) else ():
-            for stage in sweep["stages"]:
+            for stage in sweep["stages"] if isinstance(sweep, dict) else ():  # str: that method was not swept
                 for candidate in stage["candidates"]:
                     for concept, scores in zip(setup["tuning_concepts"], candidate["scores"], strict=True):
                         recorded[_run_key(method, concept, candidate["settings"])] = scores
@@ -282,6 +308,17 @@ def recorded_runs(paths: list[Path], setup: dict) -> dict[str, object]:
             for row in result["rows"]:
                 scores = {k: v for k, v in row.items() if k not in ("concept", "seed")}
                 recorded[_run_key(method, row["concept"], settings, row["seed"])] = (scores, path.parent / "grids")
+    return recorded
+
+
+def journaled_runs(path: Path, setup: dict) -> dict[str, object]:
+    """The runs a study wrote to its runs.jsonl as they ended."""
+    recorded: dict[str, object] = {}
+    for line in path.read_text().splitlines():
+        run = json.loads(line)
+        if run["setup"] != setup:
+            raise SystemExit(f"--reuse: {path} was run with another setup; run with the same options")
+        recorded[run["key"]] = (run["scores"], path.parent / "grids") if run["grids"] else run["scores"]
     return recorded
 
 

@@ -8,6 +8,7 @@ from functools import cache
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dreamloom.errors import DreamloomError
@@ -183,8 +184,9 @@ def test_the_sweep_tries_rates_then_steps_and_capacity_then_the_prior_and_the_te
     assert text_encoder == [{}, {"lora.train_text_encoder": True}]
     dreambooth = sweep_stages("dreambooth", steps=300)
     assert dreambooth[1] == [{}, {"training.steps": 600}]  # no rank
-    assert dreambooth[2:] == [[{}, {"prior.weight": 0.5}, {"prior.weight": 0.25}]]  # a lighter prior; no adapter
-    assert [len(stage) for stage in sweep_stages("dreambooth-lora", 300)] == [3, 3, 3, 2]
+    lighter_or_class_pictures = [{}, {"prior.weight": 0.5}, {"prior.weight": 0.25}, {"prior.class_data": "class"}]
+    assert dreambooth[2:] == [lighter_or_class_pictures]  # no adapter: no text-encoder stage
+    assert [len(stage) for stage in sweep_stages("dreambooth-lora", 300)] == [3, 3, 4, 2]
     assert sweep_stages("pivotal", 300)[0][0] == {"textual_inversion.learning_rate": 2.5e-3}  # the embedding's rate
 
 
@@ -197,6 +199,81 @@ def test_a_setting_that_loses_the_prompt_is_not_chosen_however_faithful():
     candidates = [({"a": 1}, scores(0.9, 0.8)), ({"a": 2}, scores(0.6, 0.95)), ({"a": 3}, scores(0.4, 1.0))]
     assert choose(candidates)[0] == {"a": 2}  # nan (nothing within reach) is left out of the mean
     assert choose([({"a": 1}, scores(0.9, 0.7)), ({"a": 2}, scores(0.1, 0.8))])[0] == {"a": 2}
+
+
+def test_the_sweep_follows_a_rate_past_the_grid_edge_while_the_edge_is_best():
+    from dreamloom.toy.study import Scores, choose, rate_past_edge
+
+    def tried(*lifts: float) -> list[tuple[dict, list[Scores]]]:
+        rates = (1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3)[: len(lifts)]
+        return [
+            ({"optimizer.learning_rate": r}, [Scores(0.5, 0.5, {}, lift, 1.0, {})])
+            for r, lift in zip(rates, lifts, strict=True)
+        ]
+
+    def next_rate(candidates):
+        return rate_past_edge("dreambooth", candidates, choose(candidates)[0])
+
+    assert next_rate(tried(0.1, 0.3, 0.5)) == {"optimizer.learning_rate": 8e-4}  # still rising at the top
+    assert next_rate(tried(0.1, 0.5, 0.3)) is None  # the best lies inside
+    assert next_rate(tried(0.3, 0.3, 0.3)) is None  # a tie at the edge says nothing about going further
+    assert next_rate(tried(0.5, 0.3, 0.1)) == {"optimizer.learning_rate": 5e-5}  # best at the bottom
+    assert next_rate(tried(0.1, 0.2, 0.3, 0.4, 0.5)) is None  # two past the edge: enough
+
+
+def test_the_sweep_follows_longer_training_while_the_longest_run_is_best():
+    from dreamloom.toy.study import Scores, choose, past_edge
+
+    def stage(*settings_and_lifts) -> list[tuple[dict, list[Scores]]]:
+        return [(settings, [Scores(0.5, 0.5, {}, lift, 1.0, {})]) for settings, lift in settings_and_lifts]
+
+    def next_setting(candidates):
+        return past_edge("lora", 1, candidates, choose(candidates)[0], steps=300)
+
+    rate = {"optimizer.learning_rate": 2e-3}
+    longer = {**rate, "training.steps": 600}
+    assert next_setting(stage((rate, 0.4), (longer, 0.6), ({**rate, "lora.rank": 16}, 0.5))) == {
+        **rate,
+        "training.steps": 1200,
+    }
+    assert next_setting(stage((rate, 0.6), (longer, 0.4))) is None  # the shorter run is best
+    longest = {**rate, "training.steps": 1200}
+    assert next_setting(stage((rate, 0.4), (longer, 0.6), (longest, 0.7))) is None  # four times the steps: enough
+    assert past_edge("lora", 2, stage(({}, 0.1), ({"prior.weight": 0.5}, 0.2)), {"prior.weight": 0.5}, 300) is None
+
+
+def test_class_pictures_show_the_whole_class_in_the_instance_captions_words(tmp_path):
+    """DreamBooth's prior from pictures of the class (``prior.class_data``), not the base's: the
+    toy base draws "a shape" as one green cross at any seed, so its own class images teach that
+    "shape" means a green cross."""
+    from dreamloom.config import load_run_config
+    from dreamloom.toy.evaluator import ATTRIBUTES, to_pixels
+    from dreamloom.toy.study import CLASS_PICTURES, run_document, write_teaching_data
+    from dreamloom.training.job import prepare_class_data
+
+    data = write_teaching_data(CONCEPTS["hexagon"], tmp_path / "hexagon")
+    document = run_document("dreambooth", data, tmp_path / "out", 10, 2, **{"prior.class_data": CLASS_PICTURES})
+    config = load_run_config(None, document)
+    assert config.prior.class_data == data / CLASS_PICTURES
+    pictures = sorted(config.prior.class_data.glob("*.png"))
+    captions = [path.with_suffix(".txt").read_text() for path in pictures]
+    assert len(pictures) == 20 and all(" shape" in c and "sks" not in c for c in captions)
+    classifier, _ = load()
+    with torch.no_grad():
+        read = classifier(to_pixels([Image.open(path).convert("RGB") for path in pictures]))
+    shapes = {ATTRIBUTES["shape"][i] for i in read["shape"].argmax(1).tolist()}
+    colours = {ATTRIBUTES["colour"][i] for i in read["colour"].argmax(1).tolist()}
+    assert len(shapes) >= 3 and not shapes & set(world.NEW_SHAPES) and len(colours) >= 4
+    assert len(prepare_class_data(config).items) == 20  # they pass the same checks as a user's
+
+
+def test_a_concept_counts_for_at_most_its_ceiling():
+    from dreamloom.toy.study import Scores, mean
+
+    easy_ceiling = Scores(0.5, 3.2, {}, 3.0, 1.0, {})  # a zigzag concept: its ceiling estimate is low
+    assert (easy_ceiling.readback_lift, easy_ceiling.subject_lift) == (1.0, 1.0)
+    assert mean([easy_ceiling.readback_lift, 0.2]) == pytest.approx(0.6)  # not 1.6: one concept cannot carry a setting
+    assert np.isnan(Scores(0.5, 0.5, {}, float("nan"), 1.0, {}).readback_lift)
 
 
 @pytest.mark.slow

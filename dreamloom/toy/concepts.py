@@ -104,3 +104,17 @@ def write_concept(concept: str | Concept, folder: Path, count: int = 5, subject:
         world.render(scene, seed=index).save(folder / f"{concept.name}_{index}.png")
         (folder / f"{concept.name}_{index}.txt").write_text(scene.caption(subject=subject))
     return folder
+
+
+def write_class_pictures(folder: Path, count: int = 20, seed: int = 0) -> Path:
+    """Pictures of the class itself for prior preservation (``prior.class_data``), as users give
+    DreamBooth real regularization images: shapes the base knows, in every colour and texture, on
+    every background, each captioned like the instance pictures with the bare class word ("a shape
+    on a gray background, top left")."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        scene = world.random_scene(rng)
+        world.render(scene, seed=index).save(folder / f"class_{index}.png")
+        (folder / f"class_{index}.txt").write_text(scene.caption(subject=CLASS_WORD))
+    return folder
