@@ -267,6 +267,19 @@ def test_class_pictures_show_the_whole_class_in_the_instance_captions_words(tmp_
     assert len(prepare_class_data(config).items) == 20  # they pass the same checks as a user's
 
 
+def test_the_chosen_settings_in_the_code_are_the_ones_the_recorded_study_chose():
+    """CHOSEN_SETTINGS (what tests and benches teach with) and docs/evidence/family (what the
+    README reports) must not drift apart: change one, run the study and record the other."""
+    import json
+    from pathlib import Path
+
+    from dreamloom.toy.study import CHOSEN_SETTINGS
+
+    recorded = Path(__file__).parents[1] / "docs" / "evidence" / "family" / "family.json"
+    report = json.loads(recorded.read_text())
+    assert {method: chosen["settings"] for method, chosen in report["chosen"].items()} == CHOSEN_SETTINGS
+
+
 def test_a_concept_counts_for_at_most_its_ceiling():
     from dreamloom.toy.study import Scores, mean
 

@@ -56,7 +56,7 @@ CHOSEN_SETTINGS: dict[str, dict] = {
     "lora": {"optimizer.learning_rate": 2e-3, "training.steps": 600},
     "dreambooth": {"optimizer.learning_rate": 2e-4, "training.steps": 600, "prior.weight": 0.25},
     "dreambooth-lora": {"optimizer.learning_rate": 2e-3},
-    "textual-inversion": {"optimizer.learning_rate": 2.5e-3, "training.steps": 600},
+    "textual-inversion": {"optimizer.learning_rate": 2.5e-3, "training.steps": 1200},
     "pivotal": {"textual_inversion.learning_rate": 5e-3, "training.steps": 600},
     "hypernetwork": {"optimizer.learning_rate": 5e-4, "training.steps": 600},
 }
