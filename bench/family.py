@@ -24,8 +24,8 @@ again, so a sweep given a new stage trains only what is new; it also takes the r
 writes to ``--out`` as each run ends, to resume one that stopped; ``--merge FILE...`` joins the
 family.json files of one setup (methods run apart, e.g. on several machines) into one report.
 
-    .venv/bin/python bench/family.py --out bench/results/family    # about 2.5 hours on 2 cores
-    .venv/bin/python bench/family.py --methods pivotal --out DIR      # one method: 20 to 40 minutes
+    .venv/bin/python bench/family.py --out bench/results/family    # 224 runs: 4 to 5 hours on 2 cores
+    .venv/bin/python bench/family.py --methods pivotal --out DIR      # one method: 30 to 60 minutes
     .venv/bin/python bench/family.py --methods lora --family-size 4 --tuning 1 --steps 100
 """
 
@@ -97,7 +97,8 @@ class Study:
         from dreamloom.toy.study import MAX_STEPS_FACTOR, RATES_PAST_EDGE, sweep_stages
 
         sweeps = 0 if self.args.settings else len(self.tuning)
-        past_edges = RATES_PAST_EDGE + MAX_STEPS_FACTOR // 2 - 1  # at most: tried only while the edge is best
+        # at most: tried only while the edge is best (steps: 2x is a stage's own candidate, then doublings)
+        past_edges = RATES_PAST_EDGE + MAX_STEPS_FACTOR.bit_length() - 2
         stages = [sweep_stages(method, self.args.steps) for method in self.args.methods]
         per_method = [(sum(map(len, method_stages)) + past_edges) * sweeps for method_stages in stages]
         return sum(per_method) + len(self.args.methods) * len(self.evaluation) * self.args.seeds

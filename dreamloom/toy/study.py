@@ -15,7 +15,6 @@ failure.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import asdict, dataclass
@@ -74,7 +73,7 @@ TEXT_ENCODER = {  # the adapters that can also train the text encoder (as diffus
 }
 RATE_FACTORS = (0.5, 1.0, 2.0)  # the first stage's learning rates, around the method's default
 RATES_PAST_EDGE = 2  # how many more rates the sweep tries while the best is still the grid's edge
-MAX_STEPS_FACTOR = 4  # longer runs are followed up to this many times the default steps
+MAX_STEPS_FACTOR = 4  # longer runs are followed up to this many times the default steps (a power of 2)
 PRIOR_WEIGHTS = (0.5, 0.25)  # for the methods with prior preservation: does the class prior cost the concept?
 CLASS_PICTURES = "class"  # the teaching data's pictures of the class, for ``prior.class_data``
 PROMPT_FLOOR = 0.9  # a setting that loses the prompt is not chosen, however faithful its subject
@@ -129,8 +128,8 @@ def sweep_stages(method: str, steps: int) -> list[list[dict]]:
     rate = METHOD_SETTINGS[method][key]
     stages = [[{key: rate * factor} for factor in RATE_FACTORS], [{}, {"training.steps": steps * 2}]]
     if method in CAPACITY:
-        key, value = CAPACITY[method]
-        stages[1].append({key: value})
+        capacity_key, value = CAPACITY[method]
+        stages[1].append({capacity_key: value})
     if METHOD_SETTINGS[method].get("prior.class_prompt"):
         lighter = [{"prior.weight": weight} for weight in PRIOR_WEIGHTS]
         stages.append([{}, *lighter, {"prior.class_data": CLASS_PICTURES}])
@@ -160,14 +159,10 @@ def steps_past_edge(candidates: list[tuple[dict, list[Scores]]], best: dict, ste
     longest = max(settings.get("training.steps", steps) for settings, _, _ in summary)
     if best.get("training.steps", steps) != longest or longest * 2 > steps * MAX_STEPS_FACTOR:
         return None
-    lift = {json_key(settings): lift for settings, lift, _ in summary}
-    if lift[json_key(best)] > lift[json_key(candidates[0][0])]:
+    best_lift = next(lift for settings, lift, _ in summary if settings == best)
+    if best_lift > summary[0][1]:
         return {**best, "training.steps": longest * 2}
     return None
-
-
-def json_key(settings: dict) -> str:
-    return json.dumps(settings, sort_keys=True)
 
 
 def rate_past_edge(method: str, candidates: list[tuple[dict, list[Scores]]], best: dict) -> dict | None:
