@@ -3,8 +3,9 @@
 Run as a script (``python tests/plain_diffusers.py cases.json out.npz``) by test_plain_diffusers.py;
 it refuses to run if anything from dreamloom is imported. Each case names a base folder, a family
 (sd, sdxl), how to load (lora, kohya, textual-inversion, controlnet, dreambooth, pivotal) and the
-artifact; the image is rendered with a fixed seed at 64 px in two DPM-Solver steps, so the test can
-compare it with dreamloom's own rendering of the same artifact.
+artifact (for DreamBooth its folder: the UNet and the text encoders it trained); the image is
+rendered with a fixed seed at 64 px in two DPM-Solver steps, so the test can compare it with
+dreamloom's own rendering of the same artifact.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from diffusers import (
 )
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 
 def render(pipe, case: dict) -> np.ndarray:
@@ -49,9 +51,16 @@ def load(case: dict):
     if kind == "controlnet":
         pipeline = StableDiffusionXLControlNetPipeline if xl else StableDiffusionControlNetPipeline
         pipe = pipeline.from_pretrained(case["base"], controlnet=ControlNetModel.from_pretrained(path, **fp32), **base)
-    elif kind == "dreambooth":
+    elif kind == "dreambooth":  # the UNet, and the text encoders where they trained too
         pipeline = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
-        pipe = pipeline.from_pretrained(case["base"], unet=UNet2DConditionModel.from_pretrained(path, **fp32), **base)
+        unet = UNet2DConditionModel.from_pretrained(Path(path) / "unet", **fp32)
+        encoders = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
+        trained = {
+            name: model.from_pretrained(Path(path) / name, **fp32)
+            for name, model in encoders.items()
+            if (Path(path) / name).is_dir()
+        }
+        pipe = pipeline.from_pretrained(case["base"], unet=unet, **trained, **base)
     else:
         pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_pretrained(case["base"], **base)
     if kind in ("lora", "kohya", "pivotal"):

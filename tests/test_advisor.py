@@ -37,6 +37,8 @@ def test_estimates_follow_from_parameter_counts():
     assert dreambooth.training_state_bytes == 2 * frozen + 16 * 859_520_964
     adafactor = estimate(sd15, _config("dreambooth", **{"optimizer.name": "adafactor"}))
     assert adafactor.training_state_bytes == 2 * frozen + int(10.13 * 859_520_964)  # factored second moments
+    with_text = estimate(sd15, _config("dreambooth", **{"dreambooth.train_text_encoder": True}))
+    assert with_text.trainable_params == 859_520_964 + 123_060_480  # CLIP ViT-L/14's text tower
     unet = sd15.unet()  # LoRA rank r on every to_q/to_k/to_v/to_out.0 adds r x (in + out) weights
     targets = [m for name, m in unet.named_modules() if name.endswith(("to_q", "to_k", "to_v", "to_out.0"))]
     assert estimate(sd15, _config("lora", **{"lora.rank": 8})).trainable_params == sum(

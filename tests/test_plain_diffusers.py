@@ -38,7 +38,7 @@ TRAINED = {
     "textual-inversion": {},
     "pivotal": {},
     "controlnet": {},
-    "dreambooth": {"prior__enabled": False},
+    "dreambooth": {"prior__enabled": False, "dreambooth__train_text_encoder": True},
 }
 FAMILIES = {"tiny": "sd", "tiny-sdxl": "sdxl", "sdxl-random": "sdxl", "sd15-random": "sd"}  # the largest first
 REAL_SIZE = ("sd15-random", "sdxl-random")
@@ -54,8 +54,9 @@ def _methods(base: str) -> list[str]:
     return ["lora", "textual-inversion", "pivotal", "controlnet"] if base in ADAPTERS_ONLY else list(TRAINED)
 
 
-def _bases():
-    return [pytest.param(base, marks=HEAVY) if base in REAL_SIZE else base for base in FAMILIES]
+def _bases(leaving_out: tuple[str, ...] = ()):
+    bases = [base for base in FAMILIES if base not in leaving_out]
+    return [pytest.param(base, marks=HEAVY) if base in REAL_SIZE else base for base in bases]
 
 
 def _base_and_method():
@@ -133,9 +134,7 @@ def _case(name: str, path: Path | None, base: str, control: Path) -> dict:
         "kind": name,
         "family": FAMILIES[base],
         "base": resolve_base_model(base).location,
-        "path": str(path / "controlnet" if name == "controlnet" else path / "unet" if name == "dreambooth" else path)
-        if path
-        else None,
+        "path": str(path / "controlnet" if name == "controlnet" else path) if path else None,
         "prompt": PROMPTS.get(name, "a photo of sks ball"),
         "token": "<sks-ball>",
     }
@@ -170,6 +169,14 @@ def test_a_lora_with_text_encoders_loads_into_every_encoder(loaded):
     base, _, _, _, adapted = loaded
     encoders = ["text_encoder", "text_encoder_2"] if FAMILIES[base] == "sdxl" else ["text_encoder"]
     assert adapted["lora"] == ["unet", *encoders]
+
+
+@pytest.mark.parametrize("loaded", _bases(leaving_out=ADAPTERS_ONLY), indirect=True)
+def test_a_dreambooth_that_trained_its_text_encoders_ships_every_one(loaded):
+    base, artifacts, _, _, _ = loaded
+    encoders = ["text_encoder", "text_encoder_2"] if FAMILIES[base] == "sdxl" else ["text_encoder"]
+    shipped = sorted(path.name for path in artifacts["dreambooth"].iterdir() if path.name.startswith("text_encoder"))
+    assert shipped == encoders
 
 
 @pytest.mark.parametrize("loaded", _bases(), indirect=True)

@@ -60,7 +60,9 @@ def artifacts(tmp_path_factory):
             },
         ),
         "controlnet": train_toy("controlnet", data, root / "cn", **{"controlnet.condition": "canny"}),
-        "dreambooth": train_toy("dreambooth", data, root / "db", **{"prior.enabled": False}),
+        "dreambooth": train_toy(
+            "dreambooth", data, root / "db", **{"prior.enabled": False, "dreambooth.train_text_encoder": True}
+        ),
         "lokr": train_toy("lokr", data, root / "lokr", **{"training.steps": 20, "lokr.rank": 8}),
         "loha": train_toy("loha", data, root / "loha", **{"training.steps": 20}),
         "dora": train_toy("lora", data, root / "dora", **{"training.steps": 20, "lora.use_dora": True}),
@@ -542,6 +544,22 @@ def test_a_dreambooth_artifact_is_not_an_adapter(served, artifacts):
     engine = Engine(EngineConfig("toy", engine_routes))
     (result,) = engine.run([ImageRequest(INSTANCE_PROMPT, adapter="db", **FAST)])
     assert isinstance(result, RequestError) and "own model" in str(result)
+
+
+def test_a_dreambooth_model_serves_its_own_text_encoder_in_every_mode(served, artifacts):
+    from safetensors.torch import load_file
+
+    _, store, _ = served
+    folder = artifacts["dreambooth"]
+    engine = Engine(EngineConfig("toy", store.latest_routes("dreamloom"), dreambooth=str(folder)))
+    trained = load_file(folder / "text_encoder" / "model.safetensors")
+    served_weights = engine.txt2img.text_encoder.state_dict()
+    assert all(
+        torch.equal(served_weights[name], tensor.to(served_weights[name].dtype)) for name, tensor in trained.items()
+    )
+    base = Engine(EngineConfig("toy", store.latest_routes("dreamloom"))).txt2img.text_encoder.state_dict()
+    assert any(not torch.equal(base[name], served_weights[name]) for name in trained)
+    assert engine.img2img.text_encoder is engine.txt2img.text_encoder is engine.inpaint.text_encoder
 
 
 # ----- bad requests -----

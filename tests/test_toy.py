@@ -185,7 +185,7 @@ def test_the_sweep_tries_rates_then_steps_and_capacity_then_the_prior_and_the_te
     dreambooth = sweep_stages("dreambooth", steps=300)
     assert dreambooth[1] == [{}, {"training.steps": 600}]  # no rank
     lighter_or_class_pictures = [{}, {"prior.weight": 0.5}, {"prior.weight": 0.25}, {"prior.class_data": "class"}]
-    assert dreambooth[2:] == [lighter_or_class_pictures]  # no adapter: no text-encoder stage
+    assert dreambooth[2:] == [lighter_or_class_pictures, [{}, {"dreambooth.train_text_encoder": True}]]
     assert [len(stage) for stage in sweep_stages("dreambooth-lora", 300)] == [3, 3, 4, 2]
     assert sweep_stages("pivotal", 300)[0][0] == {"textual_inversion.learning_rate": 2.5e-3}  # the embedding's rate
 

@@ -145,6 +145,33 @@ def test_dreambooth_trains_the_whole_unet_with_a_prior_from_cached_class_images(
     assert [p.stat().st_mtime_ns for p in sorted(folder.glob("*.png"))] == stamps  # reused, not regenerated
 
 
+def test_dreambooth_with_its_text_encoder_trains_saves_and_loads_every_weight_of_both(photos, tmp_path):
+    from dreamloom.methods.dreambooth import DreamBoothMethod
+    from dreamloom.models import pipeline_from_components
+
+    options = {"method": "dreambooth", "prior__enabled": False, "dreambooth__train_text_encoder": True}
+    trainer = _trainer(
+        photos, tmp_path, optimizer__learning_rate=1e-3, dreambooth__text_encoder_learning_rate=1e-2, **options
+    )
+    encoder = trainer.model.text_encoders[0]
+    assert trainer.instance_examples.text is None  # captions are encoded by the training encoder each step
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [1e-3, 1e-2]
+    assert len(trainer.trainable) == len(list(trainer.model.unet.parameters())) + len(list(encoder.parameters()))
+    embeddings_before = encoder.get_input_embeddings().weight.detach().clone()
+    trainer.train_step(1)
+    assert not torch.equal(embeddings_before, encoder.get_input_embeddings().weight)  # the words' own vectors move
+    trainer.method.save_artifact(trainer.model, tmp_path / "artifact")
+    assert {path.name for path in (tmp_path / "artifact").iterdir()} == {"unet", "text_encoder"}
+
+    base = _trainer(photos, tmp_path / "base", method="lora").model
+    pipe = DreamBoothMethod.load_into(pipeline_from_components(base), tmp_path / "artifact", trainer.config)
+    for name, parameter in pipe.text_encoder.named_parameters():
+        assert torch.equal(parameter, dict(encoder.named_parameters())[name]), name
+    unet_only = _trainer(photos, tmp_path / "unet-only", method="dreambooth", prior__enabled=False)
+    unet_only.method.save_artifact(unet_only.model, tmp_path / "unet-only-artifact")
+    assert [path.name for path in (tmp_path / "unet-only-artifact").iterdir()] == ["unet"]
+
+
 def test_sdxl_lora_with_buckets_and_a_prior_of_another_shape(tmp_path):
     wide = draw_images(tmp_path / "wide", count=2, size=(160, 80))
     trainer = Trainer(

@@ -67,8 +67,9 @@ CAPACITY = {  # rank or vectors: what holds the concept
     "textual-inversion": ("textual_inversion.num_vectors", 4),
     "hypernetwork": ("hypernetwork.layer_structure", [1.0, 4.0, 1.0]),
 }
-TEXT_ENCODER = {  # the adapters that can also train the text encoder (as diffusers' --train_text_encoder)
+TEXT_ENCODER = {  # the methods that can also train the text encoder (as diffusers' --train_text_encoder)
     "lora": "lora.train_text_encoder",
+    "dreambooth": "dreambooth.train_text_encoder",
     "dreambooth-lora": "lora.train_text_encoder",
 }
 RATE_FACTORS = (0.5, 1.0, 2.0)  # the first stage's learning rates, around the method's default
@@ -122,7 +123,7 @@ def sweep_stages(method: str, steps: int) -> list[list[dict]]:
     """The settings tried on the tuning concepts, in stages: learning rates at half, once and twice
     the default (and past the edge, ``rate_past_edge``); then, on top of the best, twice the steps
     and twice the capacity (rank or vectors); then, with prior preservation, a lighter prior or
-    pictures of the class instead of the base's; then, where the adapter can, training the text
+    pictures of the class instead of the base's; then, where the method can, training the text
     encoder too."""
     key = rate_key(method)
     rate = METHOD_SETTINGS[method][key]
