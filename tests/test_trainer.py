@@ -170,6 +170,30 @@ def test_dreambooth_with_its_text_encoder_trains_saves_and_loads_every_weight_of
     unet_only = _trainer(photos, tmp_path / "unet-only", method="dreambooth", prior__enabled=False)
     unet_only.method.save_artifact(unet_only.model, tmp_path / "unet-only-artifact")
     assert [path.name for path in (tmp_path / "unet-only-artifact").iterdir()] == ["unet"]
+    _refuses_incomplete_or_foreign_text_encoders(tmp_path / "artifact", trainer.config)
+
+
+def _refuses_incomplete_or_foreign_text_encoders(artifact: Path, config) -> None:
+    import json
+    import shutil
+
+    from dreamloom.errors import ArtifactError
+    from dreamloom.methods.dreambooth import DreamBoothMethod
+    from dreamloom.sizing import Architecture
+
+    tiny = Architecture.for_base("tiny")
+    DreamBoothMethod.check_fit(artifact, tiny, config)
+    shutil.copytree(artifact / "text_encoder", artifact / "text_encoder_2")
+    with pytest.raises(ArtifactError, match="holds text_encoder_2/, which tiny does not have"):
+        DreamBoothMethod.check_fit(artifact, tiny, config)
+    shutil.rmtree(artifact / "text_encoder_2")
+    settings = json.loads((artifact / "text_encoder" / "config.json").read_text())
+    (artifact / "text_encoder" / "config.json").write_text(json.dumps({**settings, "hidden_size": 8}))
+    with pytest.raises(ArtifactError, match="text_encoder was built for another base: its hidden_size is 8"):
+        DreamBoothMethod.check_fit(artifact, tiny, config)
+    shutil.rmtree(artifact / "text_encoder")
+    with pytest.raises(ArtifactError, match="trained its text encoders but holds none"):
+        DreamBoothMethod.check_fit(artifact, tiny, config)
 
 
 def test_sdxl_lora_with_buckets_and_a_prior_of_another_shape(tmp_path):

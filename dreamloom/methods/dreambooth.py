@@ -109,15 +109,16 @@ class DreamBoothMethod(TrainingMethod):
         check_same_architecture(folder / UNET_FOLDER / "config.json", arch.unet_config, cls.name, arch.name)
         present = [name for name in TEXT_ENCODER_FOLDERS if (folder / name).exists()]
         expected = list(TEXT_ENCODER_FOLDERS[: len(arch.text_configs)])
-        if cls.trains_text_encoders(config) and present != expected:
-            raise ArtifactError(
-                f"the {cls.name} artifact trained its text encoders but holds {present or 'none'} "
-                f"of {expected}: it is not complete"
-            )
         for name in present:
             if name not in expected:
                 raise ArtifactError(f"the {cls.name} artifact holds {name}/, which {arch.name} does not have")
             _check_text_encoder(folder / name, arch.text_configs[expected.index(name)], arch.name)
+        missing = [name for name in expected if name not in present]
+        if cls.trains_text_encoders(config) and missing:
+            raise ArtifactError(
+                f"the {cls.name} artifact trained its text encoders but holds {present or 'none'} "
+                f"of {expected}: it is not complete"
+            )
         super().check_fit(folder, arch, config)
 
     @classmethod
