@@ -24,7 +24,7 @@ again, so a sweep given a new stage trains only what is new; it also takes the r
 writes to ``--out`` as each run ends, to resume one that stopped; ``--merge FILE...`` joins the
 family.json files of one setup (methods run apart, e.g. on several machines) into one report.
 
-    .venv/bin/python bench/family.py --out bench/results/family    # 224 runs: 4 to 5 hours on 2 cores
+    .venv/bin/python bench/family.py --out bench/results/family    # 232 runs: 5 to 6 hours on 2 cores
     .venv/bin/python bench/family.py --methods pivotal --out DIR      # one method: 30 to 60 minutes
     .venv/bin/python bench/family.py --methods lora --family-size 4 --tuning 1 --steps 100
 """

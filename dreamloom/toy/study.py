@@ -49,11 +49,17 @@ METHOD_SETTINGS: dict[str, dict] = {
     "hypernetwork": {"optimizer.learning_rate": 1e-3},
     "controlnet": {"controlnet.condition": "canny", "optimizer.learning_rate": 1e-3},
 }
+CLASS_PICTURES = "class"  # the teaching data's pictures of the class, for ``prior.class_data``
 # What bench/family.py's sweep chose on the tuning concepts (docs/evidence/family/), on top of
 # METHOD_SETTINGS.
 CHOSEN_SETTINGS: dict[str, dict] = {
     "lora": {"optimizer.learning_rate": 2e-3, "training.steps": 600},
-    "dreambooth": {"optimizer.learning_rate": 2e-4, "training.steps": 600, "prior.weight": 0.25},
+    "dreambooth": {
+        "optimizer.learning_rate": 2e-4,
+        "training.steps": 1200,
+        "prior.class_data": CLASS_PICTURES,
+        "dreambooth.train_text_encoder": True,
+    },
     "dreambooth-lora": {"optimizer.learning_rate": 2e-3},
     "textual-inversion": {"optimizer.learning_rate": 2.5e-3, "training.steps": 1200},
     "pivotal": {"textual_inversion.learning_rate": 5e-3, "training.steps": 600},
@@ -76,7 +82,6 @@ RATE_FACTORS = (0.5, 1.0, 2.0)  # the first stage's learning rates, around the m
 RATES_PAST_EDGE = 2  # how many more rates the sweep tries while the best is still the grid's edge
 MAX_STEPS_FACTOR = 4  # longer runs are followed up to this many times the default steps (a power of 2)
 PRIOR_WEIGHTS = (0.5, 0.25)  # for the methods with prior preservation: does the class prior cost the concept?
-CLASS_PICTURES = "class"  # the teaching data's pictures of the class, for ``prior.class_data``
 PROMPT_FLOOR = 0.9  # a setting that loses the prompt is not chosen, however faithful its subject
 
 
