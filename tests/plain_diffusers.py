@@ -53,12 +53,13 @@ def load(case: dict):
         pipe = pipeline.from_pretrained(case["base"], controlnet=ControlNetModel.from_pretrained(path, **fp32), **base)
     elif kind == "dreambooth":  # the UNet, and the text encoders where they trained too
         pipeline = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
-        unet = UNet2DConditionModel.from_pretrained(Path(path) / "unet", **fp32)
+        folder = Path(path)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", **fp32)
         encoders = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
         trained = {
-            name: model.from_pretrained(Path(path) / name, **fp32)
+            name: model.from_pretrained(folder / name, **fp32)
             for name, model in encoders.items()
-            if (Path(path) / name).is_dir()
+            if (folder / name).is_dir()
         }
         pipe = pipeline.from_pretrained(case["base"], unet=unet, **trained, **base)
     else:

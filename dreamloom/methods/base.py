@@ -338,21 +338,24 @@ class TrainingMethod(ABC):
         raise ArtifactError(f"{cls.name} cannot import kohya files")
 
 
-def check_same_architecture(config_file: Path, base_unet: dict, what: str, arch_name: str) -> None:
-    """A saved model folder's config agrees with the base UNet's on every setting both name (a
-    DreamBooth UNet, a ControlNet copied from the UNet): else its weights belong to another base."""
+def check_same_architecture(
+    config_file: Path, base_config: dict, what: str, arch_name: str, keys: tuple[str, ...] | None = None
+) -> None:
+    """A saved model folder's config agrees with the base's on every setting both name (a
+    DreamBooth UNet, a ControlNet copied from the UNet), or on ``keys`` (a text encoder, whose saved
+    config also names its dtype and library version): else its weights belong to another base."""
     import json
 
     if not config_file.is_file():
         raise ArtifactError(f"the {what} artifact lacks {config_file.parent.name}/{config_file.name}")
     own = json.loads(config_file.read_text())
-    shared = [key for key in base_unet if not key.startswith("_") and key in own and key != "sample_size"]
-    differing = sorted(key for key in shared if own[key] != base_unet[key])
+    compared = keys or [key for key in base_config if not key.startswith("_") and key in own and key != "sample_size"]
+    differing = sorted(key for key in compared if key in base_config and own.get(key) != base_config[key])
     if differing:
         key = differing[0]
         raise ArtifactError(
-            f"the {what} artifact was built for another base: its {key} is {own[key]}, {arch_name}'s is "
-            f"{base_unet[key]} ({len(differing)} settings differ)"
+            f"the {what} artifact's {config_file.parent.name} was built for another base: its {key} is "
+            f"{own.get(key)}, {arch_name}'s is {base_config[key]} ({len(differing)} settings differ)"
         )
 
 

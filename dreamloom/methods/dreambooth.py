@@ -11,7 +11,6 @@ In plain diffusers: ``UNet2DConditionModel.from_pretrained(artifact / "unet")`` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import Field
@@ -112,7 +111,10 @@ class DreamBoothMethod(TrainingMethod):
         for name in present:
             if name not in expected:
                 raise ArtifactError(f"the {cls.name} artifact holds {name}/, which {arch.name} does not have")
-            _check_text_encoder(folder / name, arch.text_configs[expected.index(name)], arch.name)
+            base_config = arch.text_configs[expected.index(name)]
+            check_same_architecture(
+                folder / name / "config.json", base_config, cls.name, arch.name, _TEXT_ENCODER_SHAPE
+            )
         missing = [name for name in expected if name not in present]
         if cls.trains_text_encoders(config) and missing:
             raise ArtifactError(
@@ -138,17 +140,3 @@ class DreamBoothMethod(TrainingMethod):
                 )
                 setattr(pipe, name, encoder.to(pipe.device))
         return pipe
-
-
-def _check_text_encoder(folder: Path, base_config: dict, arch_name: str) -> None:
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ArtifactError(f"the dreambooth artifact lacks {folder.name}/config.json")
-    own = json.loads(config_file.read_text())
-    differing = [key for key in _TEXT_ENCODER_SHAPE if key in base_config and own.get(key) != base_config[key]]
-    if differing:
-        key = differing[0]
-        raise ArtifactError(
-            f"the dreambooth artifact's {folder.name} was built for another base: its {key} is {own.get(key)}, "
-            f"{arch_name}'s is {base_config[key]}"
-        )
