@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # On GPU nodes: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
-.PHONY: setup test test-fast test-realsize lint chart-lint cluster-up format demo bench bench-methods bench-family toy-base toy-evaluator clean
+.PHONY: setup browser test test-fast test-realsize lint chart-lint cluster-up format demo studio bench bench-methods bench-family toy-base toy-evaluator clean
 
 setup: $(STAMP)
 
@@ -18,9 +18,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# Debian's Chromium for the studio's browser tests (Playwright drives it; its own browser download
+# cannot reach the internet here). Installed once, as root, when missing.
+CHROMIUM := /usr/bin/chromium
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+
 # Two workers, a test file each at a time (module fixtures such as one Triton per file start once).
 # A crashed worker is not replaced: its replacement, given no file, left pytest-xdist waiting forever.
-test: setup lint chart-lint
+test: setup browser lint chart-lint
 	$(BIN)/pytest -n 2 --dist loadfile --max-worker-restart=0 -m "not xl" --durations=15
 
 test-fast: setup
@@ -53,6 +61,10 @@ format: setup
 
 demo: setup
 	$(BIN)/python -m dreamloom.demo
+
+# The studio on the embedded defaults: a local Triton serving the toy base, the page on loopback.
+studio: setup
+	$(BIN)/dreamloom studio --serve-local
 
 bench: setup
 	$(BIN)/python bench/train.py

@@ -21,6 +21,15 @@ from dreamloom.config import load_run_config
 from dreamloom.methods import METHODS
 from dreamloom.sizing import Architecture, Estimate, estimate
 
+# What Needs asks, as people are asked it (the CLI at its prompt, the studio beside its checkboxes).
+QUESTIONS = {
+    "concepts": ("How many concepts will you teach", int),
+    "fine_detail": ("Does fine detail matter (logos, faces, stitching)", bool),
+    "new_to_base": ("Is the concept new to the base model (it cannot draw it today)", bool),
+    "style": ("Is it a style rather than an object", bool),
+    "spatial_control": ("Must images follow a layout, pose or sketch", bool),
+}
+
 
 @dataclass(frozen=True)
 class Needs:

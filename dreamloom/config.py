@@ -72,7 +72,9 @@ class OptimizerSettings(Section):
             "ControlNet needs to train in 24 GB (kohya's choice for SDXL fine-tuning; a fixed learning rate)"
         ),
     )
-    learning_rate: float = Field(1e-4, gt=0, le=1)
+    learning_rate: float = Field(
+        1e-4, gt=0, le=1, description="Step size (LoRA-like adapters ~1e-4 to 1e-3; a whole UNet ~1e-6 to 5e-6)"
+    )
     lr_scheduler: LR_SCHEDULERS = "constant"
     lr_warmup_steps: int = Field(0, ge=0)
     lr_num_cycles: int = Field(1, ge=1)

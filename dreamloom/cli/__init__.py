@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from dreamloom import __version__
-from dreamloom.cli import advise, convert, generate, pipeline, registry, serving, train, usecases
+from dreamloom.cli import advise, convert, generate, pipeline, registry, serving, studio, train, usecases
 from dreamloom.errors import EXIT_OK, EXIT_USAGE, as_user_error
 
 
@@ -51,4 +51,5 @@ def _parser() -> argparse.ArgumentParser:
     serving.add_commands(commands)
     pipeline.add_commands(commands)
     usecases.add_commands(commands)
+    studio.add_commands(commands)
     return parser

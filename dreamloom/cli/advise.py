@@ -7,14 +7,6 @@ import sys
 
 from dreamloom.errors import DreamloomError
 
-QUESTIONS = {
-    "concepts": ("How many concepts will you teach", int),
-    "fine_detail": ("Does fine detail matter (logos, faces, stitching)", bool),
-    "new_to_base": ("Is the concept new to the base model (it cannot draw it today)", bool),
-    "style": ("Is it a style rather than an object", bool),
-    "spatial_control": ("Must images follow a layout, pose or sketch", bool),
-}
-
 
 def _add_advise(commands) -> None:
     command = commands.add_parser(
@@ -35,7 +27,7 @@ def _add_advise(commands) -> None:
 def _advise(args) -> None:
     import json
 
-    from dreamloom.advisor import Needs, recommend
+    from dreamloom.advisor import QUESTIONS, Needs, recommend
     from dreamloom.logs import quiet_library_logging
     from dreamloom.sizing import Architecture, human_bytes
 
