@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,22 +160,7 @@ class Job:
         log.flush()
         with self._lock:
             self._lines.append(line)
-            self._read(line)
-
-    def _read(self, line: str) -> None:
-        view = self._view
-        if progress := PROGRESS_LINE.search(line):
-            view.done, view.total = int(progress["done"]), int(progress["total"])
-            values = progress["values"].split()
-            named = dict(zip(values[::2], values[1::2], strict=False))
-            if "loss" in named and progress["what"] == "train":
-                view.losses.append((view.done, float(named["loss"])))
-            eta = ETA.search(progress["timing"])
-            view.eta_s = float(eta["seconds"]) if eta else None
-        if run := MLFLOW_RUN.search(line):
-            view.run_id = view.run_id or run["run_id"]
-        if error := ERROR_LINE.search(line):
-            view.error = error["message"]
+            read_line(self._view, line)
 
     def _finish(self, status: str) -> None:
         with self._lock:
@@ -183,10 +169,27 @@ class Job:
                 self._view.done = self._view.total
 
 
+def read_line(view: JobView, line: str) -> None:
+    """What one printed line tells about the job: progress, loss, ETA, its MLflow run, an error."""
+    if progress := PROGRESS_LINE.search(line):
+        view.done, view.total = int(progress["done"]), int(progress["total"])
+        values = progress["values"].split()
+        named = dict(zip(values[::2], values[1::2], strict=False))
+        if "loss" in named and progress["what"] == "train":
+            view.losses.append((view.done, float(named["loss"])))
+        eta = ETA.search(progress["timing"])
+        view.eta_s = float(eta["seconds"]) if eta else None
+    if run := MLFLOW_RUN.search(line):
+        view.run_id = view.run_id or run["run_id"]
+    if error := ERROR_LINE.search(line):
+        view.error = error["message"]
+
+
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
 
 
-def timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+def job_folder(parent: Path, name: str) -> Path:
+    """A new folder for one job: named for people, unique even for two started in the same second."""
+    return parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

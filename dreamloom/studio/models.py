@@ -13,7 +13,7 @@ from dreamloom.errors import DreamloomError
 from dreamloom.registry import CHAMPION, Promotion, download_artifact, list_versions, promote, resolve, rollback
 from dreamloom.registry.gate import GateConfig
 from dreamloom.registry.store import client
-from dreamloom.studio.jobs import Job, Stage, timestamp
+from dreamloom.studio.jobs import Job, Stage, job_folder
 from dreamloom.tracking import Tag
 from dreamloom.training.job import FINAL_SAMPLES
 
@@ -93,4 +93,4 @@ def deploy_job(name: str, triton_url: str, store: Path | None, model: str, runs:
     command = ["deploy", f"{name}@{CHAMPION}", "--url", triton_url, "--model-name", model]
     if store is not None:
         command += ["--store", str(store)]
-    return Job(f"deploy {name}", [Stage("deploying", command)], runs / f"deploy-{name}-{timestamp()}")
+    return Job(f"deploy {name}", [Stage("deploying", command)], job_folder(runs, f"deploy-{name}"))

@@ -19,7 +19,7 @@ from dreamloom.errors import ConfigError, DataValidationError, DreamloomError
 from dreamloom.evaluation.evaluate import EvalSettings
 from dreamloom.registry.store import check_model_name
 from dreamloom.sizing import Architecture
-from dreamloom.studio.jobs import Job, Stage, timestamp
+from dreamloom.studio.jobs import Job, Stage, job_folder
 
 THUMBNAIL = 160
 REFUSED_TILE = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (200, 60, 60))  # where a refused picture would be
@@ -59,7 +59,9 @@ def check_uploads(files: list[Path], folder: Path, resolution: int) -> list[Verd
     for file in files:
         name = Path(file).name
         if name.startswith(".") or (folder / name).exists():
-            verdicts.append(Verdict(name, False, "a hidden file or a second file of that name; rename it"))
+            verdicts.append(
+                Verdict(name, False, "a hidden file or a second file of that name; rename it", REFUSED_TILE)
+            )
             continue
         shutil.copyfile(file, folder / name)  # a regular file from the upload, never a link
         copied.append(name)
@@ -169,7 +171,7 @@ def teaching_job(form: TeachForm, runs: Path) -> Job:
     """Train and register ``form`` where it asks; the job's folder keeps the run config and the log."""
     if form.launcher not in LAUNCHERS:
         raise ConfigError(f"unknown launcher {form.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
-    folder = runs / f"{form.name}-{timestamp()}"
+    folder = job_folder(runs, form.name)
     config = run_config(form, folder / "artifact")
     folder.mkdir(parents=True)
     config_file = folder / "run.yaml"
