@@ -447,3 +447,32 @@ def test_every_values_key_is_documented():
         if not any(comment.startswith("# --") for comment in comments):
             undocumented.append(key)
     assert undocumented == []
+
+
+def test_the_studio_is_off_by_default_and_when_on_needs_users_and_admits_only_named_namespaces():
+    assert not [d for d in objects() if d["metadata"]["name"].endswith("-studio")]
+    documents = objects("studio.enabled=true", "studio.rootPath=/studio")
+    spec = one(documents, "Deployment", "-studio")["spec"]["template"]["spec"]
+    (studio,) = spec["containers"]
+    assert spec["serviceAccountName"] == "dreamloom-pipeline"  # may create RayJobs, as train steps do
+    assert "--host=0.0.0.0" in studio["args"] and "--root-path=/studio" in studio["args"]
+    assert "--triton-url=dreamloom-triton:8000" in studio["args"]
+    env = {entry["name"]: entry.get("valueFrom", {}) for entry in studio["env"]}
+    assert env["DREAMLOOM_STUDIO_AUTH"]["secretKeyRef"] == {"name": "dreamloom-studio-users", "key": "users"}
+    assert env["DREAMLOOM_TRITON_ADMIN_KEY"]["secretKeyRef"]["key"] == "admin-key"  # it deploys
+    mounts = {mount["mountPath"] for mount in studio["volumeMounts"]}
+    assert {"/data", "/serving"} <= mounts
+    policies = {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "NetworkPolicy"}
+    assert policies["dreamloom-studio"]["ingress"] == []  # nobody, until an ingress namespace is named
+    studio_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "dreamloom",
+                                                   "app.kubernetes.io/instance": "dreamloom",
+                                                   "app.kubernetes.io/component": "studio"}}}  # fmt: skip
+    assert studio_pods in policies["dreamloom-mlflow"]["ingress"][0]["from"]
+    named = objects("studio.enabled=true", "networkPolicy.studioNamespaces[0].team=web")
+    policy = {d["metadata"]["name"]: d["spec"] for d in named if d["kind"] == "NetworkPolicy"}["dreamloom-studio"]
+    assert policy["ingress"] == [
+        {
+            "ports": [{"port": 7860, "protocol": "TCP"}],
+            "from": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}],
+        }
+    ]

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from dreamloom.serving.repository import ServingStore
 from dreamloom.serving.server import TritonServer, free_port
@@ -143,6 +144,32 @@ def test_teach_promote_deploy_and_generate_in_a_browser(studio_url, browser, scr
     page.locator("#gen-rerender").click()
     expect(page.locator("#gen-rerendered")).to_contain_text("identical to the original", timeout=120_000)
     page.screenshot(path=screenshots / "generate.png", full_page=True)
+
+    # Use cases: an ad brief becomes a contact sheet of variants; a try-on shows before and after.
+    page.get_by_role("tab", name="Use cases").click()
+    fill(page, "ad-product", "hexagon@champion")
+    fill(page, "ad-brief", "a sks shape on a gray background\na sks shape on a black background")
+    fill(page, "ad-variants", 2)
+    fill(page, "ad-steps", 8)
+    page.locator("#ad-submit").click()
+    expect(page.locator("#ad-folder")).to_contain_text("recipe.yaml", timeout=120_000)
+    expect(page.locator("#ad-sheet img")).to_be_visible()
+    page.screenshot(path=screenshots / "ads.png", full_page=True)
+    page.get_by_role("tab", name="Try-on: a garment on a person").click()
+    person = tmp_path / "person.png"
+    photo = Image.new("RGB", (64, 64), "white")
+    photo.paste((90, 120, 160), (22, 6, 42, 60))  # a figure against a plain backdrop
+    photo.save(person)
+    expect(page.locator("#tryon-person")).to_be_visible()
+    page.locator("#tryon-person input[type=file]").set_input_files(str(person))
+    expect(page.locator("#tryon-photo")).to_contain_text("Photo 64x64", timeout=30_000)
+    fill(page, "tryon-garment", "hexagon@champion")
+    fill(page, "tryon-prompt", "a sks shape on a gray background")
+    fill(page, "tryon-steps", 8)
+    page.locator("#tryon-region").get_by_text("upper").click()
+    page.locator("#tryon-submit").click()
+    expect(page.locator("#tryon-folder")).to_contain_text("Written to", timeout=120_000)
+    expect(page.locator("#tryon-result img")).to_be_visible()
 
 
 def _register_unevaluated(tmp_path: Path, name: str) -> None:

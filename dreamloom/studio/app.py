@@ -18,7 +18,7 @@ from dreamloom.errors import DreamloomError, as_user_error
 from dreamloom.methods import METHODS
 from dreamloom.samplers import DEFAULT_SAMPLER, SAMPLERS
 from dreamloom.serving.protocol import ImageRequest
-from dreamloom.studio import generate, models, teach
+from dreamloom.studio import generate, models, teach, usecases
 from dreamloom.studio.jobs import Job, JobView
 
 POLL_S = 1.0
@@ -83,6 +83,8 @@ def build(studio: Studio) -> gr.Blocks:
             _models_tab(studio)
         with gr.Tab("Generate", id="generate"):
             _generate_tab(studio)
+        with gr.Tab("Use cases", id="usecases"):
+            _usecases_tab(studio)
     return page
 
 
@@ -194,7 +196,9 @@ def _teach_tab(studio: Studio) -> None:
         view = studio.view(key)
         if view is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        curve = pd.DataFrame(view.losses, columns=["step", "loss"])
+        steps, values = zip(*view.losses, strict=True) if view.losses else ((), ())
+        # Typed even when empty: an untyped first frame would fix the axis as categories.
+        curve = pd.DataFrame({"step": pd.Series(steps, dtype=int), "loss": pd.Series(values, dtype=float)})
         return view.summary(), curve, pictures.of_run(view.run_id), view.log
 
     gr.Timer(POLL_S).tick(poll, job_key, [status, losses, grids, log])
@@ -335,7 +339,7 @@ def _generate_tab(studio: Studio) -> None:
             with gr.Tab("img2img picture"):
                 init_image = gr.Image(type="pil", label="Start from")
             with gr.Tab("inpaint: paint the area to repaint"):
-                editor = gr.ImageEditor(type="pil", label="Picture and mask", brush=gr.Brush(colors=["#ff00ff"]))
+                editor = gr.ImageEditor(type="pil", label="Picture and mask")
             with gr.Tab("ControlNet condition"):
                 control_upload = gr.Image(type="pil", label="From a picture")
                 sketch = gr.Sketchpad(type="pil", label="Or sketch it", canvas_size=(512, 512))
@@ -421,6 +425,69 @@ def _generate_tab(studio: Studio) -> None:
         return kept, _gallery(kept), f"Re-rendered image {int(index) + 1}: {verdict}."
 
     again.click(remake, [gallery_state, selected], [gallery_state, gallery, rerendered])
+
+
+# ----- Use cases -----
+
+
+def _usecases_tab(studio: Studio) -> None:
+    out = studio.settings.work / "usecases"
+    with gr.Tab("Ads: a brief becomes a grid of variants"):
+        with gr.Row():
+            product = gr.Textbox(label="Product (NAME@ALIAS)", placeholder="red-sneaker@champion", elem_id="ad-product")
+            style = gr.Textbox(label="Style adapter (optional)", placeholder="brand-look@champion")
+            variants = gr.Number(4, label="Variants per prompt", precision=0, elem_id="ad-variants")
+            steps = gr.Number(25, label="Steps", precision=0, elem_id="ad-steps")
+            seed = gr.Number(0, label="First seed", precision=0)
+        brief = gr.Textbox(label="Brief: one prompt per line", lines=3, elem_id="ad-brief")
+        with gr.Accordion("Layout (optional): a sketch or reference the ads follow", open=False), gr.Row():
+            layout = gr.Image(type="pil", label="Layout")
+            layout_adapter = gr.Textbox(label="ControlNet (NAME@ALIAS)")
+            condition_kind = gr.Radio(["canny", "scribble"], value="canny", label="Condition")
+        make_ads = gr.Button("Make the ads", variant="primary", elem_id="ad-submit")
+        sheet = gr.Image(label="Contact sheet", interactive=False, elem_id="ad-sheet")
+        ad_folder = gr.Markdown(elem_id="ad-folder")
+
+    @shown
+    def run_ads(name, look, how_many, n_steps, first, text, sketch, controlnet, kind):
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        args = (studio.settings.triton_url, name, prompts, how_many, first, n_steps, out)
+        picture, folder = usecases.ads(*args, style=look, layout=sketch, layout_adapter=controlnet, condition_kind=kind)
+        return picture, f"Written to `{folder}` (images, contact sheet, recipe.yaml to re-render it)"
+
+    ad_inputs = [product, style, variants, steps, seed, brief, layout, layout_adapter, condition_kind]
+    make_ads.click(run_ads, ad_inputs, [sheet, ad_folder])
+
+    with gr.Tab("Try-on: a garment on a person"):
+        with gr.Row():
+            garment = gr.Textbox(
+                label="Garment (NAME@ALIAS)", placeholder="denim-jacket@champion", elem_id="tryon-garment"
+            )
+            prompt = gr.Textbox(label="Prompt", placeholder="a person wearing a sks jacket", elem_id="tryon-prompt")
+            region = gr.Radio(
+                list(usecases.REGIONS), value=usecases.PAINTED, label="Garment area", elem_id="tryon-region"
+            )
+            tryon_variants = gr.Number(2, label="Variants", precision=0)
+            tryon_steps = gr.Number(30, label="Steps", precision=0, elem_id="tryon-steps")
+        person = gr.ImageEditor(
+            type="pil",
+            label="The person (paint the garment area)",
+            elem_id="tryon-person",
+        )
+        photo_status = gr.Markdown("No photo yet.", elem_id="tryon-photo")
+        dress = gr.Button("Try it on", variant="primary", elem_id="tryon-submit")
+        before_after = gr.Image(label="Before and after", interactive=False, elem_id="tryon-result")
+        tryon_folder = gr.Markdown(elem_id="tryon-folder")
+
+    @shown
+    def run_tryon(name, text, area, how_many, n_steps, photo):
+        args = (studio.settings.triton_url, name, photo, text, area, how_many, 0, n_steps, out)
+        picture, folder = usecases.tryon(*args)
+        return picture, f"Written to `{folder}`"
+
+    person.upload(usecases.photo_summary, person, photo_status)
+    tryon_inputs = [garment, prompt, region, tryon_variants, tryon_steps, person]
+    dress.click(run_tryon, tryon_inputs, [before_after, tryon_folder])
 
 
 def _gallery(kept: list[generate.Rendered]) -> list:
