@@ -133,6 +133,22 @@ def test_teach_promote_deploy_and_generate_in_a_browser(studio_url, browser, scr
     page.locator("#models-deploy").click()
     expect(page.locator("#models-deploy-status")).to_contain_text("succeeded", timeout=300_000)
 
+    # A version's lineage and grids; two versions side by side on the same prompt and seed; a
+    # rollback with no earlier champion is refused, and the page says why.
+    page.locator("#models-show").click()
+    expect(page.locator("#models-details")).to_contain_text("hexagon v2", timeout=30_000)
+    expect(page.locator("#models-grids img").first).to_be_visible(timeout=30_000)
+    page.get_by_text("Compare two versions on the same prompts and seeds").click()
+    fill(page, "compare-a", 1)
+    fill(page, "compare-b", 2)
+    fill(page, "compare-prompts", "a sks shape on a gray background")
+    fill(page, "compare-steps", 6)
+    page.locator("#compare-submit").click()
+    expect(page.locator("#compare-row-a img")).to_have_count(2, timeout=60_000)  # seeds 0 and 1
+    expect(page.locator("#compare-row-b img")).to_have_count(2, timeout=60_000)
+    page.locator("#models-rollback").click()
+    expect(page.get_by_text("has no earlier champion than version 1")).to_be_visible(timeout=30_000)
+
     # Generate with the champion; the image appears with its recipe and re-renders identically.
     page.get_by_role("tab", name="Generate").click()
     fill(page, "gen-prompt", "a sks shape on a gray background")
@@ -143,6 +159,12 @@ def test_teach_promote_deploy_and_generate_in_a_browser(studio_url, browser, scr
     expect(page.locator("#gen-recipe")).to_contain_text("hexagon@champion")
     page.locator("#gen-rerender").click()
     expect(page.locator("#gen-rerendered")).to_contain_text("identical to the original", timeout=120_000)
+    page.get_by_role("tab", name="img2img picture").click()
+    page.locator("#gen-init input[type=file]").set_input_files(str(pictures[1]))
+    page.locator("#gen-mode").get_by_text("img2img").click()
+    page.locator("#gen-submit").click()
+    expect(page.locator("#gen-recipe")).to_contain_text("init_image_sha256", timeout=120_000)
+    expect(page.locator("#gen-gallery img")).to_have_count(3)  # txt2img, its re-render, img2img
     page.screenshot(path=screenshots / "generate.png", full_page=True)
 
     # Use cases: an ad brief becomes a contact sheet of variants; a try-on shows before and after.

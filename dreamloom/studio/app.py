@@ -243,9 +243,9 @@ def _models_tab(studio: Studio) -> None:
     with gr.Row():
         name = gr.Textbox(label="Model", elem_id="models-name")
         version = gr.Textbox(label="Version", elem_id="models-version")
-        show = gr.Button("Show")
-    details = gr.Markdown()
-    pictures = gr.Gallery(label="Grids", columns=3, height=260)
+        show = gr.Button("Show", elem_id="models-show")
+    details = gr.Markdown(elem_id="models-details")
+    pictures = gr.Gallery(label="Grids", columns=3, height=260, elem_id="models-grids")
     with gr.Row():
         reason = gr.Textbox(label="Reason (recorded; required to force past the gate)", elem_id="models-reason")
         force = gr.Checkbox(label="Force past the gate")
@@ -257,12 +257,15 @@ def _models_tab(studio: Studio) -> None:
     deploy_status = gr.Markdown(elem_id="models-deploy-status")
     with gr.Accordion("Compare two versions on the same prompts and seeds", open=False):
         with gr.Row():
-            first, second = gr.Textbox(label="Version A"), gr.Textbox(label="Version B")
-            prompts = gr.Textbox(label="Prompts, one per line", lines=3)
-            seeds = gr.Textbox("0, 1", label="Seeds")
-            steps = gr.Number(20, label="Steps", precision=0)
-        run_compare = gr.Button("Compare")
-        row_a, row_b = gr.Gallery(label="A", columns=6), gr.Gallery(label="B", columns=6)
+            first = gr.Textbox(label="Version A", elem_id="compare-a")
+            second = gr.Textbox(label="Version B", elem_id="compare-b")
+            prompts = gr.Textbox(label="Prompts, one per line", lines=3, elem_id="compare-prompts")
+            seed = gr.Number(0, label="First seed", precision=0)
+            images = gr.Number(2, label="Images per prompt", precision=0, elem_id="compare-images")
+            steps = gr.Number(20, label="Steps", precision=0, elem_id="compare-steps")
+        run_compare = gr.Button("Compare", elem_id="compare-submit")
+        row_a = gr.Gallery(label="A", columns=6, elem_id="compare-row-a")
+        row_b = gr.Gallery(label="B", columns=6, elem_id="compare-row-b")
 
     refresh.click(shown(lambda who: models.version_table(who.strip() or None)), filter_name, table)
     show.click(shown(lambda n, v: models.version_details(n.strip(), v.strip())), [name, version], [details, pictures])
@@ -289,17 +292,15 @@ def _models_tab(studio: Studio) -> None:
     gr.Timer(POLL_S).tick(lambda key: _deploy_line(studio.view(key)), deploy_key, deploy_status)
 
     @shown
-    def compared(n, a, b, text, seed_text, how_many):
-        seed_list = [int(seed) for seed in seed_text.replace(",", " ").split()]
+    def compared(n, a, b, text, first_seed, how_many, n_steps):
         prompt_list = [line.strip() for line in text.splitlines() if line.strip()]
         if not prompt_list:
             raise DreamloomError("write at least one prompt")
-        rows = generate.compare(
-            studio.settings.triton_url, n.strip(), (a.strip(), b.strip()), prompt_list, seed_list, int(how_many)
-        )
+        versions = (a.strip(), b.strip())
+        rows = models.compare(n.strip(), versions, prompt_list, int(first_seed), int(how_many), int(n_steps))
         return rows[0], rows[1]
 
-    run_compare.click(compared, [name, first, second, prompts, seeds, steps], [row_a, row_b])
+    run_compare.click(compared, [name, first, second, prompts, seed, images, steps], [row_a, row_b])
 
 
 def _deploy_line(view: JobView | None):
@@ -337,7 +338,7 @@ def _generate_tab(studio: Studio) -> None:
                 strength = gr.Slider(0.01, 1.0, 0.75, label="Strength (img2img, inpaint)")
                 control_scale = gr.Slider(0.0, 2.0, 1.0, label="ControlNet scale")
             with gr.Tab("img2img picture"):
-                init_image = gr.Image(type="pil", label="Start from")
+                init_image = gr.Image(type="pil", label="Start from", elem_id="gen-init")
             with gr.Tab("inpaint: paint the area to repaint"):
                 editor = gr.ImageEditor(type="pil", label="Picture and mask")
             with gr.Tab("ControlNet condition"):

@@ -91,19 +91,6 @@ def rerender(url: str, rendered: Rendered, model: str | None = None) -> tuple[Re
     return again, np.array_equal(np.asarray(again.image), np.asarray(rendered.image))
 
 
-def compare(url: str, name: str, versions: tuple[str, str], prompts: list[str], seeds: list[int], steps: int):
-    """Two registered versions on the same prompts and seeds, through the endpoint: one row each."""
-    rows = []
-    for version in versions:
-        requests = [
-            ImageRequest(prompt, adapter=f"{name}/{version}", seed=seed, steps=steps)
-            for prompt in prompts
-            for seed in seeds
-        ]
-        rows.append([render(url, request).image for request in requests])
-    return rows
-
-
 def _pil(value, mode: str | None = None) -> Image.Image:
     image = Image.fromarray(value) if isinstance(value, np.ndarray) else value
     if isinstance(image, str):

@@ -61,6 +61,20 @@ def run_pictures(run_id: str, what: str, folder: str = "images") -> list[tuple[I
     return pictures
 
 
+def compare(name: str, versions: tuple[str, str], prompts: list[str], seed: int, images: int, steps: int):
+    """Two registered versions (deployed or not: a challenger usually is not) rendered here, on the
+    same prompts and seeds, one row each: image ``i`` of every prompt uses ``seed + i``."""
+    from dreamloom.generation import GenerationRequest, generate
+    from dreamloom.inference import load_artifact_pipeline
+
+    request = GenerationRequest(prompts, images_per_prompt=images, steps=steps, seed=seed)
+    rows = []
+    for version in versions:
+        pipe, _ = load_artifact_pipeline(download_artifact(resolve(name, version)))
+        rows.append([image for row in generate(pipe, request) for image in row])
+    return rows
+
+
 def promote_version(name: str, version: str, reason: str = "", force: bool = False) -> tuple[Promotion, str]:
     """Promote through the gate; the verdict as a markdown table, metric by metric."""
     promotion = promote(name, str(version), GateConfig(), force=force, reason=reason or None)
