@@ -235,3 +235,23 @@ def test_a_recipe_names_its_pictures_by_digest_and_keeps_no_bytes():
     recipe = generate.Rendered(Image.new("RGB", (8, 8)), request).recipe
     assert "init_image" not in recipe and len(recipe["init_image_sha256"]) == 64
     assert (recipe["prompt"], recipe["seed"], recipe["mode"]) == ("a sks shape", 3, "img2img")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_studio_and_the_triton_it_started(tmp_path):
+    import os
+    import signal
+
+    port = free_port()
+    env = {**os.environ, "DREAMLOOM_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "dreamloom.cli", "studio", "--serve-local", "--port", str(port)]
+    studio = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in studio.stdout:
+        if "[studio] serving" in line:
+            break
+    triton = line.split("Triton: ")[1].split(")")[0]
+    assert httpx.get(f"http://{triton}/v2/health/ready", timeout=5).status_code == 200
+    studio.send_signal(signal.SIGTERM)
+    assert studio.wait(60) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{triton}/v2/health/ready", timeout=5)

@@ -48,6 +48,11 @@ def _users(args) -> list[tuple[str, str]]:
 
 
 def _studio(args) -> int:
+    import signal
+
+    # SIGTERM (Kubernetes, systemd, timeout) stops it as Ctrl-C does: the page closes and a
+    # --serve-local Triton is stopped with it instead of being left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from dreamloom.logs import quiet_library_logging
     from dreamloom.settings import work_dir
     from dreamloom.studio.app import Studio, StudioSettings, check_exposure
@@ -63,17 +68,21 @@ def _studio(args) -> int:
         base_model=args.base_model,
         resolution=args.resolution,
     )
-    if not args.serve_local:
-        return _serve(Studio(settings), args, users)
-    from dreamloom.serving.repository import ServingStore
-    from dreamloom.serving.server import TritonServer, free_port
+    try:
+        if not args.serve_local:
+            return _serve(Studio(settings), args, users)
+        from dreamloom.serving.repository import ServingStore
+        from dreamloom.serving.server import TritonServer, free_port
 
-    store = ServingStore(args.serving_store or work_dir() / "studio-serving")
-    store.ensure_model(args.model_name, args.base_model)
-    server = TritonServer.for_store(store, [args.model_name], free_port(), free_port(), free_port())
-    with server.start(progress=True):
-        settings.triton_url, settings.serving_store = server.http_url, store.root
-        return _serve(Studio(settings), args, users)
+        store = ServingStore(args.serving_store or work_dir() / "studio-serving")
+        store.ensure_model(args.model_name, args.base_model)
+        server = TritonServer.for_store(store, [args.model_name], free_port(), free_port(), free_port())
+        with server.start(progress=True):
+            settings.triton_url, settings.serving_store = server.http_url, store.root
+            return _serve(Studio(settings), args, users)
+    except KeyboardInterrupt:  # asked to stop: a clean exit, the local Triton already stopped
+        print("[studio] stopped", flush=True)
+        return 0
 
 
 def _serve(studio, args, users) -> int:
