@@ -92,6 +92,10 @@ def test_the_teach_form_becomes_a_validated_run_config(tmp_path):
         ({"extra": "lora.ranks=4"}, "ranks"),
         ({"extra": "no equals sign"}, "key=value"),
         ({"method": "magic"}, "magic"),
+        ({"extra": "data.path=/etc"}, "studio chooses"),
+        ({"extra": "output=/root/.ssh"}, "studio chooses"),
+        ({"extra": "prior.class_data=/var/lib"}, "studio chooses"),
+        ({"extra": "scaling.storage_path=/tmp/elsewhere"}, "studio chooses"),
     ],
 )
 def test_a_bad_teach_form_is_refused_before_anything_starts(tmp_path, changes, named):

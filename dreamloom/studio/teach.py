@@ -34,6 +34,9 @@ LAUNCHERS = {
 }
 
 
+LOCATION_FIELDS = {"scaling.storage_path"}  # a location typed as text (it may be a URI)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One dropped file: accepted for training, or why not."""
@@ -163,8 +166,21 @@ def run_config(form: TeachForm, output: Path) -> RunConfig:
     for line in form.extra.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, value = parse_override(line.strip())
+            _check_settable(key)
             overrides[key] = value
     return load_run_config(None, overrides)
+
+
+def _check_settable(dotted: str) -> None:
+    """Folders on the studio's machine are the studio's to choose: a page user names no path (the
+    data folder, the output, class pictures, Ray's storage), so the form cannot read or write
+    elsewhere on the server."""
+    try:
+        annotation = _field(dotted).annotation
+    except (KeyError, AttributeError):
+        return  # an unknown field: the run config's own validation names it
+    if dotted in LOCATION_FIELDS or Path in (annotation, *getattr(annotation, "__args__", ())):
+        raise ConfigError(f"{dotted} is a folder on the studio's machine, which the studio chooses; leave it out")
 
 
 def teaching_job(form: TeachForm, runs: Path) -> Job:
@@ -212,8 +228,12 @@ def _required(value: str, what: str) -> str:
 
 def field_help(dotted: str) -> str:
     """The run config's own description of a field, e.g. ``training.steps``."""
+    return _field(dotted).description or ""
+
+
+def _field(dotted: str):
     model = RunConfig
     *sections, name = dotted.split(".")
     for section in sections:
         model = model.model_fields[section].annotation
-    return model.model_fields[name].description or ""
+    return model.model_fields[name]
