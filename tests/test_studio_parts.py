@@ -115,8 +115,10 @@ def test_a_bad_teach_form_is_refused_before_anything_starts(tmp_path, changes, n
     ],
 )
 def test_launcher_and_evaluation_settings_are_checked_before_training(tmp_path, changes, named):
+    runs = tmp_path / "runs"
     with pytest.raises((DreamloomError, ConfigError), match=named):
-        teach.teaching_job(_form(tmp_path, **changes), tmp_path / "runs")
+        teach.teaching_job(_form(tmp_path, **changes), runs)
+    assert not runs.exists() or not any(runs.iterdir())  # no run folder left behind
 
 
 def test_each_launcher_gets_its_commands(tmp_path):

@@ -211,24 +211,28 @@ FORM_FIELDS = (
 
 
 class _PictureCache:
-    """A run's logged grids, fetched from MLflow once each and at most every few polls."""
+    """A run's logged grids: listed every few polls, each downloaded from MLflow once."""
 
     EVERY = 5
 
     def __init__(self):
-        self._pictures: dict[str, list] = {}
+        self._grids: dict[str, object] = {}  # artifact path -> picture
+        self._listed: dict[str, list[str]] = {}  # run id -> its grids' paths
         self._polls = 0
 
     def of_run(self, run_id: str | None) -> list:
         if not run_id:
             return []
         self._polls += 1
-        if run_id not in self._pictures or self._polls % self.EVERY == 0:
+        if run_id not in self._listed or self._polls % self.EVERY == 0:
             try:
-                self._pictures[run_id] = models.run_pictures(run_id, "training")
+                self._listed[run_id] = models.logged_grids(run_id)
             except Exception:  # the run may not exist yet on the tracking server: try again later
-                self._pictures.setdefault(run_id, [])
-        return self._pictures[run_id]
+                self._listed.setdefault(run_id, [])
+        for grid in self._listed[run_id]:
+            if grid not in self._grids:
+                self._grids[grid] = models.load(grid)
+        return [(self._grids[grid], f"training: {models.caption(grid)}") for grid in self._listed[run_id]]
 
 
 # ----- Models -----

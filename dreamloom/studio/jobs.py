@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # What dreamloom.progress.Progress prints: "[train] ████░░ 12/60 (20%) loss 1.08 lr 0.0001 | 2.9 it/s, ETA 16s"
@@ -93,9 +93,7 @@ class Job:
 
     def view(self) -> JobView:
         with self._lock:
-            view = JobView(**{**self._view.__dict__, "losses": list(self._view.losses)})
-            view.log = "\n".join(self._lines)
-        return view
+            return replace(self._view, losses=list(self._view.losses), log="\n".join(self._lines))
 
     def wait(self, timeout_s: float | None = None) -> JobView:
         self._thread.join(timeout_s)

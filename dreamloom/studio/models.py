@@ -15,7 +15,6 @@ from dreamloom.registry.gate import GateConfig
 from dreamloom.registry.store import client
 from dreamloom.studio.jobs import Job, Stage, job_folder
 from dreamloom.tracking import Tag
-from dreamloom.training.job import FINAL_SAMPLES
 
 TABLE_COLUMNS = ["model", "version", "aliases", "method", "base", "metrics", "created"]
 MAX_GRIDS = 6
@@ -34,31 +33,35 @@ def version_table(name: str | None = None) -> list[list]:
 
 
 def version_details(name: str, version: str) -> tuple[str, list[tuple[Image.Image, str]]]:
-    """A version's lineage and metrics as markdown, and its pictures: the training run's final
-    grid and the evaluation's grids."""
+    """A version's lineage and metrics as markdown, and its pictures: the grids its training run
+    and its evaluation logged (read from those runs, never by downloading the weights)."""
     registered = resolve(name, version)
     tags = registered.tags
     lines = [f"**{name} v{registered.version}**"]
     lines += [f"- {key.removeprefix('dreamloom.')}: {value}" for key, value in sorted(tags.items()) if value]
     pictures = []
-    final = download_artifact(registered) / FINAL_SAMPLES
-    if final.is_file():
-        pictures.append((Image.open(final).convert("RGB"), "training: final sample grid"))
-    if run_id := tags.get(Tag.EVAL_RUN_ID):
-        pictures += run_pictures(run_id, "evaluation")
+    for tag, what in ((Tag.TRAINING_RUN_ID, "training"), (Tag.EVAL_RUN_ID, "evaluation")):
+        if run_id := tags.get(tag):
+            pictures += [(load(path), f"{what}: {caption(path)}") for path in logged_grids(run_id)]
     return "\n".join(lines), pictures
 
 
-def run_pictures(run_id: str, what: str, folder: str = "images") -> list[tuple[Image.Image, str]]:
-    """The grids a run logged as MLflow images (``log_image``, keyed by step), the latest last."""
-    registry = client()
-    entries = sorted(entry.path for entry in registry.list_artifacts(run_id, folder) if entry.path.endswith(".png"))
-    pictures = []
-    for path in entries[-MAX_GRIDS:]:
-        with tempfile.TemporaryDirectory() as scratch:
-            local = registry.download_artifacts(run_id, path, scratch)
-            pictures.append((Image.open(local).convert("RGB"), f"{what}: {Path(path).name.split('+timestamp')[0]}"))
-    return pictures
+def logged_grids(run_id: str, folder: str = "images") -> list[str]:
+    """The grids a run logged as MLflow images (``log_image``, keyed by step), the latest last:
+    their artifact paths, listed without downloading anything."""
+    paths = sorted(entry.path for entry in client().list_artifacts(run_id, folder) if entry.path.endswith(".png"))
+    return [f"{run_id}/{path}" for path in paths[-MAX_GRIDS:]]
+
+
+def load(grid: str) -> Image.Image:
+    """One grid from ``logged_grids``, downloaded."""
+    run_id, path = grid.split("/", 1)
+    with tempfile.TemporaryDirectory() as scratch:
+        return Image.open(client().download_artifacts(run_id, path, scratch)).convert("RGB")
+
+
+def caption(grid: str) -> str:
+    return Path(grid).name.split("+timestamp")[0]
 
 
 def compare(name: str, versions: tuple[str, str], prompts: list[str], seed: int, images: int, steps: int):

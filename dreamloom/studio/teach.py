@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from dreamloom.advisor import Needs, Recommendation, recommend
-from dreamloom.config import RunConfig, dump_run_config, load_run_config, parse_override
+from dreamloom.config import RunConfig, load_run_config, parse_override
 from dreamloom.data.images import IMAGE_SUFFIXES, open_rgb
 from dreamloom.data.prepare import PrepareOptions, inspect_folder
 from dreamloom.errors import ConfigError, DataValidationError, DreamloomError
@@ -184,28 +184,32 @@ def _check_settable(dotted: str) -> None:
 
 
 def teaching_job(form: TeachForm, runs: Path) -> Job:
-    """Train and register ``form`` where it asks; the job's folder keeps the run config and the log."""
+    """Train and register ``form`` where it asks; the job's folder keeps the run config and the log.
+    Everything is checked before the folder is written, so a refused form leaves nothing behind."""
     if form.launcher not in LAUNCHERS:
         raise ConfigError(f"unknown launcher {form.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
     folder = job_folder(runs, form.name)
     config = run_config(form, folder / "artifact")
-    folder.mkdir(parents=True)
-    config_file = folder / "run.yaml"
-    config_file.write_text(dump_run_config(config))
     evaluation = _evaluation_flags(form)
+    config_file = folder / "run.yaml"
+    document = config.model_dump(mode="json")
     if form.launcher in ("kfp-local", "kfp"):
-        document = yaml.safe_load(config_file.read_text())
         document.pop("output")  # the pipeline chooses where each step writes
-        config_file.write_text(yaml.safe_dump(document, sort_keys=False))
         where = ["--local"] if form.launcher == "kfp-local" else ["--host", _required(form.kfp_host, "the KFP host")]
         action = "run" if form.launcher == "kfp-local" else "submit"
-        command = ["pipeline", action, str(config_file), "--model-name", form.name, *where]
         evaluation = [flag.replace("--images-per-prompt", "--eval-images-per-prompt") for flag in evaluation]
-        return Job(form.name, [Stage("pipeline", command + evaluation)], folder)
-    env = {"RAY_ADDRESS": _required(form.ray_address, "the Ray address")} if form.launcher == "ray" else None
-    train = ["train", "--config", str(config_file), "--launcher", form.launcher]
-    register = ["registry", "register", "--artifact", str(config.output), "--name", form.name, *evaluation]
-    return Job(form.name, [Stage("training", train), Stage("registering", register)], folder, env)
+        stages = [
+            Stage("pipeline", ["pipeline", action, str(config_file), "--model-name", form.name, *where, *evaluation])
+        ]
+        env = None
+    else:
+        env = {"RAY_ADDRESS": _required(form.ray_address, "the Ray address")} if form.launcher == "ray" else None
+        train = ["train", "--config", str(config_file), "--launcher", form.launcher]
+        register = ["registry", "register", "--artifact", str(config.output), "--name", form.name, *evaluation]
+        stages = [Stage("training", train), Stage("registering", register)]
+    folder.mkdir(parents=True)
+    config_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    return Job(form.name, stages, folder, env)
 
 
 def _evaluation_flags(form: TeachForm) -> list[str]:
