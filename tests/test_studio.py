@@ -182,9 +182,8 @@ def test_teach_promote_deploy_and_generate_in_a_browser(studio_url, browser, scr
     photo = Image.new("RGB", (64, 64), "white")
     photo.paste((90, 120, 160), (22, 6, 42, 60))  # a figure against a plain backdrop
     photo.save(person)
-    expect(page.locator("#tryon-person")).to_be_visible()
-    page.locator("#tryon-person input[type=file]").set_input_files(str(person))
-    expect(page.locator("#tryon-photo")).to_contain_text("Photo 64x64", timeout=30_000)
+    page.locator("#tryon-photo input[type=file]").set_input_files(str(person))
+    expect(page.locator("#tryon-photo img")).to_be_visible(timeout=30_000)
     fill(page, "tryon-garment", "hexagon@champion")
     fill(page, "tryon-prompt", "a sks shape on a gray background")
     fill(page, "tryon-steps", 8)

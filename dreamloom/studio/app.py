@@ -474,24 +474,23 @@ def _usecases_tab(studio: Studio) -> None:
             )
             tryon_variants = gr.Number(2, label="Variants", precision=0)
             tryon_steps = gr.Number(30, label="Steps", precision=0, elem_id="tryon-steps")
-        person = gr.ImageEditor(
-            type="pil",
-            label="The person (paint the garment area)",
-            elem_id="tryon-person",
-        )
-        photo_status = gr.Markdown("No photo yet.", elem_id="tryon-photo")
+        with gr.Row():
+            photo = gr.Image(type="pil", label="Photo of the person", elem_id="tryon-photo")
+            person = gr.ImageEditor(type="pil", label="Paint the garment area on it", elem_id="tryon-person")
         dress = gr.Button("Try it on", variant="primary", elem_id="tryon-submit")
         before_after = gr.Image(label="Before and after", interactive=False, elem_id="tryon-result")
         tryon_folder = gr.Markdown(elem_id="tryon-folder")
 
     @shown
-    def run_tryon(name, text, area, how_many, n_steps, photo):
-        args = (studio.settings.triton_url, name, photo, text, area, how_many, 0, n_steps, out)
-        picture, folder = usecases.tryon(*args)
-        return picture, f"Written to `{folder}`"
+    def run_tryon(name, text, area, how_many, n_steps, picture, painted):
+        args = (studio.settings.triton_url, name, picture, painted, text, area, how_many, 0, n_steps, out)
+        result, folder = usecases.tryon(*args)
+        return result, f"Written to `{folder}`"
 
-    person.upload(usecases.photo_summary, person, photo_status)
-    tryon_inputs = [garment, prompt, region, tryon_variants, tryon_steps, person]
+    # The editor gets the photo from the server: an editor's own upload could reach the server
+    # after a click that reads it (seen in Gradio 6.31).
+    photo.upload(usecases.on_canvas, photo, person)
+    tryon_inputs = [garment, prompt, region, tryon_variants, tryon_steps, photo, person]
     dress.click(run_tryon, tryon_inputs, [before_after, tryon_folder])
 
 

@@ -55,7 +55,8 @@ def ads(
 def tryon(
     url: str,
     garment: str,
-    photo: dict | None,
+    photo: Image.Image | None,
+    painted: dict | None,
     prompt: str,
     region: str,
     variants: int,
@@ -63,15 +64,17 @@ def tryon(
     steps: int,
     out: Path,
 ) -> tuple[Image.Image, Path]:
-    """The person before, then each variant wearing the garment inside the area."""
-    if not photo or photo.get("background") is None:
+    """The person before, then each variant wearing the garment inside the area: what was painted
+    over the photo (``painted``, an image editor's value), or a region."""
+    if photo is None:
         raise DreamloomError("try-on needs a photo of the person: upload one")
+    person = photo.convert("RGB")
     with tempfile.TemporaryDirectory(prefix="dreamloom-studio-") as scratch:
         if region == PAINTED:
-            person, area = painted_mask(photo)
+            _, area = painted_mask({"background": person, "layers": (painted or {}).get("layers") or []})
             mask_file, region_name = _saved(area, Path(scratch) / "mask.png"), None
         else:
-            person, mask_file, region_name = photo["background"].convert("RGB"), None, region
+            mask_file, region_name = None, region
         person_file = _saved(person, Path(scratch) / "person.png")
         recipe, staged = plan_tryon(
             garment.strip(),
@@ -88,11 +91,9 @@ def tryon(
     return before_after(person, results), folder
 
 
-def photo_summary(photo: dict | None) -> str:
-    if not photo or photo.get("background") is None:
-        return "No photo yet."
-    width, height = photo["background"].size
-    return f"Photo {width}x{height}: paint the garment area, or choose a region."
+def on_canvas(photo: Image.Image | None) -> dict | None:
+    """The uploaded photo as the image editor's canvas, to paint the garment area on."""
+    return None if photo is None else {"background": photo, "layers": [], "composite": photo}
 
 
 def _render(url: str, recipe, staged, folder: Path) -> Path:
